@@ -1,0 +1,118 @@
+"""Plain data that flows from the matrix to the runner.
+
+Everything here is a frozen dataclass so that a cell is hashable, printable and
+identical on every machine that expands the same matrix: the id and the seed of a
+cell are derived from its contents, never from the order it was generated in.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """A QEMU build as the matrix declares it: a binary plus what it needs to run.
+
+    A build is more than a path: QEMU unpacked into a private prefix needs its own
+    firmware directories (``-L``) and sometimes a library path, and a porter's build
+    may need extra arguments.  Discovery (``harness.qemu.build``) turns this into a
+    ``QemuBuild`` with version, machines and migration capabilities.
+    """
+
+    name: str
+    binary: str
+    data_dirs: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    extra_args: tuple[str, ...] = ()
+    #: A required build missing from the machine is an error, not a skip.
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """What runs inside the guest.
+
+    ``dirtier`` is the bare-metal boot block from ``images/``: it increments the
+    first byte of every 4 KiB page in ``[region_base, region_base + region_size)``
+    forever and writes one heartbeat byte to COM1 per pass.
+    """
+
+    kind: str = "dirtier"
+    region_base: int = 2 * MiB
+    region_size: int = 100 * MiB
+    #: Passes the source guest must have completed before migration starts.
+    warmup_passes: int = 3
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """The machine being migrated: architecture, machine type, accelerator, size."""
+
+    name: str
+    arch: str = "x86_64"
+    machine: str = "q35"
+    accel: str = "tcg"
+    memory: int = 256 * MiB
+    cpu: str | None = None
+    smp: int = 1
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One migration to run and judge.
+
+    ``capabilities`` and ``parameters`` are applied to both sides (QEMU requires
+    most capabilities to match); they are sorted tuples so equal cells compare
+    equal.  ``expect_fail`` names checks that this cell exists to make fail (a
+    negative control): the cell passes only when exactly those checks fail.
+    """
+
+    id: str
+    target: TargetSpec
+    src_build: BuildSpec
+    dst_build: BuildSpec
+    transport: str = "unix"
+    capabilities: tuple[tuple[str, bool], ...] = ()
+    parameters: tuple[tuple[str, Any], ...] = ()
+    timeout: float = 60.0
+    downtime_tolerance_ms: float = 250.0
+    expect_fail: tuple[str, ...] = ()
+    tier: str = ""
+    #: Where the cell was declared, "matrix.yaml:42", for error messages.
+    origin: str = ""
+
+    @property
+    def seed(self) -> int:
+        """A stable per-cell seed derived from the cell's id and inputs."""
+        digest = hashlib.sha256(self.fingerprint().encode()).digest()
+        return int.from_bytes(digest[:4], "little")
+
+    def fingerprint(self) -> str:
+        """Canonical JSON of the cell's inputs (without tier/origin)."""
+        data = asdict(self)
+        data.pop("tier", None)
+        data.pop("origin", None)
+        return json.dumps(data, sort_keys=True, default=str)
+
+    def inputs(self) -> dict[str, Any]:
+        """The cell's inputs as JSON-friendly data for results.json."""
+        return {
+            "target": asdict(self.target),
+            "src_build": self.src_build.name,
+            "dst_build": self.dst_build.name,
+            "transport": self.transport,
+            "capabilities": dict(self.capabilities),
+            "parameters": dict(self.parameters),
+            "timeout": self.timeout,
+            "downtime_tolerance_ms": self.downtime_tolerance_ms,
+            "expect_fail": list(self.expect_fail),
+            "tier": self.tier,
+            "origin": self.origin,
+            "seed": self.seed,
+        }

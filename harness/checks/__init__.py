@@ -1,0 +1,1 @@
+"""Checks: each a small function from collected evidence to a CheckResult."""

@@ -1,0 +1,64 @@
+"""Downtime against ``downtime-limit``.
+
+QEMU's ``downtime-limit`` is the target its convergence logic aims the
+*estimated* final stop-copy at (migration/ram.c and migration/migration.c,
+``migration_iteration_run`` / ``migration_completion``), not a bound QEMU
+enforces: the real stop includes device state and, with return-path, the
+destination's load.  So the verdict allows a declared tolerance, and results
+record the tolerance and this reason next to the figures.
+
+Two figures are judged:
+- ``downtime`` from ``query-migrate`` on the source (QEMU's own number);
+- the gap the guest saw: last source heartbeat to first destination heartbeat,
+  minus the time the harness itself held the destination paused for its
+  checks.  Heartbeats come once per pass over the region, so this figure is
+  allowed one extra heartbeat interval.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.results import CheckResult
+
+TOLERANCE_REASON = ("downtime-limit is QEMU's convergence target for the estimated final "
+                    "copy, not an enforced bound; device state and switchover overheads "
+                    "come on top")
+
+
+@dataclass(frozen=True)
+class DowntimeEvidence:
+    qemu_downtime_ms: float
+    limit_ms: float
+    tolerance_ms: float
+    #: None when there is no heartbeat workload or no heartbeat was seen.
+    guest_gap_ms: float | None = None
+    heartbeat_interval_ms: float | None = None
+
+
+def check_downtime(ev: DowntimeEvidence) -> CheckResult:
+    bound = ev.limit_ms + ev.tolerance_ms
+    figures = {
+        "qemu_downtime_ms": ev.qemu_downtime_ms,
+        "downtime_limit_ms": ev.limit_ms,
+        "tolerance_ms": ev.tolerance_ms,
+        "tolerance_reason": TOLERANCE_REASON,
+        "guest_gap_ms": None if ev.guest_gap_ms is None else round(ev.guest_gap_ms, 2),
+        "heartbeat_interval_ms": (None if ev.heartbeat_interval_ms is None
+                                  else round(ev.heartbeat_interval_ms, 2)),
+    }
+    problems = []
+    if ev.qemu_downtime_ms > bound:
+        problems.append(f"QEMU downtime {ev.qemu_downtime_ms:.0f} ms > limit {ev.limit_ms:.0f} "
+                        f"+ tolerance {ev.tolerance_ms:.0f} ms")
+    if ev.guest_gap_ms is not None:
+        guest_bound = bound + (ev.heartbeat_interval_ms or 0.0)
+        figures["guest_bound_ms"] = round(guest_bound, 2)
+        if ev.guest_gap_ms > guest_bound:
+            problems.append(f"guest saw a {ev.guest_gap_ms:.0f} ms gap > {guest_bound:.0f} ms "
+                            "(limit + tolerance + one heartbeat interval)")
+    if problems:
+        return CheckResult("downtime", False, "; ".join(problems), figures)
+    guest = "" if ev.guest_gap_ms is None else f", guest saw {ev.guest_gap_ms:.0f} ms"
+    return CheckResult("downtime", True,
+                       f"{ev.qemu_downtime_ms:.0f} ms <= {ev.limit_ms:.0f} + {ev.tolerance_ms:.0f} ms"
+                       + guest, figures)

@@ -1,0 +1,170 @@
+"""The ``mharness`` command.
+
+Exit status contract (CI scripts rely on it): 0 when every selected cell passed
+or was skipped with a reason, 1 when any cell failed, 2 for bad input (matrix,
+options, a build lacking what the matrix asks for), 130 when interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from harness.cell import Cell
+from harness.errors import HarnessError
+from harness.matrix import load_matrix, override_build, select
+from harness.qemu.build import discover, kvm_host_problem
+from harness.qemu.process import Interrupted, install_signal_handlers
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_matrix_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--matrix", default="matrix.yaml", help="matrix file (default: ./matrix.yaml)")
+    p.add_argument("--tier", default="smoke", help="tier to run (default: smoke)")
+    p.add_argument("-k", dest="select", default=None, metavar="EXPR",
+                   help="select cells by id, as pytest -k does (e.g. 'unix and not kvm')")
+    p.add_argument("--qemu", default=None, metavar="PATH",
+                   help="use this QEMU binary as the build for both sides of every cell")
+
+
+def _cells(args: argparse.Namespace) -> list[Cell]:
+    matrix = load_matrix(Path(args.matrix))
+    cells = matrix.cells(args.tier)
+    if args.qemu:
+        cells = override_build(cells, args.qemu)
+    if args.select:
+        cells = select(cells, args.select)
+    return cells
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.report.console import Progress, summary, table
+    from harness.runner import default_results_dir, exit_status, run_cells
+
+    cells = _cells(args)
+    results_dir = Path(args.results) if args.results else default_results_dir()
+    print(f"{len(cells)} cells from {args.matrix} tier '{args.tier}'"
+          + (f" matching -k '{args.select}'" if args.select else ""), file=sys.stderr)
+    state = None
+    try:
+        state = run_cells(cells, results_dir, keep_logs=args.keep_logs, listener=Progress())
+    except (KeyboardInterrupt, Interrupted) as exc:
+        print(f"\ninterrupted ({exc.__class__.__name__}): QEMU processes ended, partial results "
+              f"in {results_dir}", file=sys.stderr)
+        return 130
+    print()
+    print(table(state.results))
+    failed = [r for r in state.results if r.verdict in ("failed", "error")]
+    for r in failed:
+        print(f"\n{r.id}: {r.verdict}: {r.reason}" + (f"\n  logs: {r.logdir}" if r.logdir else ""))
+    print(f"\n{summary(state)}")
+    print(f"results: {results_dir / 'results.json'}  junit: {results_dir / 'junit.xml'}")
+    return exit_status(state)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    cells = _cells(args)
+    if args.json:
+        print(json.dumps({"count": len(cells),
+                          "cells": [{"id": c.id, **c.inputs()} for c in cells]}, indent=2))
+        return 0
+    for c in cells:
+        caps = ",".join(k for k, v in c.capabilities if v) or "-"
+        params = ",".join(f"{k}={v}" for k, v in c.parameters) or "-"
+        print(f"{c.id}  [{c.src_build.name}->{c.dst_build.name} {c.target.machine} "
+              f"{c.target.accel} {c.transport} caps={caps} params={params}]")
+    print(f"{len(cells)} cells")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Describe every build the matrix names (or --qemu), and what is missing."""
+    from harness.cell import BuildSpec
+
+    if args.qemu:
+        specs = [BuildSpec(name=args.qemu, binary=args.qemu)]
+    else:
+        specs = list(load_matrix(Path(args.matrix)).builds.values())
+    problems = 0
+    reports = []
+    kvm = kvm_host_problem()
+    for spec in specs:
+        build = discover(spec)
+        reports.append(build.summary())
+        if args.json:
+            continue
+        print(f"build '{spec.name}': {spec.binary}")
+        if build.missing:
+            problems += spec.required
+            print(f"  MISSING: {build.missing}" + ("  (required)" if spec.required else
+                                                     "  (its cells will be skipped)"))
+            continue
+        print(f"  version {build.version_text} ({build.package or 'no package string'}), "
+              f"target {build.arch}")
+        for accel, problem in build.accel_problems.items():
+            print(f"  accel {accel}: {'usable' if problem is None else 'NOT usable: ' + problem}")
+        machines = sorted(m.name for m in build.machines.values() if not m.deprecated)
+        print(f"  machines ({len(machines)}): {', '.join(machines)}")
+        print(f"  migration capabilities ({len(build.capabilities)}): {', '.join(build.capabilities)}")
+        print(f"  migration parameters ({len(build.parameters)}): {', '.join(sorted(build.parameters))}")
+    if args.json:
+        print(json.dumps({"kvm_host": kvm or "usable", "builds": reports}, indent=2, default=str))
+    else:
+        print(f"host KVM: {kvm or '/dev/kvm accessible'}")
+    return 1 if problems else 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    from harness.images import build_image
+
+    path = build_image(args.name)
+    print(path)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mharness", description="QEMU live-migration test harness")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the cells of a tier")
+    _add_matrix_args(run)
+    run.add_argument("--results", default=None, metavar="DIR",
+                     help="results folder (default: a new timestamped folder under results/)")
+    run.add_argument("--keep-logs", action="store_true", help="keep logs of passed cells too")
+    run.set_defaults(func=cmd_run)
+
+    ls = sub.add_parser("list", help="list the cells of a tier")
+    _add_matrix_args(ls)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+
+    doc = sub.add_parser("doctor", help="describe the QEMU builds and what is missing")
+    doc.add_argument("--matrix", default="matrix.yaml")
+    doc.add_argument("--qemu", default=None, metavar="PATH")
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(func=cmd_doctor)
+
+    img = sub.add_parser("images", help="build (or find cached) guest images")
+    img.add_argument("name", nargs="?", default="dirtier-x86")
+    img.set_defaults(func=cmd_images)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    install_signal_handlers()
+    try:
+        return int(args.func(args))
+    except HarnessError as exc:
+        print(f"mharness: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (KeyboardInterrupt, Interrupted):
+        print("mharness: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

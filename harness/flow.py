@@ -1,0 +1,473 @@
+"""The steps of one migration cell, and nothing else.
+
+boot source (guest dirtying) and destination (``-S -incoming defer``)
+-> apply capabilities and parameters on both sides, read them back
+-> wait for the guest's warm-up passes
+-> migrate, following MIGRATION events (never taking ``setup`` for done)
+-> with both sides stopped: exact RAM comparison and the guest invariant
+-> ``cont`` the destination: liveness and the guest-observed downtime
+-> judge, tear down.
+
+Everything the checks need is collected into plain figures; the verdicts are
+made by the functions in ``harness.checks``.
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import tempfile
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from qemu.qmp import ExecuteError
+
+from harness.cell import Cell
+from harness.checks.downtime import DowntimeEvidence, check_downtime
+from harness.checks.guest import check_guest_invariant
+from harness.checks.ram import check_ram, x86_layout
+from harness.errors import BuildError, HarnessError, QemuError
+from harness.qemu.build import QemuBuild, discover
+from harness.qemu.cmdline import MachinePaths, machine_argv
+from harness.qemu.machine import Machine
+from harness.results import ERROR, FAILED, SKIPPED, CellResult, CheckResult, judge
+from harness.workloads.dirtier import HeartbeatParser, make_disk, read_region_bytes
+
+PAGE = 4096
+#: Capabilities the harness turns on for every cell: without ``events`` QEMU
+#: emits no MIGRATION events (migration/migration.c, migrate_set_state ->
+#: qapi_event_send_migration is gated by migrate_use_events() in 7.2).
+BASE_CAPABILITIES = {"events": True}
+WARMUP_TIMEOUT = 60.0
+DEST_SETTLE_TIMEOUT = 30.0
+LIVENESS_HEARTBEATS = 3
+LIVENESS_TIMEOUT = 20.0
+TERMINAL = ("completed", "failed", "cancelled")
+
+Progress = Callable[[str], None]
+
+
+class CellFailure(HarnessError):
+    """The cell failed for a stated reason (not a harness bug)."""
+
+    def __init__(self, reason: str, verdict: str = FAILED) -> None:
+        self.verdict = verdict
+        super().__init__(reason)
+
+
+@dataclass
+class Evidence:
+    """What the flow collected; the checks judge it."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    checks: list[CheckResult] = field(default_factory=list)
+
+
+def runtime_dir() -> Path:
+    """A private (0700) directory on tmpfs when there is one: RAM files live here."""
+    base = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    return Path(tempfile.mkdtemp(prefix="mharness-", dir=base))
+
+
+def preflight(cell: Cell, src: QemuBuild, dst: QemuBuild) -> str | None:
+    """A skip reason when this host or build cannot run the cell; raise on bad input."""
+    for side, build in (("source", src), ("destination", dst)):
+        if build.missing:
+            if build.spec.required:
+                raise BuildError(build.name, f"required build is missing: {build.missing}")
+            return f"{side} build '{build.name}' unavailable: {build.missing}"
+        if build.arch != cell.target.arch:
+            return f"{side} build '{build.name}' is {build.arch}, cell needs {cell.target.arch}"
+        problem = build.accel_problems.get(cell.target.accel, "not compiled into this binary")
+        if problem:
+            return f"accelerator {cell.target.accel} unusable with '{build.name}': {problem}"
+        if build.resolve_machine(cell.target.machine) is None:
+            return f"machine type '{cell.target.machine}' unknown to '{build.name}' {build.version_text}"
+        unknown = [c for c, _ in cell.capabilities if c not in build.capabilities]
+        if unknown:
+            raise BuildError(build.name, f"{build.version_text} has no migration capability "
+                             f"{', '.join(map(repr, unknown))} (cell {cell.id}, {cell.origin}); "
+                             f"it supports: {', '.join(build.capabilities)}")
+        unknown = [p for p, _ in cell.parameters if p not in build.parameters]
+        if unknown:
+            raise BuildError(build.name, f"{build.version_text} has no migration parameter "
+                             f"{', '.join(map(repr, unknown))} (cell {cell.id}, {cell.origin}); "
+                             f"it supports: {', '.join(sorted(build.parameters))}")
+    return None
+
+
+#: A fault injector for the harness's own tests: called with the source's and
+#: destination's RAM files while both VMs are stopped, before the checks.
+Inject = Callable[[Path, Path], None]
+
+
+def run_cell(cell: Cell, logdir: Path, progress: Progress | None = None,
+             inject: Inject | None = None) -> CellResult:
+    """Synchronous facade: run one cell to a CellResult.  Never raises for a cell
+    failure; only for interruption (KeyboardInterrupt / Interrupted)."""
+    return asyncio.run(run_cell_async(cell, logdir, progress, inject))
+
+
+async def run_cell_async(cell: Cell, logdir: Path, progress: Progress | None = None,
+                         inject: Inject | None = None) -> CellResult:
+    logdir.mkdir(parents=True, exist_ok=True)
+    result = CellResult(id=cell.id, verdict=ERROR, inputs=cell.inputs(), logdir=str(logdir))
+    t0 = time.monotonic()
+    try:
+        src_build = discover(cell.src_build)
+        dst_build = discover(cell.dst_build)
+        result.builds = {"source": _build_brief(src_build), "destination": _build_brief(dst_build)}
+        skip = preflight(cell, src_build, dst_build)
+        if skip:
+            result.verdict, result.reason = SKIPPED, skip
+            return result
+        evidence = Evidence()
+        try:
+            await asyncio.wait_for(
+                _flow(cell, src_build, dst_build, logdir, evidence,
+                      progress or (lambda _: None), inject),
+                cell.timeout * 2 + WARMUP_TIMEOUT + 60)
+            result.verdict, result.reason = judge(evidence.checks)
+        except asyncio.TimeoutError:
+            result.verdict = ERROR
+            result.reason = (f"cell watchdog expired after {time.monotonic() - t0:.0f} s "
+                             f"(phases done: {', '.join(evidence.phases) or 'none'})")
+        except CellFailure as exc:
+            result.verdict, result.reason = exc.verdict, str(exc)
+        result.phases = {k: round(v, 4) for k, v in evidence.phases.items()}
+        result.figures = evidence.figures
+        result.checks = evidence.checks
+    except HarnessError as exc:
+        result.verdict, result.reason = ERROR, str(exc)
+    except ExecuteError as exc:
+        result.verdict, result.reason = ERROR, f"unexpected QMP error: {exc}"
+    finally:
+        result.duration = round(time.monotonic() - t0, 3)
+    return result
+
+
+def _build_brief(build: QemuBuild) -> dict[str, Any]:
+    return {"name": build.name, "binary": build.spec.binary, "version": build.version_text,
+            "package": build.package, "missing": build.missing}
+
+
+class _Phase:
+    """Times a phase into the evidence and names it in progress output."""
+
+    def __init__(self, ev: Evidence, name: str, progress: Progress) -> None:
+        self.ev, self.name, self.progress = ev, name, progress
+
+    def __enter__(self) -> None:
+        self.progress(self.name)
+        self.t = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        self.ev.phases[self.name] = time.monotonic() - self.t
+
+
+async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: Path,
+                ev: Evidence, progress: Progress, inject: Inject | None) -> None:
+    wl = cell.target.workload
+    workdir = runtime_dir()
+    t0 = time.monotonic()
+    # The destination's serial stream starts mid-run: no banner is expected
+    # there, and one would mean the guest restarted from reset.
+    src_hb, dst_hb = HeartbeatParser(), HeartbeatParser(expect_banner=False)
+    machine_type = _common_machine_type(cell, src_build, dst_build)
+    ev.figures["machine_type"] = machine_type
+    try:
+        async with AsyncExitStack() as stack:
+            with _Phase(ev, "launch", progress):
+                sides = []
+                for role, build, incoming, hb in (("src", src_build, False, src_hb),
+                                                   ("dst", dst_build, True, dst_hb)):
+                    disk = make_disk(workdir / f"{role}.disk", wl.region_base, wl.region_size)
+                    paths = MachinePaths(qmp=workdir / f"{role}.qmp", serial=workdir / f"{role}.serial",
+                                         ram=workdir / f"{role}.ram", disk=disk)
+                    argv = machine_argv(build, cell.target, paths, incoming=incoming,
+                                        machine_type=machine_type)
+                    m = Machine(role, argv, build.env(), qmp_path=paths.qmp,
+                                serial_path=paths.serial, logdir=logdir, t0=t0, serial_sink=hb.feed)
+                    sides.append((m, paths))
+                # Register teardown before starting either, so a failure starting
+                # the second still ends the first.
+                for m, _ in sides:
+                    stack.push_async_callback(m.close)
+                await asyncio.gather(*(m.start() for m, _ in sides))
+                (src, src_paths), (dst, dst_paths) = sides
+
+            with _Phase(ev, "configure", progress):
+                caps = {**BASE_CAPABILITIES, **dict(cell.capabilities)}
+                params = dict(cell.parameters)
+                await asyncio.gather(_configure(src, src_build, caps, params),
+                                     _configure(dst, dst_build, caps, params))
+                limit_ms = float((await src.execute("query-migrate-parameters"))["downtime-limit"])
+
+            with _Phase(ev, "warmup", progress):
+                await _wait_heartbeats(src, src_hb, wl.warmup_passes, WARMUP_TIMEOUT, "source warm-up")
+                ev.figures["warmup_passes"] = src_hb.heartbeats
+
+            with _Phase(ev, "migrate", progress):
+                info = await _migrate(cell, src, dst, workdir, ev)
+            if info is None:
+                return
+            t_dst_ready = ev.figures.pop("_t_dst_ready")
+
+            with _Phase(ev, "verify", progress):
+                ev.figures.update(_migration_figures(info))
+                if inject is not None:
+                    inject(src_paths.ram, dst_paths.ram)
+                ev.checks.append(_expect(cell, check_ram(src_paths.ram, dst_paths.ram,
+                                                         x86_layout(cell.target.memory))))
+                guest, before = check_guest_invariant(dst_paths.ram, wl.region_base,
+                                                      wl.region_size // PAGE, wl.region_base)
+                ev.checks.append(_expect(cell, guest))
+
+            with _Phase(ev, "liveness", progress):
+                t_cont = time.monotonic()
+                await dst.execute("cont")
+                t_held = t_cont - t_dst_ready
+                live = await _liveness(dst, dst_hb, dst_paths.ram, wl.region_base,
+                                       wl.region_size // PAGE, before)
+                ev.checks.append(_expect(cell, live))
+
+            gap = None
+            if src_hb.last_heartbeat_t is not None and dst_hb.first_heartbeat_t is not None:
+                gap = (dst_hb.first_heartbeat_t - src_hb.last_heartbeat_t - t_held) * 1000
+            rate = src_hb.rate()
+            ev.figures["harness_held_paused_ms"] = round(t_held * 1000, 2)
+            ev.checks.append(_expect(cell, check_downtime(DowntimeEvidence(
+                qemu_downtime_ms=float(info.get("downtime", 0)), limit_ms=limit_ms,
+                tolerance_ms=cell.downtime_tolerance_ms, guest_gap_ms=gap,
+                heartbeat_interval_ms=1000 / rate if rate else None))))
+            with _Phase(ev, "teardown", progress):
+                await stack.aclose()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _expect(cell: Cell, check: CheckResult) -> CheckResult:
+    """Mark a check the cell declared as a negative control."""
+    check.expected_to_fail = check.name in cell.expect_fail
+    return check
+
+
+async def _source_recovered(src: Machine, ev: Evidence) -> None:
+    """After a cancelled or failed migration the source must run on (QEMU puts
+    it back to 'running': migration/migration.c, migrate_fd_cleanup)."""
+    status = await src.status()
+    ev.figures["source_status_after"] = status
+    if status != "running":
+        raise CellFailure(f"source is '{status}' after the migration ended without success; "
+                          "it should be running")
+
+
+def _common_machine_type(cell: Cell, src: QemuBuild, dst: QemuBuild) -> str:
+    """The concrete machine type: aliases (q35) resolve per build, so across
+    builds the cell must name a versioned type both know."""
+    a, b = src.resolve_machine(cell.target.machine), dst.resolve_machine(cell.target.machine)
+    if a != b:
+        raise CellFailure(f"machine '{cell.target.machine}' is {a} on '{src.name}' but {b} on "
+                          f"'{dst.name}': name a versioned machine type both know", ERROR)
+    assert a is not None
+    return a
+
+
+async def _configure(m: Machine, build: QemuBuild, caps: dict[str, bool],
+                     params: dict[str, Any]) -> None:
+    """Apply capabilities and parameters, then read them back: a silent mismatch
+    would make every later verdict meaningless."""
+    side = "source" if m.role == "src" else "destination"
+    try:
+        await m.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": k, "state": v} for k, v in caps.items()]})
+    except ExecuteError as exc:
+        raise BuildError(build.name, f"{build.version_text} refused capabilities {caps} on the "
+                         f"{side}: {exc}") from exc
+    if params:
+        try:
+            await m.execute("migrate-set-parameters", params)
+        except ExecuteError as exc:
+            raise BuildError(build.name, f"{build.version_text} refused parameters {params} on "
+                             f"the {side}: {exc}") from exc
+    got_caps = {c["capability"]: c["state"] for c in await m.execute("query-migrate-capabilities")}
+    got_params = await m.execute("query-migrate-parameters")
+    wrong = [f"capability {k}={got_caps.get(k)!r} (set {v!r})" for k, v in caps.items()
+             if got_caps.get(k) != v]
+    wrong += [f"parameter {k}={got_params.get(k)!r} (set {v!r})" for k, v in params.items()
+              if got_params.get(k) != v]
+    if wrong:
+        raise BuildError(build.name, f"read-back mismatch on the {side}: {'; '.join(wrong)}")
+
+
+async def _wait_heartbeats(m: Machine, hb: HeartbeatParser, count: int, timeout: float,
+                           what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while hb.heartbeats < count:
+        if not m.alive:
+            raise CellFailure(f"{what}: {m.role} QEMU died: {m.exit_reason()}", ERROR)
+        if time.monotonic() > deadline:
+            raise CellFailure(f"{what}: {hb.heartbeats}/{count} heartbeats in {timeout:.0f} s "
+                              f"(banner seen: {hb.banner_seen})")
+        await asyncio.sleep(0.01)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _incoming_uri(cell: Cell, dst: Machine, workdir: Path) -> str:
+    """Start the destination listening and return the URI the source must use."""
+    if cell.transport == "unix":
+        uri = f"unix:{workdir / 'migration.sock'}"
+        await dst.execute("migrate-incoming", {"uri": uri})
+        return uri
+    if cell.transport == "tcp":
+        # Port 0: the kernel picks a free port and query-migrate on the
+        # destination reports it (MigrationInfo.socket-address, QEMU >= 4.0),
+        # so two cells can never race for the same port.
+        await dst.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+        info = await dst.execute("query-migrate")
+        for addr in info.get("socket-address", []):
+            if addr.get("type") == "inet":
+                return f"tcp:127.0.0.1:{addr['port']}"
+        raise CellFailure("destination did not report its listening port", ERROR)
+    raise CellFailure(f"transport '{cell.transport}' is not supported yet", ERROR)
+
+
+async def _migrate(cell: Cell, src: Machine, dst: Machine, workdir: Path,
+                   ev: Evidence) -> dict[str, Any] | None:
+    """Run the migration to a terminal state; return the source's final
+    query-migrate, or None when it did not converge in time (then a failed
+    'converged' check with the figures is in the evidence, and the migration
+    has been cancelled)."""
+    uri = await _incoming_uri(cell, dst, workdir)
+    ev.figures["uri"] = uri
+    since = len(src.events)
+    await src.execute("migrate", {"uri": uri})
+    done = await src.wait_event(
+        lambda e: e.get("event") == "MIGRATION" and e["data"]["status"] in TERMINAL,
+        cell.timeout, since)
+    ev.figures["source_states"] = src.migration_states()
+    if done is None:
+        if not src.alive:
+            raise CellFailure(f"source QEMU died during migration: {src.exit_reason()}", ERROR)
+        info = await src.execute("query-migrate")
+        ev.figures.update(_migration_figures(info))
+        await _cancel(src)
+        ram = info.get("ram", {})
+        ev.checks.append(CheckResult("converged", False,
+            f"did not complete within {cell.timeout:.0f} s: state {info.get('status')}, "
+            f"{ram.get('transferred', 0) >> 20} MiB sent, {ram.get('remaining', 0) >> 20} MiB "
+            f"remaining, dirtying {ram.get('dirty-pages-rate', 0)} pages/s, expected downtime "
+            f"{info.get('expected-downtime', '?')} ms", _migration_figures(info),
+            expected_to_fail="converged" in cell.expect_fail))
+        await _source_recovered(src, ev)
+        return None
+    status = done[1]["data"]["status"]
+    if status != "completed":
+        info = await src.execute("query-migrate")
+        raise CellFailure(f"migration {status}: {info.get('error-desc', 'no error given')}"
+                          + ("" if dst.alive else f"; destination {dst.exit_reason()}"))
+    ev.checks.append(CheckResult("converged", True, "migration completed",
+                                 {"source_states": ev.figures["source_states"]},
+                                 expected_to_fail="converged" in cell.expect_fail))
+    # The destination finishes loading after the source says completed; wait for
+    # its own 'completed' and for it to settle paused (-S) before touching RAM.
+    dst_done = await dst.wait_event(
+        lambda e: e.get("event") == "MIGRATION" and e["data"]["status"] in TERMINAL,
+        DEST_SETTLE_TIMEOUT)
+    if dst_done is None or dst_done[1]["data"]["status"] != "completed":
+        raise CellFailure("destination did not reach 'completed' "
+                          f"(states {dst.migration_states()}; {dst.exit_reason()})")
+    ev.figures["_t_dst_ready"] = dst_done[0]
+    ev.figures["destination_states"] = dst.migration_states()
+    dst_status = await _settled_status(dst)
+    src_status = await src.status()
+    ev.figures["runstates"] = {"source": src_status, "destination": dst_status}
+    if dst_status != "paused" or src_status != "postmigrate":
+        raise CellFailure(f"unexpected run states after migration: source {src_status}, "
+                          f"destination {dst_status}")
+    return await _final_info(src)
+
+
+async def _settled_status(m: Machine) -> str:
+    deadline = time.monotonic() + DEST_SETTLE_TIMEOUT
+    while True:
+        status = await m.status()
+        if status != "inmigrate" or time.monotonic() > deadline:
+            return status
+        await asyncio.sleep(0.01)
+
+
+async def _final_info(src: Machine) -> dict[str, Any]:
+    """query-migrate once its figures are filled in: QEMU can report
+    'completed' while downtime and total-time are still 0 for a moment."""
+    info: dict[str, Any] = {}
+    for _ in range(50):
+        info = await src.execute("query-migrate")
+        if info.get("total-time") and "downtime" in info:
+            break
+        await asyncio.sleep(0.02)
+    return info
+
+
+async def _cancel(src: Machine) -> None:
+    since = len(src.events)
+    try:
+        await src.execute("migrate_cancel")
+    except ExecuteError:
+        return
+    await src.wait_event(lambda e: e.get("event") == "MIGRATION" and
+                         e["data"]["status"] in ("cancelled", "failed", "completed"), 10.0, since)
+
+
+def _migration_figures(info: dict[str, Any]) -> dict[str, Any]:
+    ram = info.get("ram", {})
+    return {
+        "status": info.get("status"),
+        "total_time_ms": info.get("total-time"),
+        "downtime_ms": info.get("downtime"),
+        "setup_time_ms": info.get("setup-time"),
+        "expected_downtime_ms": info.get("expected-downtime"),
+        "ram_transferred": ram.get("transferred"),
+        "ram_total": ram.get("total"),
+        "ram_duplicate_pages": ram.get("duplicate"),
+        "ram_normal_pages": ram.get("normal"),
+        "dirty_sync_count": ram.get("dirty-sync-count"),
+        "mbps": ram.get("mbps"),
+    }
+
+
+async def _liveness(dst: Machine, hb: HeartbeatParser, ram: Path, offset: int, pages: int,
+                    before: Any) -> CheckResult:
+    """After ``cont`` the guest must keep running where it left off: heartbeats
+    resume, no banner (a banner would mean it restarted from reset), and the
+    region keeps changing."""
+    deadline = time.monotonic() + LIVENESS_TIMEOUT
+    while hb.heartbeats < LIVENESS_HEARTBEATS and time.monotonic() < deadline and dst.alive:
+        await asyncio.sleep(0.01)
+    after = read_region_bytes(ram, offset, pages)
+    changed = int((after != before).sum())
+    figures = {"heartbeats": hb.heartbeats, "restarts": hb.restarts, "pages_changed": changed,
+               "destination_alive": dst.alive}
+    if not dst.alive:
+        return CheckResult("liveness", False, f"destination died after cont: {dst.exit_reason()}",
+                           figures)
+    if hb.restarts:
+        return CheckResult("liveness", False,
+                           "guest restarted on the destination (banner printed again): "
+                           "CPU state not migrated", figures)
+    if hb.heartbeats < LIVENESS_HEARTBEATS:
+        return CheckResult("liveness", False, f"only {hb.heartbeats} heartbeats in "
+                           f"{LIVENESS_TIMEOUT:.0f} s after cont", figures)
+    if changed == 0:
+        return CheckResult("liveness", False, "heartbeats but the region did not change", figures)
+    return CheckResult("liveness", True, f"{hb.heartbeats} heartbeats, {changed} pages changed",
+                       figures)

@@ -1,0 +1,59 @@
+"""The QEMU command line for one side of a cell, built from the target profile.
+
+Kept apart from process handling so it can be unit-tested and printed
+(``mharness list --argv``) without starting anything.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.cell import TargetSpec
+from harness.qemu.build import QemuBuild
+
+RAM_BACKEND_ID = "ram0"
+
+
+@dataclass(frozen=True)
+class MachinePaths:
+    """Files one QEMU uses, all inside the cell's private (0700) runtime dir."""
+
+    qmp: Path
+    serial: Path
+    ram: Path
+    disk: Path | None
+
+
+def machine_argv(build: QemuBuild, target: TargetSpec, paths: MachinePaths, *,
+                 incoming: bool, machine_type: str | None = None,
+                 extra: tuple[str, ...] = ()) -> list[str]:
+    """Command line for a source (``incoming=False``) or destination.
+
+    Guest RAM lives in a ``memory-backend-file`` with ``share=on`` so both
+    sides' RAM can be compared byte for byte from the host while the VMs are
+    stopped.  The destination starts with ``-S`` so it stays paused after the
+    last page lands, and with ``-incoming defer`` so capabilities and
+    parameters can be set before it listens.
+    """
+    machine = machine_type or target.machine
+    argv = build.base_argv()
+    argv += [
+        "-nodefaults", "-no-user-config", "-display", "none",
+        "-machine", f"{machine},memory-backend={RAM_BACKEND_ID}",
+        "-accel", target.accel,
+        "-m", f"{target.memory // (1024 * 1024)}M",
+        "-object", (f"memory-backend-file,id={RAM_BACKEND_ID},size={target.memory},"
+                    f"mem-path={paths.ram},share=on"),
+        "-smp", str(target.smp),
+        "-qmp", f"unix:{paths.qmp}",
+        "-chardev", f"socket,id=serial0,path={paths.serial}",
+        "-serial", "chardev:serial0",
+    ]
+    if target.cpu:
+        argv += ["-cpu", target.cpu]
+    if paths.disk is not None:
+        argv += ["-drive", f"file={paths.disk},format=raw,if=ide,index=0,media=disk"]
+    if incoming:
+        argv += ["-S", "-incoming", "defer"]
+    argv += list(extra)
+    return argv

@@ -1,0 +1,228 @@
+"""A running QEMU: its process, its QMP session, its serial port and its log.
+
+The harness listens and QEMU connects (QMP and serial are client chardevs on
+unix sockets the harness created), so there is no polling for a socket to
+appear and no serial byte written before anyone listens is lost.
+
+Every QMP command, reply, error and event goes to a JSON-lines transcript in
+the cell's log folder; serial output is logged with host timestamps.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from qemu.qmp import EventListener, ExecuteError, QMPClient
+
+from harness.errors import QemuError
+from harness.qemu.process import QemuProcess
+
+ACCEPT_TIMEOUT = 30.0
+COMMAND_TIMEOUT = 30.0
+
+Event = dict[str, Any]
+
+
+class SerialLog:
+    """Receives serial bytes, stamps them with host time, logs and forwards them."""
+
+    def __init__(self, path: Path, t0: float, sink: Callable[[bytes, float], None] | None) -> None:
+        self._file = open(path, "w", encoding="ascii")
+        self._t0 = t0
+        self._sink = sink
+        self.nbytes = 0
+
+    def feed(self, data: bytes, t: float) -> None:
+        self.nbytes += len(data)
+        printable = all(32 <= b < 127 or b in (10, 13) for b in data)
+        shown = data.decode("ascii").rstrip("\r\n") if printable else data.hex()
+        kind = "txt" if printable else "hex"
+        self._file.write(f"{t - self._t0:12.6f} {kind} {shown}\n")
+        if self._sink:
+            self._sink(data, t)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+class Machine:
+    """One QEMU process driven over QMP.
+
+    Use as ``async with Machine(...) as m:``; leaving the block always ends the
+    process (QMP ``quit``, then SIGKILL by PID if it does not go).
+    """
+
+    def __init__(self, role: str, argv: list[str], env: dict[str, str], *,
+                 qmp_path: Path, serial_path: Path, logdir: Path, t0: float,
+                 serial_sink: Callable[[bytes, float], None] | None = None) -> None:
+        self.role = role
+        self.argv = argv
+        self.env = env
+        self.qmp_path = qmp_path
+        self.serial_path = serial_path
+        self.logdir = logdir
+        self.t0 = t0
+        self.proc: QemuProcess | None = None
+        self.qmp = QMPClient(role)
+        self.events: list[tuple[float, Event]] = []
+        self._event_cond = asyncio.Condition()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._serial_server: asyncio.AbstractServer | None = None
+        self._serial_connected = asyncio.Event()
+        self._transcript = open(logdir / f"{role}.qmp.jsonl", "w", encoding="utf-8")
+        self.serial = SerialLog(logdir / f"{role}.serial.log", t0, serial_sink)
+        (logdir / f"{role}.argv").write_text(" ".join(argv) + "\n")
+
+    # -- lifecycle ---------------------------------------------------------
+    async def __aenter__(self) -> "Machine":
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Listen on QMP and serial sockets, start QEMU, wait for it to connect."""
+        self._serial_server = await asyncio.start_unix_server(self._on_serial, str(self.serial_path))
+        await self.qmp.start_server(str(self.qmp_path))
+        self.proc = QemuProcess(self.argv, self.logdir / f"{self.role}.stderr",
+                                env=self.env, name=self.role)
+        accept = asyncio.ensure_future(self.qmp.accept())
+        deadline = time.monotonic() + ACCEPT_TIMEOUT
+        while not accept.done():
+            if not self.proc.running:
+                accept.cancel()
+                raise QemuError(f"{self.role} QEMU exited at start-up "
+                                f"({self.proc.describe_exit()}): {self.proc.stderr_tail(5)}")
+            if time.monotonic() > deadline:
+                accept.cancel()
+                raise QemuError(f"{self.role} QEMU did not connect to QMP in {ACCEPT_TIMEOUT:.0f} s")
+            await asyncio.wait([accept], timeout=0.05)
+        accept.result()
+        self._log({"dir": "connect", "pid": self.proc.pid})
+        listener = EventListener()
+        self.qmp.register_listener(listener)
+        self._tasks.append(asyncio.ensure_future(self._pump_events(listener)))
+
+    async def close(self) -> None:
+        """End the process (politely if it answers, by PID if not) and free everything."""
+        if self.proc is not None and self.proc.running:
+            try:
+                await asyncio.wait_for(self.qmp.execute("quit"), 2.0)
+            except BaseException:  # noqa: BLE001 - any failure here means: kill it
+                pass
+            if self.proc.wait(2.0) is None:
+                self.proc.kill()
+        try:
+            await asyncio.wait_for(self.qmp.disconnect(), 2.0)
+        except BaseException:  # noqa: BLE001 - EOFError after quit is the normal end
+            pass
+        for task in self._tasks:
+            task.cancel()
+        if self._serial_server is not None:
+            self._serial_server.close()
+        if self.proc is not None:
+            self.proc.kill()
+            self._log({"dir": "exit", "how": self.proc.describe_exit()})
+        self.serial.close()
+        if not self._transcript.closed:
+            self._transcript.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.running
+
+    def exit_reason(self) -> str:
+        """How the process ended plus its stderr tail: for failed-cell messages."""
+        if self.proc is None:
+            return "never started"
+        tail = self.proc.stderr_tail(8)
+        return self.proc.describe_exit() + (f"; stderr: {tail}" if tail else "")
+
+    # -- QMP ---------------------------------------------------------------
+    async def execute(self, cmd: str, args: dict[str, Any] | None = None,
+                      timeout: float = COMMAND_TIMEOUT) -> Any:
+        """Run one QMP command; ``ExecuteError`` propagates (it is an answer, not a crash)."""
+        self._log({"dir": ">", "cmd": cmd, "args": args})
+        try:
+            reply = await asyncio.wait_for(self.qmp.execute(cmd, args), timeout)
+        except ExecuteError as exc:
+            self._log({"dir": "<", "cmd": cmd, "error": {"class": exc.error_class, "desc": str(exc)}})
+            raise
+        except (asyncio.TimeoutError, EOFError, ConnectionError) as exc:
+            self._log({"dir": "<", "cmd": cmd, "failure": repr(exc)})
+            if not self.alive:
+                raise QemuError(f"{self.role} QEMU died during '{cmd}': {self.exit_reason()}") from exc
+            raise QemuError(f"{self.role} QEMU did not answer '{cmd}' ({exc!r})") from exc
+        self._log({"dir": "<", "cmd": cmd, "return": reply})
+        return reply
+
+    async def hmp(self, command_line: str) -> str:
+        return str(await self.execute("human-monitor-command", {"command-line": command_line}))
+
+    async def status(self) -> str:
+        return str((await self.execute("query-status"))["status"])
+
+    # -- events ------------------------------------------------------------
+    async def _pump_events(self, listener: EventListener) -> None:
+        async for event in listener:
+            t = time.monotonic()
+            self._log({"dir": "event", "event": event})
+            async with self._event_cond:
+                self.events.append((t, dict(event)))
+                self._event_cond.notify_all()
+
+    async def wait_event(self, match: Callable[[Event], bool], timeout: float,
+                         since: int = 0) -> tuple[float, Event] | None:
+        """First event at index >= ``since`` that matches; None on timeout.
+
+        Also returns early (None) if the process dies, so callers never wait out
+        a timeout on a dead QEMU.
+        """
+        deadline = time.monotonic() + timeout
+        async with self._event_cond:
+            while True:
+                for t, ev in self.events[since:]:
+                    if match(ev):
+                        return t, ev
+                since = len(self.events)
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.alive:
+                    return None
+                try:
+                    await asyncio.wait_for(self._event_cond.wait(), min(left, 0.25))
+                except asyncio.TimeoutError:
+                    pass
+
+    def migration_states(self) -> list[str]:
+        """The MIGRATION event states seen so far, in order."""
+        return [ev["data"]["status"] for _, ev in self.events if ev.get("event") == "MIGRATION"]
+
+    # -- serial ------------------------------------------------------------
+    async def _on_serial(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._serial_connected.set()
+        try:
+            while data := await reader.read(65536):
+                self.serial.feed(data, time.monotonic())
+        finally:
+            writer.close()
+
+    # -- transcript --------------------------------------------------------
+    def _log(self, entry: dict[str, Any]) -> None:
+        if self._transcript.closed:
+            return
+        entry = {"t": round(time.monotonic() - self.t0, 6), **entry}
+        text = json.dumps(entry, default=str)
+        if len(text) > 4000 and "return" in entry:  # e.g. query-qmp-schema
+            entry["return"] = f"<{len(text)} characters, not logged>"
+            text = json.dumps(entry, default=str)
+        self._transcript.write(text + "\n")
+        self._transcript.flush()

@@ -1,0 +1,181 @@
+"""Starting QEMU processes so that none can outlive the harness.
+
+Three layers, each covering what the one before cannot:
+
+1. every QEMU is started in its own process group with ``PR_SET_PDEATHSIG``
+   = SIGKILL, so the kernel kills it if the harness process dies for any reason
+   (SIGKILL of the runner, a segfault, an OOM kill);
+2. every started process is recorded in a module-level registry by PID; an
+   ``atexit`` hook and the SIGTERM/SIGHUP handlers installed by
+   :func:`install_signal_handlers` kill what is still registered;
+3. the owner of a process (a machine, a cell) ends it explicitly in a
+   ``finally``: first politely (QMP ``quit`` is the owner's business), then
+   :meth:`QemuProcess.kill` by PID.
+
+Processes are only ever signalled by the PID this module started, and only
+while it has not been reaped, so a recycled PID is never hit.
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+_registry: dict[int, "QemuProcess"] = {}
+_registry_lock = threading.Lock()
+
+
+def _child_setup(parent_pid: int) -> None:
+    """Runs in the child between fork and exec (no allocation-heavy work here)."""
+    os.setpgid(0, 0)
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # The parent may have died between fork() and prctl(): then nobody will
+    # ever send the death signal, so leave now.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+class QemuProcess:
+    """One started process, killable only by its own PID while not yet reaped."""
+
+    def __init__(self, argv: Sequence[str], stderr_path: Path,
+                 env: Mapping[str, str] | None = None, name: str = "qemu") -> None:
+        self.argv = list(argv)
+        self.name = name
+        self.stderr_path = stderr_path
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        parent = os.getpid()
+        self._stderr = open(stderr_path, "ab")
+        try:
+            self.popen = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=self._stderr,
+                stderr=self._stderr, env=full_env, close_fds=True,
+                preexec_fn=lambda: _child_setup(parent),
+            )
+        except BaseException:
+            self._stderr.close()
+            raise
+        self.pid = self.popen.pid
+        self.started = time.monotonic()
+        with _registry_lock:
+            _registry[self.pid] = self
+
+    def poll(self) -> int | None:
+        """The exit status if the process has ended (negative: killed by signal)."""
+        code = self.popen.poll()
+        if code is not None:
+            self._forget()
+        return code
+
+    @property
+    def running(self) -> bool:
+        return self.poll() is None
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds; the exit status or None if still running."""
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self._forget()
+        return code
+
+    def kill(self, grace: float = 0.0) -> int | None:
+        """End the process: SIGTERM and ``grace`` seconds if asked, then SIGKILL.
+
+        Signals go to this PID only (Popen refuses to signal a reaped child).
+        """
+        if self.poll() is not None:
+            return self.popen.returncode
+        if grace > 0:
+            self.popen.send_signal(signal.SIGTERM)
+            if self.wait(grace) is not None:
+                return self.popen.returncode
+        self.popen.kill()
+        code = self.wait(10.0)
+        return code
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        """The last lines QEMU wrote to stderr, for error messages."""
+        try:
+            self._stderr.flush()
+            text = self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def describe_exit(self) -> str:
+        """Human description of how the process ended ("exit 1", "signal SIGABRT")."""
+        code = self.popen.returncode
+        if code is None:
+            return "running"
+        if code < 0:
+            try:
+                return f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit status {code}"
+
+    def _forget(self) -> None:
+        with _registry_lock:
+            _registry.pop(self.pid, None)
+        if not self._stderr.closed:
+            self._stderr.close()
+
+
+def live_processes() -> list[QemuProcess]:
+    """Processes started by this harness process and not yet reaped."""
+    with _registry_lock:
+        procs = list(_registry.values())
+    return [p for p in procs if p.running]
+
+
+def kill_all() -> None:
+    """Kill every process still registered.  Safe to call more than once."""
+    for proc in live_processes():
+        try:
+            proc.kill()
+        except OSError:
+            pass
+
+
+atexit.register(kill_all)
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread on SIGTERM/SIGHUP so ``finally`` blocks run.
+
+    A BaseException (like KeyboardInterrupt) so ordinary ``except Exception``
+    handlers in cell code do not swallow it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM and SIGHUP into :class:`Interrupted` (Ctrl-C already raises).
+
+    Only the main thread can install handlers; elsewhere this is a no-op and
+    the atexit hook plus the death signal remain.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)

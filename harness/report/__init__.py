@@ -1,0 +1,1 @@
+"""Writers of run results: files (JSON, JUnit) and the console."""

@@ -1,0 +1,80 @@
+"""Console output in the manner of a CI tool: one live progress line while the
+run goes, then a table of cells, then where the full results are."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from harness.results import CellResult
+from harness.runner import RunState
+
+_MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "error": "ERROR"}
+
+
+class Progress:
+    """Listener for ``run_cells``: a rewritten status line on a terminal, plain
+    lines otherwise (CI logs keep one line per finished cell)."""
+
+    def __init__(self, out: TextIO = sys.stderr) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self._last = ""
+
+    def __call__(self, event: str, state: RunState) -> None:
+        done = len(state.results)
+        if event == "phase" and self.tty:
+            elapsed = time.monotonic() - state.started
+            self._line(f"[{done + 1}/{state.total}] {state.current}: {state.phase}  ({elapsed:.0f} s)")
+        elif event == "cell-end":
+            r = state.results[-1]
+            msg = f"[{done}/{state.total}] {_MARK.get(r.verdict, r.verdict)} {r.id} ({r.duration:.1f} s)"
+            if r.reason:
+                msg += f": {r.reason}"
+            self._line(msg, final=True)
+
+    def _line(self, text: str, final: bool = False) -> None:
+        if self.tty:
+            self.out.write("\r\033[K" + text + ("\n" if final else ""))
+        else:
+            if final:
+                self.out.write(text + "\n")
+        self.out.flush()
+
+
+def _fmt_ms(v: object) -> str:
+    return "-" if v is None else f"{float(v):.0f}"  # type: ignore[arg-type]
+
+
+def table(results: list[CellResult]) -> str:
+    """One row per cell: verdict and the figures a reader wants first."""
+    headers = ["cell", "verdict", "total ms", "downtime ms", "limit ms", "guest gap ms",
+               "RAM", "guest"]
+    rows = []
+    for r in results:
+        dt = r.check("downtime")
+        ram = r.check("ram")
+        guest = r.check("guest")
+        rows.append([
+            r.id, _MARK.get(r.verdict, r.verdict),
+            _fmt_ms(r.figures.get("total_time_ms")),
+            _fmt_ms(r.figures.get("downtime_ms")),
+            _fmt_ms(dt.figures.get("downtime_limit_ms")) if dt else "-",
+            _fmt_ms(dt.figures.get("guest_gap_ms")) if dt else "-",
+            ("same" if ram.passed else f"{ram.figures['differing_pages']} pages differ") if ram else "-",
+            ("ok" if guest.passed else "BROKEN") if guest else "-",
+        ])
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = lambda cols: "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip()
+    out = [line(headers), line("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def summary(state: RunState) -> str:
+    counts = state.counts()
+    parts = [f"{counts.get(k, 0)} {k}" for k in ("passed", "failed", "error", "skipped")]
+    text = ", ".join(parts) + f" in {time.monotonic() - state.started:.1f} s"
+    if state.interrupted:
+        text += f" (interrupted: {state.total - len(state.results)} cells not run)"
+    return text

@@ -1,0 +1,76 @@
+"""results.json and JUnit XML for a run.
+
+results.json is rewritten after every cell, atomically, so an interrupted or
+crashed run still leaves a readable file with every finished cell in it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness import __version__
+from harness.results import ERROR, FAILED, SKIPPED, CellResult
+
+if TYPE_CHECKING:
+    from harness.runner import RunState
+
+SCHEMA = "mharness-results/1"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_results_json(state: "RunState") -> Path:
+    data: dict[str, Any] = {
+        "schema": SCHEMA,
+        "harness_version": __version__,
+        "host": {"node": platform.node(), "machine": platform.machine(),
+                 "python": platform.python_version()},
+        "total_cells": state.total,
+        "interrupted": state.interrupted,
+        "counts": state.counts(),
+        "cells": [r.to_json() for r in state.results],
+    }
+    path = state.results_dir / "results.json"
+    _atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
+    return path
+
+
+def read_results_json(path: Path) -> list[CellResult]:
+    data = json.loads(path.read_text())
+    return [CellResult.from_json(c) for c in data["cells"]]
+
+
+def write_junit(state: "RunState") -> Path:
+    suite = ET.Element("testsuite", name="mharness", tests=str(len(state.results)))
+    counts = state.counts()
+    suite.set("failures", str(counts.get(FAILED, 0)))
+    suite.set("errors", str(counts.get(ERROR, 0)))
+    suite.set("skipped", str(counts.get(SKIPPED, 0)))
+    for r in state.results:
+        case = ET.SubElement(suite, "testcase", classname="mharness.cells", name=r.id,
+                             time=f"{r.duration:.3f}")
+        if r.verdict == FAILED:
+            ET.SubElement(case, "failure", message=r.reason).text = _details(r)
+        elif r.verdict == ERROR:
+            ET.SubElement(case, "error", message=r.reason).text = _details(r)
+        elif r.verdict == SKIPPED:
+            ET.SubElement(case, "skipped", message=r.reason)
+        ET.SubElement(case, "system-out").text = json.dumps(r.figures, default=str)
+    path = state.results_dir / "junit.xml"
+    _atomic_write(path, ET.tostring(suite, encoding="unicode") + "\n")
+    return path
+
+
+def _details(r: CellResult) -> str:
+    lines = [f"{c.name}: {'ok' if c.as_expected else 'WRONG'} - {c.summary}" for c in r.checks]
+    if r.logdir:
+        lines.append(f"logs: {r.logdir}")
+    return "\n".join(lines)

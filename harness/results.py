@@ -1,0 +1,73 @@
+"""What a cell produced: verdicts with their figures, ready for reports.
+
+A check result always carries the figures it judged, so a reader of
+results.json can see how close a pass was, not only that it passed.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PASSED = "passed"
+FAILED = "failed"
+SKIPPED = "skipped"
+ERROR = "error"  # the harness could not run the cell (QEMU died, timeout, ...)
+
+
+@dataclass
+class CheckResult:
+    """One check's verdict on the evidence of one cell."""
+
+    name: str
+    passed: bool
+    summary: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    #: True when the cell declared this check a negative control.
+    expected_to_fail: bool = False
+
+    @property
+    def as_expected(self) -> bool:
+        return self.passed != self.expected_to_fail
+
+
+@dataclass
+class CellResult:
+    """The outcome of one cell, as written to results.json."""
+
+    id: str
+    verdict: str
+    reason: str = ""
+    inputs: dict[str, Any] = field(default_factory=dict)
+    checks: list[CheckResult] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
+    builds: dict[str, Any] = field(default_factory=dict)
+    logdir: str | None = None
+    duration: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["checks"] = [asdict(c) for c in self.checks]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "CellResult":
+        checks = [CheckResult(**c) for c in data.get("checks", [])]
+        return cls(**{**data, "checks": checks})
+
+    def check(self, name: str) -> CheckResult | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+
+def judge(checks: list[CheckResult]) -> tuple[str, str]:
+    """Verdict and reason from the checks: every check must come out as declared."""
+    wrong = [c for c in checks if not c.as_expected]
+    if not wrong:
+        return PASSED, ""
+    reasons = []
+    for c in wrong:
+        if c.expected_to_fail:
+            reasons.append(f"{c.name}: negative control passed ({c.summary})")
+        else:
+            reasons.append(f"{c.name}: {c.summary}")
+    return FAILED, "; ".join(reasons)
