@@ -98,6 +98,10 @@ class Cell:
         data = asdict(self)
         data.pop("tier", None)
         data.pop("origin", None)
+        # Builds by name: their paths hold home directories, which differ
+        # between machines while the cell is the same.
+        data["src_build"] = self.src_build.name
+        data["dst_build"] = self.dst_build.name
         return json.dumps(data, sort_keys=True, default=str)
 
     def inputs(self) -> dict[str, Any]:

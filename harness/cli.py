@@ -87,7 +87,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.qemu:
         specs = [BuildSpec(name=args.qemu, binary=args.qemu)]
     else:
-        specs = list(load_matrix(Path(args.matrix)).builds.values())
+        specs = list(load_matrix(Path(args.matrix)).build_specs())
     problems = 0
     reports = []
     kvm = kvm_host_problem()

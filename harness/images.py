@@ -1,0 +1,202 @@
+"""Guest images built from the recipes in ``images/``, cached by content hash.
+
+Images are built from source on the machine that runs the harness rather than
+shipped as binaries, so a reviewer can read exactly what the guest does and a
+porter can rebuild it with their own toolchain.  The cache key covers
+everything that can change the output bytes: the recipe's input files, the
+recipe's own version string (bumped when its commands change) and the
+``--version`` banner of every tool it runs.  One cached image serves every
+cell; per-cell parameters are patched into a copy (see
+:mod:`harness.workloads.dirtier`).
+
+Builds are safe to run concurrently (xdist workers, several runners on one
+host): each build happens in a private temporary directory and lands in the
+cache with :func:`os.replace`, which is atomic within one filesystem, so a
+reader sees either no file or a complete one.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from harness.errors import HarnessError
+
+__all__ = [
+    "ImageError",
+    "Recipe",
+    "RECIPES",
+    "images_dir",
+    "cache_dir",
+    "recipe_key",
+    "build_image",
+]
+
+MIB = 1024 * 1024
+
+
+class ImageError(HarnessError):
+    """An image cannot be built: a tool is missing, or a build step failed."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to turn source files under ``images/`` into a disk image.
+
+    ``build`` gets the absolute input paths (same order as ``inputs``) and a
+    scratch directory, and returns the raw image bytes; padding to
+    ``pad_to`` is done by :func:`build_image` so every recipe gets it right.
+    """
+
+    name: str
+    inputs: tuple[str, ...]          # paths relative to images_dir()
+    tools: tuple[str, ...]           # executables whose version enters the key
+    version: str                     # bump when the build commands change
+    build: Callable[[list[Path], Path], bytes]
+    pad_to: int = MIB                # SeaBIOS on q35 does not boot a bare 512-byte disk
+
+
+def images_dir() -> Path:
+    """The folder with image recipes: ``$MHARNESS_IMAGES_DIR`` or the repo's ``images/``."""
+    env = os.environ.get("MHARNESS_IMAGES_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "images"
+
+
+def cache_dir() -> Path:
+    """Root of the harness cache (images live in its ``images/`` subfolder).
+
+    ``$MHARNESS_CACHE_DIR`` wins, then ``$XDG_CACHE_HOME/mharness``, then
+    ``~/.cache/mharness``.
+    """
+    env = os.environ.get("MHARNESS_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "mharness"
+
+
+def _tool(name: str) -> str:
+    """Absolute path of a build tool, or an error saying what to install."""
+    path = shutil.which(name)
+    if path is None:
+        raise ImageError(f"install binutils: '{name}' not found")
+    return path
+
+
+@functools.lru_cache(maxsize=32)
+def _tool_version(path: str, mtime_ns: int) -> str:
+    """First line of ``TOOL --version``; cached per binary path and mtime."""
+    del mtime_ns  # only part of the cache key: an upgraded tool is asked again
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True,
+                             timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ImageError(f"cannot run '{path} --version': {e}") from e
+    return out.splitlines()[0].strip() if out else ""
+
+
+def _run(argv: list[str], cwd: Path) -> None:
+    """Run one build step; a failure carries the tool's own message."""
+    try:
+        res = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
+                             timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ImageError(f"build step failed: {' '.join(argv)}: {e}") from e
+    if res.returncode != 0:
+        raise ImageError(f"build step failed (exit {res.returncode}): {' '.join(argv)}\n"
+                         f"{res.stderr.strip()}")
+
+
+def _build_boot_sector_x86(inputs: list[Path], work: Path) -> bytes:
+    """Assemble a 16/32-bit boot block and link it flat at 0x7c00."""
+    (src,) = inputs
+    obj = work / "boot.o"
+    out = work / "boot.bin"
+    _run([_tool("as"), "--32", str(src), "-o", str(obj)], work)
+    _run([_tool("ld"), "-m", "elf_i386", "-Ttext", "0x7c00", "-e", "_start",
+          "--oformat", "binary", str(obj), "-o", str(out)], work)
+    data = out.read_bytes()
+    if len(data) != 512 or data[510:512] != b"\x55\xaa":
+        raise ImageError(f"{src}: expected a 512-byte boot block ending in 55 AA, "
+                         f"got {len(data)} bytes")
+    return data
+
+
+RECIPES: dict[str, Recipe] = {
+    "dirtier-x86": Recipe(
+        name="dirtier-x86",
+        inputs=("x86/dirtier.S",),
+        tools=("as", "ld"),
+        version="1",
+        build=_build_boot_sector_x86,
+    ),
+}
+
+
+def recipe_key(name: str) -> str:
+    """16-hex-digit content hash of a recipe's inputs, version and tool versions."""
+    recipe = _recipe(name)
+    h = hashlib.sha256()
+    h.update(f"recipe {recipe.name} v{recipe.version} pad {recipe.pad_to}\n".encode())
+    root = images_dir()
+    for rel in recipe.inputs:
+        path = root / rel
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ImageError(f"image '{name}': cannot read recipe input {path}: {e.strerror} "
+                             f"(set MHARNESS_IMAGES_DIR to the repo's images/ folder "
+                             f"when the harness is installed outside its checkout)") from e
+        h.update(f"input {rel} {len(data)}\n".encode())
+        h.update(data)
+    for tool in recipe.tools:
+        path = _tool(tool)
+        h.update(f"tool {tool} {_tool_version(path, os.stat(path).st_mtime_ns)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        known = ", ".join(sorted(RECIPES))
+        raise ImageError(f"unknown image '{name}' (known: {known})") from None
+
+
+def build_image(name: str = "dirtier-x86") -> Path:
+    """Return the path of the built image, building it only if not cached yet.
+
+    The path is ``cache_dir()/images/<name>-<key>.img``; an existing file with
+    that name is trusted (it can only have been written whole, by
+    ``os.replace``).
+    """
+    recipe = _recipe(name)
+    key = recipe_key(name)
+    dest_dir = cache_dir() / "images"
+    dest = dest_dir / f"{name}-{key}.img"
+    if dest.is_file():
+        return dest
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    root = images_dir()
+    with tempfile.TemporaryDirectory(prefix=f"build-{name}-", dir=dest_dir) as tmp:
+        work = Path(tmp)
+        data = recipe.build([root / rel for rel in recipe.inputs], work)
+        if len(data) > recipe.pad_to:
+            raise ImageError(f"image '{name}' is {len(data)} bytes, more than {recipe.pad_to}")
+        staged = work / "image.img"
+        with open(staged, "wb") as f:
+            f.write(data)
+            f.write(bytes(recipe.pad_to - len(data)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(staged, dest)
+    return dest

@@ -1,0 +1,524 @@
+"""Load ``matrix.yaml`` (format version 1) into a validated ``Matrix``.
+
+Sections are read in dependency order (builds, targets, transports, capsets,
+paramsets, tiers) whatever their order in the file, so every reference can be
+checked where it is written and reported with its line and the names that are
+defined.  All tiers are expanded at load time: an error in a tier nobody asked
+for today is still an error in the file, and it is better found now.
+
+Loading is pure: nothing is checked on disk.  Whether a build's binary exists
+is the runner's business (``BuildSpec.required`` says whether its absence is an
+error or a reason to skip).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, TypeVar, overload
+
+from harness.cell import BuildSpec, Cell, TargetSpec, WorkloadSpec
+from harness.errors import MatrixError
+from harness.matrix import schema as s
+from harness.matrix.expand import ARCH_PLACEHOLDER, expand_tiers, with_build
+from harness.matrix.schema import CellDecl, Defaults, TierSpec, Where
+from harness.matrix.yamlpos import YEntry, YMap, YNode, YScalar, load_yaml
+from harness.units import format_size
+
+_PLACEHOLDER_RE = re.compile(r"\{[^}]*\}")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: Where ``dpkg -x`` puts a QEMU package's binary and firmware under a prefix.
+PREFIX_BINARY = "usr/bin/qemu-system-{arch}"
+PREFIX_DATA_DIRS = ("usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu")
+#: What a dimension's value is called in messages.
+_WHAT = {"target": "target", "transport": "transport", "capset": "capset",
+         "paramset": "paramset", "src-build": "build", "dst-build": "build"}
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A loaded, validated matrix.
+
+    ``builds`` hold paths already resolved; a binary or data dir may still
+    contain ``{arch}``, which each cell gets substituted for its target.
+    ``capsets``/``paramsets`` always contain ``default`` (empty unless the file
+    defines it).  ``cells()`` is the way to get runnable cells.
+    """
+
+    path: str
+    defaults: Defaults
+    builds: dict[str, BuildSpec]
+    targets: dict[str, TargetSpec]
+    #: Target name -> the build its cells use on both sides unless overridden.
+    target_builds: dict[str, str]
+    transports: tuple[str, ...]
+    capsets: dict[str, tuple[tuple[str, bool], ...]]
+    paramsets: dict[str, tuple[tuple[str, Any], ...]]
+    tiers: dict[str, TierSpec]
+    expanded: dict[str, tuple[Cell, ...]] = field(default_factory=dict, repr=False)
+    #: Set by ``override_build`` (``--qemu PATH``): every cell runs on this build.
+    build_override: BuildSpec | None = None
+
+    def cells(self, tier: str) -> list[Cell]:
+        """The cells of ``tier`` in declaration order (included tiers first)."""
+        if tier not in self.expanded:
+            raise MatrixError(f"unknown tier '{tier}' in {self.path} "
+                              f"(defined: {', '.join(self.tiers)})")
+        cells = list(self.expanded[tier])
+        if self.build_override is not None:
+            cells = with_build(cells, self.build_override)
+        return cells
+
+    def build_specs(self) -> list[BuildSpec]:
+        """Concrete builds to probe (``doctor``): ``{arch}`` substituted.
+
+        One entry per build and architecture that some cell uses, in build
+        declaration order; a build no cell uses is listed if its binary has no
+        ``{arch}`` to fill in.  With ``build_override`` only that build.
+        """
+        if self.build_override is not None:
+            return [self.build_override]
+        used: dict[tuple[str, str], BuildSpec] = {}
+        for cells in self.expanded.values():
+            for cell in cells:
+                for spec in (cell.src_build, cell.dst_build):
+                    used.setdefault((spec.name, spec.binary), spec)
+        result: list[BuildSpec] = []
+        for name, spec in self.builds.items():
+            mine = [b for (n, _), b in used.items() if n == name]
+            if mine:
+                result += mine
+            elif ARCH_PLACEHOLDER not in spec.binary:
+                result.append(spec)
+        return result
+
+
+def load_matrix(path: str | Path) -> Matrix:
+    """Read, validate and expand a matrix file; ``MatrixError`` says where it's wrong."""
+    file = str(path)
+    root = load_yaml(path)
+    where = Where(file)
+    if root is None:
+        raise MatrixError("the matrix file is empty", file, 1)
+    top = s.as_map(root, where)
+    _check_version(top, where)
+    entries = s.check_keys(top, where, s.TOP_KEYS, s.TOP_REQUIRED)
+    base_dir = os.path.dirname(os.path.abspath(file))
+
+    defaults = _defaults(entries.get("defaults"), where.key("defaults"))
+    builds = _named(entries["builds"], where.key("builds"), "build",
+                    lambda n, node, w: _build(n, node, w, base_dir))
+    targets = _named(entries["targets"], where.key("targets"), "target",
+                     lambda n, node, w: _target(n, node, w, builds))
+    transports = tuple(name for name, _, _ in s.as_name_list(
+        entries["transports"].value, where.key("transports"), "transport"))
+    capsets = _sets(entries.get("capsets"), where.key("capsets"), "capability",
+                    lambda name, node, w: s.as_bool(node, w))
+    paramsets = _sets(entries.get("paramsets"), where.key("paramsets"), "parameter",
+                      s.as_parameter_value)
+    matrix = Matrix(
+        path=file, defaults=defaults,
+        builds=builds,
+        targets={name: spec for name, (spec, _) in targets.items()},
+        target_builds={name: build for name, (_, build) in targets.items()},
+        transports=transports, capsets=capsets, paramsets=paramsets, tiers={})
+    tiers = _Tiers(matrix, where.key("tiers")).parse(entries["tiers"].value)
+    matrix = replace(matrix, tiers=tiers)
+    return replace(matrix, expanded=expand_tiers(tiers, matrix))
+
+
+@overload
+def override_build(matrix_or_cells: Matrix, binary: str) -> Matrix: ...
+@overload
+def override_build(matrix_or_cells: Iterable[Cell], binary: str) -> list[Cell]: ...
+
+
+def override_build(matrix_or_cells: Matrix | Iterable[Cell], binary: str
+                   ) -> Matrix | list[Cell]:
+    """Run everything on one binary (the CLI's ``--qemu PATH``).
+
+    Both sides of every cell get a required ``BuildSpec`` named after the path;
+    ids are unchanged so results stay comparable with the matrix's builds.  A
+    bare name (no ``/``) is looked up on ``PATH``; other paths are made absolute
+    against the current directory, ``~`` and ``$VAR`` expanded.
+    """
+    path = os.path.expanduser(os.path.expandvars(binary))
+    if os.sep not in path:
+        path = shutil.which(path) or path
+    path = os.path.abspath(path) if os.sep in path else path
+    build = BuildSpec(name=path, binary=path, required=True)
+    if isinstance(matrix_or_cells, Matrix):
+        return replace(matrix_or_cells, build_override=build)
+    return with_build(matrix_or_cells, build)
+
+
+# --- top level ---------------------------------------------------------------
+
+
+def _check_version(top: YMap, where: Where) -> None:
+    """Checked first, so a newer file fails on its version, not on a new key."""
+    entry = top.entries.get("version")
+    if entry is None:
+        raise where.key("version").error(
+            f"missing required key (this harness reads version {s.VERSION})", top.line)
+    version = s.as_int(entry.value, where.key("version"))
+    if version != s.VERSION:
+        raise where.key("version").error(
+            f"unsupported matrix version {version} (this harness reads version "
+            f"{s.VERSION})", entry.value.line)
+
+
+T = TypeVar("T")
+
+
+def _named(entry: YEntry, where: Where, what: str,
+           parse: Callable[[str, YNode, Where], T]) -> dict[str, T]:
+    """A mapping of user-chosen names to definitions, parsed in file order."""
+    node = s.as_map(entry.value, where)
+    if not node.entries:
+        raise where.error(f"no {what}s defined", entry.key_line)
+    result: dict[str, T] = {}
+    for name, item in node.entries.items():
+        s.check_name(name, item.key_line, where.key(name), f"{what} name")
+        result[name] = parse(name, item.value, where.key(name))
+    return result
+
+
+def _defined(names: Iterable[str]) -> str:
+    return ", ".join(names) or "none"
+
+
+def _ref(node: YNode, where: Where, what: str, defined: Sequence[str]) -> str:
+    """A reference to a defined name; unknown ones list what is defined."""
+    name = s.as_name(node, where, what)
+    if name not in defined:
+        raise where.error(f"unknown {what} '{name}' (defined: {_defined(defined)})",
+                          node.line)
+    return name
+
+
+def _defaults(entry: YEntry | None, where: Where) -> Defaults:
+    if entry is None:
+        return Defaults()
+    e = s.check_keys(s.as_map(entry.value, where), where, s.DEFAULTS_KEYS)
+    result = Defaults()
+    if "timeout" in e:
+        result = replace(result, timeout=s.as_number(
+            e["timeout"].value, where.key("timeout"), strict=True))
+    if "downtime-tolerance-ms" in e:
+        result = replace(result, downtime_tolerance_ms=s.as_number(
+            e["downtime-tolerance-ms"].value, where.key("downtime-tolerance-ms")))
+    if "capabilities" in e:
+        result = replace(result, capabilities=_qmp_map(
+            e["capabilities"].value, where.key("capabilities"), "capability",
+            lambda name, node, w: s.as_bool(node, w)))
+    if "parameters" in e:
+        result = replace(result, parameters=_qmp_map(
+            e["parameters"].value, where.key("parameters"), "parameter",
+            s.as_parameter_value))
+    return result
+
+
+# --- builds and targets ------------------------------------------------------
+
+
+def _path(node: YNode, where: Where, base_dir: str) -> str:
+    """Expand ``$VAR`` and ``~``; relative paths are relative to the matrix file.
+
+    Unset variables stay as written (os.path.expandvars), so an optional build
+    whose variable is unset simply isn't found at run time and is skipped.
+    """
+    text = s.as_str(node, where)
+    if not text:
+        raise where.error("expected a path, got an empty string", node.line)
+    for placeholder in _PLACEHOLDER_RE.findall(text):
+        if placeholder != "{arch}":
+            raise where.error(f"unknown placeholder {placeholder} (only {{arch}} "
+                              f"is replaced, by the target's arch)", node.line)
+    path = os.path.expanduser(os.path.expandvars(text))
+    return os.path.normpath(os.path.join(base_dir, path))
+
+
+def _build(name: str, node: YNode, where: Where, base_dir: str) -> BuildSpec:
+    m = s.as_map(node, where)
+    e = s.check_keys(m, where, s.BUILD_KEYS)
+    if "binary" not in e and "prefix" not in e:
+        raise where.error("a build needs 'binary' (a QEMU executable) or 'prefix' "
+                          "(the root of an unpacked QEMU package)", m.line)
+    prefix = _path(e["prefix"].value, where.key("prefix"), base_dir) \
+        if "prefix" in e else None
+    if "binary" in e:
+        binary = _path(e["binary"].value, where.key("binary"), base_dir)
+    else:
+        assert prefix is not None
+        binary = os.path.join(prefix, PREFIX_BINARY)
+    if "data-dirs" in e:
+        seq = s.as_list(e["data-dirs"].value, where.key("data-dirs"))
+        data_dirs = tuple(_path(item, where.key("data-dirs").index(i), base_dir)
+                          for i, item in enumerate(seq.items))
+    elif prefix is not None:
+        data_dirs = tuple(os.path.join(prefix, d) for d in PREFIX_DATA_DIRS)
+    else:
+        data_dirs = ()
+    env = _env(e["env"].value, where.key("env")) if "env" in e else ()
+    extra_args = s.as_str_list(e["extra-args"].value, where.key("extra-args")) \
+        if "extra-args" in e else ()
+    required = s.as_bool(e["required"].value, where.key("required")) \
+        if "required" in e else False
+    return BuildSpec(name=name, binary=binary, data_dirs=data_dirs, env=env,
+                     extra_args=extra_args, required=required)
+
+
+def _env(node: YNode, where: Where) -> tuple[tuple[str, str], ...]:
+    """Extra environment for the QEMU process; values get ``$VAR``/``~`` expanded."""
+    if _is_null(node):
+        return ()
+    pairs = []
+    for var, item in s.as_map(node, where).entries.items():
+        if not _ENV_NAME_RE.match(var):
+            raise where.key(var).error(f"invalid environment variable name {var!r}",
+                                       item.key_line)
+        value = s.as_str(item.value, where.key(var))
+        pairs.append((var, os.path.expanduser(os.path.expandvars(value))))
+    return tuple(sorted(pairs))
+
+
+def _target(name: str, node: YNode, where: Where, builds: dict[str, BuildSpec]
+            ) -> tuple[TargetSpec, str]:
+    m = s.as_map(node, where)
+    e = s.check_keys(m, where, s.TARGET_KEYS, s.TARGET_REQUIRED)
+    spec = TargetSpec(
+        name=name,
+        arch=s.as_name(e["arch"].value, where.key("arch"), "arch"),
+        machine=s.as_str(e["machine"].value, where.key("machine")),
+    )
+    if "accel" in e:
+        spec = replace(spec, accel=s.as_str(e["accel"].value, where.key("accel")))
+    if "memory" in e:
+        spec = replace(spec, memory=s.as_size(e["memory"].value, where.key("memory"),
+                                              positive=True))
+    if "cpu" in e:
+        spec = replace(spec, cpu=s.as_str(e["cpu"].value, where.key("cpu")))
+    if "smp" in e:
+        spec = replace(spec, smp=s.as_int(e["smp"].value, where.key("smp"), minimum=1))
+    build = _ref(e["build"].value, where.key("build"), "build", list(builds))
+    if "workload" in e:
+        spec = replace(spec, workload=_workload(e["workload"].value,
+                                                where.key("workload")))
+    region_end = spec.workload.region_base + spec.workload.region_size
+    if region_end > spec.memory:
+        culprit = _first(e, ("workload", "memory"))
+        line, key = (culprit.key_line, where.key(culprit.key)) if culprit \
+            else (m.line, where)
+        raise key.error(
+            f"workload region {format_size(spec.workload.region_base)}"
+            f"+{format_size(spec.workload.region_size)} does not fit in memory "
+            f"{format_size(spec.memory)}", line)
+    return spec, build
+
+
+def _first(entries: dict[str, YEntry], keys: Sequence[str]) -> YEntry | None:
+    return next((entries[k] for k in keys if k in entries), None)
+
+
+def _workload(node: YNode, where: Where) -> WorkloadSpec:
+    e = s.check_keys(s.as_map(node, where), where, s.WORKLOAD_KEYS)
+    spec = WorkloadSpec()
+    if "kind" in e:
+        spec = replace(spec, kind=s.as_name(e["kind"].value, where.key("kind"),
+                                            "workload kind"))
+    if "region" in e:
+        spec = replace(spec, region_size=s.as_size(e["region"].value,
+                                                   where.key("region"), positive=True))
+    if "base" in e:
+        spec = replace(spec, region_base=s.as_size(e["base"].value, where.key("base")))
+    if "warmup-passes" in e:
+        spec = replace(spec, warmup_passes=s.as_int(
+            e["warmup-passes"].value, where.key("warmup-passes"), minimum=0))
+    return spec
+
+
+# --- capability and parameter sets --------------------------------------------
+
+
+def _is_null(node: YNode) -> bool:
+    return isinstance(node, YScalar) and node.value is None
+
+
+def _qmp_map(node: YNode, where: Where, what: str, convert: Any
+             ) -> tuple[tuple[str, Any], ...]:
+    """``{name: value}`` with QMP-spelled names, as a sorted tuple.  Null = empty."""
+    if _is_null(node):
+        return ()
+    m = s.as_map(node, where)
+    result = []
+    for name, entry in m.entries.items():
+        s.check_qmp_name(name, entry.key_line, where.key(name), what)
+        result.append((name, convert(name, entry.value, where.key(name))))
+    return tuple(sorted(result))
+
+
+def _sets(entry: YEntry | None, where: Where, what: str, convert: Any
+          ) -> dict[str, tuple[tuple[str, Any], ...]]:
+    """Named capsets/paramsets; ``default`` exists (empty) unless defined."""
+    result: dict[str, tuple[tuple[str, Any], ...]] = {s.DEFAULT_SET: ()}
+    if entry is None or _is_null(entry.value):
+        return result
+    for name, item in s.as_map(entry.value, where).entries.items():
+        s.check_name(name, item.key_line, where.key(name), f"{what} set name")
+        result[name] = _qmp_map(item.value, where.key(name), what, convert)
+    return result
+
+
+# --- tiers ----------------------------------------------------------------------
+
+
+class _Tiers:
+    """Parses ``tiers:`` against the already-parsed definitions."""
+
+    def __init__(self, matrix: Matrix, where: Where) -> None:
+        self.m = matrix
+        self.where = where
+
+    def parse(self, node: YNode) -> dict[str, TierSpec]:
+        tiers_map = s.as_map(node, self.where)
+        if not tiers_map.entries:
+            raise self.where.error("no tiers defined", tiers_map.line)
+        for name, entry in tiers_map.entries.items():
+            s.check_name(name, entry.key_line, self.where.key(name), "tier name")
+        names = list(tiers_map.entries)
+        tiers = {name: self._tier(name, entry, names)
+                 for name, entry in tiers_map.entries.items()}
+        self._check_cycles(tiers)
+        return tiers
+
+    def _tier(self, name: str, entry: YEntry, names: list[str]) -> TierSpec:
+        where = self.where.key(name)
+        m = s.as_map(entry.value, where)
+        e = s.check_keys(m, where, s.TIER_KEYS, reserved=s.RESERVED_TIER_KEYS)
+        spec = TierSpec(name=name, line=entry.key_line)
+        if "description" in e:
+            spec = replace(spec, description=s.as_str(e["description"].value,
+                                                      where.key("description")))
+        if "include" in e:
+            includes = s.as_name_list(e["include"].value, where.key("include"),
+                                      "tier", allow_empty=True)
+            for inc, line, inc_where in includes:
+                if inc not in names:
+                    raise inc_where.error(
+                        f"unknown tier '{inc}' (defined: {_defined(names)})", line)
+            spec = replace(spec, include=tuple(n for n, _, _ in includes),
+                           include_lines=tuple(line for _, line, _ in includes))
+        cells: list[CellDecl] = []
+        for key, item in e.items():  # file order: cells and products interleave
+            if key == "cells":
+                seq = s.as_list(item.value, where.key("cells"))
+                cells += [self._cell(node, where.key("cells").index(i))
+                          for i, node in enumerate(seq.items)]
+            elif key == "product":
+                cells += self._products(item.value, where.key("product"))
+        if not spec.include and not cells:
+            raise where.error("the tier has no cells: give it 'include', 'cells' "
+                              "or 'product'", entry.key_line)
+        return replace(spec, cells=tuple(cells))
+
+    def _cell(self, node: YNode, where: Where) -> CellDecl:
+        m = s.as_map(node, where)
+        e = s.check_keys(m, where, s.CELL_KEYS, s.CELL_REQUIRED)
+        dims = {}
+        for dim in s.DIMENSIONS:
+            if dim in e:
+                value = e[dim].value
+                name = s.as_name(value, where.key(dim), _WHAT[dim])
+                dims[dim] = [(self._check_ref(dim, name, value.line, where.key(dim)),
+                              value.line)]
+        name = s.as_name(e["name"].value, where.key("name"), "cell name") \
+            if "name" in e else None
+        (decl,) = self._decls(dims, e, where, m.line, name)
+        return decl
+
+    def _products(self, node: YNode, where: Where) -> list[CellDecl]:
+        """``product:`` is one mapping or a list of them."""
+        if isinstance(node, YMap):
+            return self._product(node, where)
+        seq = s.as_list(node, where)
+        return [decl for i, item in enumerate(seq.items)
+                for decl in self._product(item, where.index(i))]
+
+    def _product(self, node: YNode, where: Where) -> list[CellDecl]:
+        m = s.as_map(node, where)
+        e = s.check_keys(m, where, s.PRODUCT_KEYS, s.CELL_REQUIRED)
+        dims = {}
+        for dim in s.DIMENSIONS:
+            if dim in e:
+                values = s.as_name_list(e[dim].value, where.key(dim), _WHAT[dim])
+                dims[dim] = [(self._check_ref(dim, name, line, item_where), line)
+                             for name, line, item_where in values]
+        return self._decls(dims, e, where, m.line, None)
+
+    def _check_ref(self, dim: str, name: str, line: int, where: Where) -> str:
+        """A dimension value must name something defined; say what is."""
+        defined: Sequence[str] = {
+            "target": list(self.m.targets),
+            "transport": self.m.transports,
+            "capset": list(self.m.capsets),
+            "paramset": list(self.m.paramsets),
+            "src-build": list(self.m.builds),
+            "dst-build": list(self.m.builds),
+        }[dim]
+        if name not in defined:
+            raise where.error(f"unknown {_WHAT[dim]} '{name}' (defined: "
+                              f"{_defined(defined)})", line)
+        return name
+
+    def _decls(self, dims: dict[str, list[tuple[str, int]]], e: dict[str, YEntry],
+               where: Where, line: int, name: str | None) -> list[CellDecl]:
+        timeout = s.as_number(e["timeout"].value, where.key("timeout"), strict=True) \
+            if "timeout" in e else None
+        tolerance = s.as_number(e["downtime-tolerance-ms"].value,
+                                where.key("downtime-tolerance-ms")) \
+            if "downtime-tolerance-ms" in e else None
+        expect_fail: tuple[str, ...] = ()
+        if "expect-fail" in e:
+            checks = s.as_name_list(e["expect-fail"].value, where.key("expect-fail"),
+                                    "check", allow_empty=True)
+            expect_fail = tuple(sorted(n for n, _, _ in checks))
+        default_set = [(s.DEFAULT_SET, line)]
+        axes = [dims["target"], dims["transport"], dims.get("capset", default_set),
+                dims.get("paramset", default_set), dims.get("src-build", [(None, line)]),
+                dims.get("dst-build", [(None, line)])]
+        decls = []
+        for combo in itertools.product(*axes):
+            target, transport, capset, paramset, src, dst = (v for v, _ in combo)
+            default_build = self.m.target_builds[target]
+            decls.append(CellDecl(
+                target=target, transport=transport, capset=capset, paramset=paramset,
+                src_build=src or default_build, dst_build=dst or default_build,
+                where=where.path, line=line, timeout=timeout,
+                downtime_tolerance_ms=tolerance, expect_fail=expect_fail, name=name))
+        return decls
+
+    def _check_cycles(self, tiers: dict[str, TierSpec]) -> None:
+        """Depth-first walk; the include entry that closes a loop is reported."""
+        state: dict[str, str] = {}  # name -> "active" | "done"
+
+        def visit(name: str, trail: list[str]) -> None:
+            state[name] = "active"
+            tier = tiers[name]
+            for i, (inc, line) in enumerate(zip(tier.include, tier.include_lines)):
+                if state.get(inc) == "active":
+                    cycle = trail[trail.index(inc):] + [name, inc] \
+                        if inc in trail else [name, inc]
+                    raise self.where.key(name).key("include").index(i).error(
+                        f"include cycle: {' -> '.join(cycle)}", line)
+                if inc not in state:
+                    visit(inc, trail + [name])
+            state[name] = "done"
+
+        for name in tiers:
+            if name not in state:
+                visit(name, [])

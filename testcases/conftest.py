@@ -1,0 +1,105 @@
+"""The conformance suite sees the same cells as ``mharness run``.
+
+Options: ``--matrix`` (default: the project's matrix.yaml), ``--tier``
+(default: smoke), ``--mh-results`` (where cell logs and results.json go;
+default: results/pytest-<timestamp>).  The required QEMU build of the matrix
+must exist: without it the run stops at once with an error rather than
+skipping its way to a green result.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+import pytest
+
+from harness.cell import Cell
+from harness.errors import HarnessError
+from harness.matrix import load_matrix
+from harness.qemu.build import discover
+from harness.qemu.process import live_processes
+from harness.report.files import write_junit, write_results_json
+from harness.results import CellResult
+from harness.runner import RunState
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mharness")
+    group.addoption("--matrix", default=str(ROOT / "matrix.yaml"), help="matrix file")
+    group.addoption("--tier", default="smoke", help="tier whose cells test_cells runs")
+    group.addoption("--mh-results", default=None, help="results folder for cell logs")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cell: a migration cell from the matrix")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    try:
+        matrix = load_matrix(Path(session.config.getoption("--matrix")))
+    except HarnessError as exc:
+        pytest.exit(f"bad matrix: {exc}", returncode=2)
+    for spec in matrix.build_specs():
+        if spec.required:
+            build = discover(spec)
+            if build.missing:
+                pytest.exit(f"required QEMU build '{spec.name}' is missing: {build.missing}. "
+                            "Install Debian's qemu-system-x86 (bash scripts/setup.sh).",
+                            returncode=4)
+
+
+@pytest.fixture(scope="session")
+def matrix(pytestconfig: pytest.Config):
+    return load_matrix(Path(pytestconfig.getoption("--matrix")))
+
+
+_state: RunState | None = None
+
+
+@pytest.fixture(scope="session")
+def run_state(pytestconfig: pytest.Config) -> RunState:
+    """Collects every cell result of the session into one results folder."""
+    global _state
+    if _state is None:
+        base = pytestconfig.getoption("--mh-results")
+        if base is None:
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            base = ROOT / "results" / f"pytest-{stamp}"
+        path = Path(base)
+        path.mkdir(parents=True, exist_ok=True)
+        _state = RunState(results_dir=path, total=0)
+    return _state
+
+
+@pytest.fixture
+def record(run_state: RunState):
+    """Add a cell result to the session's results folder (results.json, junit.xml)."""
+    def add(result: CellResult) -> CellResult:
+        run_state.total += 1
+        run_state.results.append(result)
+        write_results_json(run_state)
+        write_junit(run_state)
+        return result
+    return add
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_qemu():
+    """Every test must leave no QEMU it started running."""
+    yield
+    left = live_processes()
+    assert not left, f"QEMU processes left running: {[p.pid for p in left]}"
+
+
+def cells_of(config: pytest.Config, tier: str) -> list[Cell]:
+    return load_matrix(Path(config.getoption("--matrix"))).cells(tier)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``cell`` runs over the selected tier, ``control_cell`` over 'controls'."""
+    for name, tier in (("cell", metafunc.config.getoption("--tier")), ("control_cell", "controls")):
+        if name in metafunc.fixturenames:
+            cells = cells_of(metafunc.config, tier)
+            metafunc.parametrize(name, cells, ids=[c.id for c in cells])

@@ -1,0 +1,25 @@
+"""Every cell of the selected tier (default: smoke), against real QEMU.
+
+Ids are the cell ids of the matrix, so ``pytest testcases -k unix`` selects
+the same cells as ``mharness run -k unix``.
+"""
+from __future__ import annotations
+
+import pytest
+
+from harness.flow import run_cell
+from harness.results import PASSED, SKIPPED
+from harness.runner import cell_logdir
+
+
+@pytest.mark.cell
+def test_cell(cell, run_state, record) -> None:
+    result = record(run_cell(cell, cell_logdir(run_state.results_dir, cell.id)))
+    if result.verdict == SKIPPED:
+        pytest.skip(result.reason)
+    details = "\n".join(f"  {c.name}: {'ok' if c.as_expected else 'WRONG'}: {c.summary}"
+                        for c in result.checks)
+    assert result.verdict == PASSED, f"{result.reason}\n{details}\nlogs: {result.logdir}"
+    # A passed migrate cell has judged every check, with figures.
+    names = {c.name for c in result.checks}
+    assert {"converged", "ram", "guest", "liveness", "downtime"} <= names or cell.expect_fail

@@ -1,0 +1,96 @@
+"""The checks as functions of evidence: each must be able to fail."""
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.checks.downtime import DowntimeEvidence, check_downtime
+from harness.checks.ram import check_ram, compare_files, gpa_of, x86_layout
+from harness.results import FAILED, PASSED, CheckResult, judge
+
+MiB = 1 << 20
+
+
+def _ram_pair(tmp_path: Path, size: int = 8 * MiB) -> tuple[Path, Path]:
+    data = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8).tobytes()
+    a, b = tmp_path / "src.ram", tmp_path / "dst.ram"
+    a.write_bytes(data)
+    b.write_bytes(data)
+    return a, b
+
+
+def _flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+        m[offset] ^= 0xFF
+
+
+def test_identical_files_pass(tmp_path):
+    a, b = _ram_pair(tmp_path)
+    res = check_ram(a, b, x86_layout(8 * MiB))
+    assert res.passed and res.figures["differing_pages"] == 0
+    assert res.figures["bytes_compared"] == 8 * MiB
+
+
+def test_one_corrupted_byte_is_found_with_its_page(tmp_path):
+    a, b = _ram_pair(tmp_path)
+    _flip(b, 0x123456)
+    res = check_ram(a, b, x86_layout(8 * MiB))
+    assert not res.passed
+    assert res.figures["differing_pages"] == 1
+    assert res.figures["first_differing_gpas"] == ["0x123000"]
+    assert "0x123000" in res.summary
+
+
+def test_counts_pages_across_chunks_and_keeps_order(tmp_path):
+    a, b = _ram_pair(tmp_path, 40 * MiB)  # more than two 16 MiB chunks
+    for off in (5, 4096 * 3 + 7, 20 * MiB + 1, 40 * MiB - 1):
+        _flip(b, off)
+    diff = compare_files(a, b)
+    assert diff.differing_pages == 4
+    assert diff.first_offsets == [0, 4096 * 3, 20 * MiB, 40 * MiB - 4096]
+
+
+def test_size_mismatch_is_an_error(tmp_path):
+    a, b = _ram_pair(tmp_path)
+    with open(b, "ab") as f:
+        f.write(b"x" * 4096)
+    with pytest.raises(ValueError, match="differ in size"):
+        compare_files(a, b)
+
+
+def test_ram_above_the_4g_split_maps_to_4g():
+    layout = x86_layout(3 << 30, below_4g=2 << 30)
+    assert gpa_of(0x1000, layout) == 0x1000
+    assert gpa_of((2 << 30) + 0x2000, layout) == (1 << 32) + 0x2000
+
+
+def test_downtime_within_limit_and_tolerance_passes():
+    res = check_downtime(DowntimeEvidence(qemu_downtime_ms=120, limit_ms=100, tolerance_ms=50,
+                                          guest_gap_ms=130, heartbeat_interval_ms=2))
+    assert res.passed
+    assert res.figures["tolerance_reason"]
+
+
+def test_downtime_over_limit_with_zero_tolerance_fails():
+    res = check_downtime(DowntimeEvidence(qemu_downtime_ms=12, limit_ms=1, tolerance_ms=0))
+    assert not res.passed and "12 ms > limit 1" in res.summary
+
+
+def test_guest_observed_gap_is_judged_too():
+    res = check_downtime(DowntimeEvidence(qemu_downtime_ms=10, limit_ms=100, tolerance_ms=0,
+                                          guest_gap_ms=400, heartbeat_interval_ms=10))
+    assert not res.passed and "guest saw" in res.summary
+
+
+def test_judge_requires_negative_controls_to_fail():
+    ok = CheckResult("ram", True, "same")
+    control_failed = CheckResult("downtime", False, "too long", expected_to_fail=True)
+    control_passed = CheckResult("downtime", True, "fine", expected_to_fail=True)
+    assert judge([ok, control_failed]) == (PASSED, "")
+    verdict, reason = judge([ok, control_passed])
+    assert verdict == FAILED and "negative control passed" in reason
+    verdict, reason = judge([CheckResult("ram", False, "1 page differs")])
+    assert verdict == FAILED and reason == "ram: 1 page differs"
