@@ -109,7 +109,8 @@ class QemuProcess:
     def stderr_tail(self, lines: int = 20) -> str:
         """The last lines QEMU wrote to stderr, for error messages."""
         try:
-            self._stderr.flush()
+            if not self._stderr.closed:
+                self._stderr.flush()
             text = self.stderr_path.read_text(errors="replace")
         except OSError:
             return ""
