@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,8 @@ def _add_matrix_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cells(args: argparse.Namespace) -> list[Cell]:
+    if args.qemu and not shutil.which(args.qemu):
+        raise HarnessError(f"--qemu {args.qemu}: no such executable")
     matrix = load_matrix(Path(args.matrix))
     cells = matrix.cells(args.tier)
     if args.qemu:
@@ -40,11 +43,28 @@ def _cells(args: argparse.Namespace) -> list[Cell]:
     return cells
 
 
+def _validate_against_builds(cells: list[Cell]) -> None:
+    """Bad input is refused before anything runs: a capability or parameter the
+    cell's build does not have is an error naming the build and what it offers.
+    (Missing builds and unusable accelerators are per-cell skips instead.)"""
+    from harness.flow import preflight
+
+    errors = []
+    for cell in cells:
+        try:
+            preflight(cell, discover(cell.src_build), discover(cell.dst_build))
+        except HarnessError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise HarnessError("\n".join(dict.fromkeys(errors)))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.report.console import Progress, summary, table
     from harness.runner import default_results_dir, exit_status, run_cells
 
     cells = _cells(args)
+    _validate_against_builds(cells)
     results_dir = Path(args.results) if args.results else default_results_dir()
     print(f"{len(cells)} cells from {args.matrix} tier '{args.tier}'"
           + (f" matching -k '{args.select}'" if args.select else ""), file=sys.stderr)

@@ -31,6 +31,8 @@ class DowntimeEvidence:
     limit_ms: float
     tolerance_ms: float
     #: None when there is no heartbeat workload or no heartbeat was seen.
+    #: ``heartbeat_interval_ms``: the pass time around switchover (source and
+    #: destination), i.e. how coarse the guest-observed figure is.
     guest_gap_ms: float | None = None
     heartbeat_interval_ms: float | None = None
 
@@ -55,7 +57,7 @@ def check_downtime(ev: DowntimeEvidence) -> CheckResult:
         figures["guest_bound_ms"] = round(guest_bound, 2)
         if ev.guest_gap_ms > guest_bound:
             problems.append(f"guest saw a {ev.guest_gap_ms:.0f} ms gap > {guest_bound:.0f} ms "
-                            "(limit + tolerance + one heartbeat interval)")
+                            "(limit + tolerance + heartbeat resolution)")
     if problems:
         return CheckResult("downtime", False, "; ".join(problems), figures)
     guest = "" if ev.guest_gap_ms is None else f", guest saw {ev.guest_gap_ms:.0f} ms"

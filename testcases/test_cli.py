@@ -1,0 +1,126 @@
+"""The ``mharness`` command-line contract, end to end with real QEMU.
+
+CI scripts rely on: exit 0 when every selected cell passed or was skipped,
+1 when a cell failed, 2 for bad input; results.json and junit.xml in the
+results folder; logs of failed cells kept.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MATRIX = """\
+version: 1
+defaults:
+  parameters: {{max-bandwidth: 10G}}
+builds:
+  system: {{binary: /usr/bin/qemu-system-x86_64, required: true}}
+targets:
+  t: {{arch: x86_64, machine: q35, accel: tcg, build: system, memory: 128M,
+      workload: {{kind: dirtier, base: 2M, region: 16M}}}}
+transports: [unix]
+capsets:
+  plain: {{}}
+  odd: {{{cap}: true}}
+paramsets:
+  strict: {{downtime-limit: 1}}
+tiers:
+  good:
+    cells: [{{target: t, transport: unix, capset: plain}}]
+  failing:
+    cells: [{{target: t, transport: unix, capset: plain, paramset: strict,
+              downtime-tolerance-ms: 0}}]
+  unknown-cap:
+    cells: [{{target: t, transport: unix, capset: odd}}]
+"""
+
+
+def mharness(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def matrix_file(tmp_path: Path) -> Path:
+    path = tmp_path / "m.yaml"
+    path.write_text(MATRIX.format(cap="no-such-capability"))
+    return path
+
+
+def test_run_passing_cell_writes_results_and_exits_0(tmp_path, matrix_file):
+    out = mharness("run", "--matrix", str(matrix_file), "--tier", "good",
+                   "--results", str(tmp_path / "r"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    (cell,) = data["cells"]
+    assert cell["id"] == "t-unix-plain" and cell["verdict"] == "passed"
+    assert {c["name"] for c in cell["checks"]} >= {"converged", "ram", "guest", "liveness", "downtime"}
+    assert set(cell["phases"]) >= {"launch", "warmup", "migrate", "verify", "teardown"}
+    assert cell["figures"]["total_time_ms"] > 0
+    assert cell["logdir"] is None  # logs of passed cells are not kept by default
+    suite = ET.parse(tmp_path / "r" / "junit.xml").getroot()
+    assert suite.get("tests") == "1" and suite.get("failures") == "0"
+    assert "t-unix-plain" in out.stdout and "PASS" in out.stdout
+    assert "results:" in out.stdout
+
+
+def test_failing_cell_exits_1_and_keeps_its_logs(tmp_path, matrix_file):
+    out = mharness("run", "--matrix", str(matrix_file), "--tier", "failing",
+                   "--results", str(tmp_path / "r"))
+    assert out.returncode == 1, out.stdout + out.stderr
+    (cell,) = json.loads((tmp_path / "r" / "results.json").read_text())["cells"]
+    assert cell["verdict"] == "failed" and "downtime" in cell["reason"]
+    logs = Path(cell["logdir"])
+    for name in ("src.stderr", "dst.stderr", "src.serial.log", "dst.serial.log",
+                 "src.qmp.jsonl", "dst.qmp.jsonl"):
+        assert (logs / name).exists(), name
+    transcript = [json.loads(line) for line in (logs / "src.qmp.jsonl").read_text().splitlines()]
+    assert any(e.get("cmd") == "migrate" for e in transcript)
+    assert any(e.get("dir") == "event" for e in transcript)
+    suite = ET.parse(tmp_path / "r" / "junit.xml").getroot()
+    assert suite.get("failures") == "1"
+
+
+def test_unknown_capability_is_bad_input_naming_build_and_supported_list(tmp_path, matrix_file):
+    out = mharness("run", "--matrix", str(matrix_file), "--tier", "unknown-cap",
+                   "--results", str(tmp_path / "r"))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "QEMU build 'system'" in out.stderr
+    assert "'no-such-capability'" in out.stderr
+    assert "it supports:" in out.stderr and "postcopy-ram" in out.stderr
+
+
+def test_malformed_matrix_names_file_line_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MATRIX.format(cap="events").replace("memory: 128M", "memroy: 128M"))
+    out = mharness("run", "--matrix", str(bad), "--tier", "good")
+    assert out.returncode == 2
+    assert f"{bad}:7: key 'targets.t.memroy': unknown key" in out.stderr
+
+
+def test_missing_qemu_binary_is_bad_input(tmp_path, matrix_file):
+    out = mharness("run", "--matrix", str(matrix_file), "--tier", "good",
+                   "--qemu", str(tmp_path / "no-qemu"))
+    assert out.returncode == 2 and "no such executable" in out.stderr
+
+
+def test_k_selects_cells_like_pytest():
+    out = mharness("list", "--tier", "smoke", "-k", "unix and not kvm")
+    assert out.returncode == 0, out.stderr
+    ids = [line.split()[0] for line in out.stdout.splitlines()[:-1]]
+    assert ids and all("unix" in i and "kvm" not in i for i in ids)
+
+
+def test_doctor_describes_the_system_build():
+    out = mharness("doctor")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "build 'system'" in out.stdout and "version 7.2" in out.stdout
+    assert "accel tcg: usable" in out.stdout
+    assert "migration capabilities" in out.stdout and "multifd" in out.stdout
