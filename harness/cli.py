@@ -137,6 +137,49 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Probe every build (or --qemu) against the rule oracle; exit 1 on any disagreement."""
+    from harness.cell import BuildSpec
+    from harness.probe import conformance_table, probe_build
+
+    if args.qemu:
+        if not shutil.which(args.qemu):
+            raise HarnessError(f"--qemu {args.qemu}: no such executable")
+        specs = [BuildSpec(name=args.qemu, binary=shutil.which(args.qemu) or args.qemu)]
+    else:
+        specs = list(load_matrix(Path(args.matrix)).build_specs())
+    results_dir = Path(args.results)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    probes, builds = [], []
+    for spec in specs:
+        build = discover(spec)
+        if build.missing:
+            print(f"build '{spec.name}': skipped: {build.missing}", file=sys.stderr)
+            builds.append({"build": spec.name, "skipped": build.missing})
+            continue
+        print(f"build '{spec.name}' {build.version_text}: probing ...", file=sys.stderr)
+        report = probe_build(build, results_dir / "probe-logs" / _safe(spec.name))
+        builds.append(report.to_json())
+        probes.extend(report.results)
+        print(f"  {len(report.results)} probes in {report.seconds:.1f} s, "
+              f"{sum(not r.ok for r in report.results)} disagree", file=sys.stderr)
+    (results_dir / "probe.json").write_text(json.dumps(
+        {"builds": builds, "probes": [r.to_json() for r in probes]}, indent=1, default=str))
+    table = conformance_table(probes)
+    (results_dir / "probe-table.txt").write_text(table + "\n")
+    bad = [r for r in probes if not r.ok]
+    for r in bad[:50]:
+        print(r.describe())
+    print(f"{len(probes)} probes, {len(bad)} disagree with the oracle; "
+          f"results: {results_dir / 'probe.json'}, table: {results_dir / 'probe-table.txt'}")
+    schema_bad = any(b.get("schema_mismatches") for b in builds)
+    return 1 if bad or schema_bad else 0
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_")
+
+
 def cmd_images(args: argparse.Namespace) -> int:
     from harness.images import build_image
 
@@ -166,6 +209,12 @@ def parser() -> argparse.ArgumentParser:
     doc.add_argument("--qemu", default=None, metavar="PATH")
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(func=cmd_doctor)
+
+    probe = sub.add_parser("probe", help="probe builds' migration rules against the oracle")
+    probe.add_argument("--matrix", default="matrix.yaml")
+    probe.add_argument("--qemu", default=None, metavar="PATH")
+    probe.add_argument("--results", required=True, metavar="DIR")
+    probe.set_defaults(func=cmd_probe)
 
     img = sub.add_parser("images", help="build (or find cached) guest images")
     img.add_argument("name", nargs="?", default="dirtier-x86")
