@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
-import tempfile
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -29,10 +27,11 @@ from harness.cell import Cell
 from harness.checks.downtime import DowntimeEvidence, check_downtime
 from harness.checks.guest import check_guest_invariant
 from harness.checks.ram import check_ram, x86_layout
-from harness.errors import BuildError, HarnessError, QemuError
+from harness.errors import BuildError, HarnessError
 from harness.qemu.build import QemuBuild, discover
 from harness.qemu.cmdline import MachinePaths, machine_argv
 from harness.qemu.machine import Machine
+from harness.rundir import runtime_dir
 from harness.results import ERROR, FAILED, SKIPPED, CellResult, CheckResult, judge
 from harness.workloads.dirtier import HeartbeatParser, make_disk, read_region_bytes
 
@@ -65,12 +64,6 @@ class Evidence:
     phases: dict[str, float] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
     checks: list[CheckResult] = field(default_factory=list)
-
-
-def runtime_dir() -> Path:
-    """A private (0700) directory on tmpfs when there is one: RAM files live here."""
-    base = "/dev/shm" if Path("/dev/shm").is_dir() else None
-    return Path(tempfile.mkdtemp(prefix="mharness-", dir=base))
 
 
 def preflight(cell: Cell, src: QemuBuild, dst: QemuBuild) -> str | None:
@@ -230,8 +223,8 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
             with _Phase(ev, "configure", progress):
                 caps = {**BASE_CAPABILITIES, **dict(cell.capabilities)}
                 params = dict(cell.parameters)
-                await asyncio.gather(_configure(src, src_build, caps, params),
-                                     _configure(dst, dst_build, caps, params))
+                await asyncio.gather(configure(src, src_build, caps, params),
+                                     configure(dst, dst_build, caps, params))
                 limit_ms = float((await src.execute("query-migrate-parameters"))["downtime-limit"])
 
             with _Phase(ev, "warmup", progress):
@@ -305,7 +298,7 @@ def _common_machine_type(cell: Cell, src: QemuBuild, dst: QemuBuild) -> str:
     return a
 
 
-async def _configure(m: Machine, build: QemuBuild, caps: dict[str, bool],
+async def configure(m: Machine, build: QemuBuild, caps: dict[str, bool],
                      params: dict[str, Any]) -> None:
     """Apply capabilities and parameters, then read them back: a silent mismatch
     would make every later verdict meaningless."""
@@ -342,12 +335,6 @@ async def _wait_heartbeats(m: Machine, hb: HeartbeatParser, count: int, timeout:
             raise CellFailure(f"{what}: {hb.heartbeats}/{count} heartbeats in {timeout:.0f} s "
                               f"(banner seen: {hb.banner_seen})")
         await asyncio.sleep(0.01)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _incoming_uri(cell: Cell, dst: Machine, workdir: Path) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.cell import BuildSpec, TargetSpec
-from harness.flow import runtime_dir
+from harness.rundir import runtime_dir
 from harness.qemu.build import discover
 from harness.qemu.cmdline import MachinePaths, machine_argv
 from harness.qemu.machine import Machine

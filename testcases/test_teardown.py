@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.rundir import sweep_stale
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -91,6 +93,13 @@ def test_sigkill_of_harness_leaves_no_qemu(tmp_path, cell_id):
     for pid in left:  # clean up by the PIDs the harness started, then fail
         os.kill(pid, signal.SIGKILL)
     assert not left, f"QEMU survived SIGKILL of the harness: {sorted(left)}"
+    # The dead harness could not remove its tmpfs folder (guest RAM files);
+    # the next harness process sweeps it, by the owner PID recorded in it.
+    owned = [d for d in Path("/dev/shm").glob("mharness-*")
+             if (d / "owner.pid").exists() and (d / "owner.pid").read_text() == str(proc.pid)]
+    assert owned, "the killed harness left no runtime folder to sweep (test setup changed?)"
+    sweep_stale()
+    assert not any(d.exists() for d in owned)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

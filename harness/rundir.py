@@ -1,0 +1,63 @@
+"""Private runtime folders for QEMU sockets, disks and guest RAM files.
+
+They live on tmpfs (guest RAM files are as large as the guest), mode 0700,
+named ``mharness-*``.  Each records the PID of the harness process that made
+it; a harness killed with SIGKILL cannot remove its folder, so the next one
+to start removes folders whose owner no longer runs.  Ownership is decided by
+PID, never by name alone.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+PREFIX = "mharness-"
+OWNER_FILE = "owner.pid"
+#: Folders without an owner file (older harness versions) count as stale after this.
+UNOWNED_MAX_AGE = 3600.0
+
+
+def base_dir() -> Path | None:
+    return Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(base: Path | None = None) -> list[Path]:
+    """Remove runtime folders left by harness processes that died; return them."""
+    base = base or base_dir() or Path(tempfile.gettempdir())
+    removed = []
+    for d in base.glob(PREFIX + "*"):
+        if not d.is_dir() or d.is_symlink():
+            continue
+        try:
+            owner = int((d / OWNER_FILE).read_text())
+            stale = not _pid_alive(owner)
+        except (OSError, ValueError):
+            try:
+                stale = time.time() - d.stat().st_mtime > UNOWNED_MAX_AGE
+            except OSError:
+                continue
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def runtime_dir() -> Path:
+    """A new private (0700) folder on tmpfs when there is one, owned by this PID."""
+    sweep_stale()
+    path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=base_dir()))
+    (path / OWNER_FILE).write_text(str(os.getpid()))
+    return path
