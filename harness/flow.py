@@ -21,15 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from qemu.qmp import ExecuteError
 
 from harness.cell import Cell
 from harness.checks.downtime import DowntimeEvidence, check_downtime
 from harness.checks.guest import check_guest_invariant
-from harness.checks.ram import check_ram, x86_layout
+from harness.checks.modes import check_modes
+from harness.checks.ram import Explained, check_ram, x86_layout
 from harness.errors import BuildError, HarnessError
 from harness.qemu.build import QemuBuild, discover
 from harness.qemu.cmdline import MachinePaths, machine_argv
+from harness.driver import (TERMINAL, MigrationRun, cancel, incoming_uri, run_migration,
+                            settled_status)
 from harness.qemu.machine import Machine
 from harness.rundir import runtime_dir
 from harness.results import ERROR, FAILED, SKIPPED, CellResult, CheckResult, judge
@@ -41,10 +45,8 @@ PAGE = 4096
 #: qapi_event_send_migration is gated by migrate_use_events() in 7.2).
 BASE_CAPABILITIES = {"events": True}
 WARMUP_TIMEOUT = 60.0
-DEST_SETTLE_TIMEOUT = 30.0
 LIVENESS_HEARTBEATS = 3
 LIVENESS_TIMEOUT = 20.0
-TERMINAL = ("completed", "failed", "cancelled")
 
 Progress = Callable[[str], None]
 
@@ -232,27 +234,40 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                 ev.figures["warmup_passes"] = src_hb.heartbeats
 
             with _Phase(ev, "migrate", progress):
-                info = await _migrate(cell, src, dst, workdir, ev)
-            if info is None:
+                run = await _migrate(cell, src, dst, workdir, ev, caps, t0)
+            if run is None:
                 return
-            t_dst_ready = ev.figures.pop("_t_dst_ready")
+            info = run.info
 
             with _Phase(ev, "verify", progress):
                 ev.figures.update(_migration_figures(info))
                 if inject is not None:
                     inject(src_paths.ram, dst_paths.ram)
+                explained = None
+                if run.t_dst_resumed is not None:
+                    explained = Explained(
+                        np.arange(wl.region_base, wl.region_base + wl.region_size, PAGE),
+                        "the destination guest ran during postcopy and rewrote the first "
+                        "byte of its region's pages; those bytes are judged by the guest "
+                        "invariant")
                 ev.checks.append(_expect(cell, check_ram(src_paths.ram, dst_paths.ram,
-                                                         x86_layout(cell.target.memory))))
+                                                         x86_layout(cell.target.memory),
+                                                         explained)))
                 guest, before = check_guest_invariant(dst_paths.ram, wl.region_base,
                                                       wl.region_size // PAGE, wl.region_base)
                 ev.checks.append(_expect(cell, guest))
+                ev.checks += [_expect(cell, c) for c in check_modes(run, params)]
 
             with _Phase(ev, "liveness", progress):
                 t_cont = time.monotonic()
+                beats_before = dst_hb.heartbeats
                 await dst.execute("cont")
-                t_held = t_cont - t_dst_ready
+                # Time the harness kept the guest from running: from when the
+                # destination could first run to when it was told to.
+                assert run.t_dst_ready is not None
+                t_held = (run.t_dst_resumed or t_cont) - run.t_dst_ready
                 live = await _liveness(dst, dst_hb, dst_paths.ram, wl.region_base,
-                                       wl.region_size // PAGE, before)
+                                       wl.region_size // PAGE, before, beats_before)
                 ev.checks.append(_expect(cell, live))
 
             gap = None
@@ -337,110 +352,50 @@ async def _wait_heartbeats(m: Machine, hb: HeartbeatParser, count: int, timeout:
         await asyncio.sleep(0.01)
 
 
-async def _incoming_uri(cell: Cell, dst: Machine, workdir: Path) -> str:
-    """Start the destination listening and return the URI the source must use."""
-    if cell.transport == "unix":
-        uri = f"unix:{workdir / 'migration.sock'}"
-        await dst.execute("migrate-incoming", {"uri": uri})
-        return uri
-    if cell.transport == "tcp":
-        # Port 0: the kernel picks a free port and query-migrate on the
-        # destination reports it (MigrationInfo.socket-address, QEMU >= 4.0),
-        # so two cells can never race for the same port.
-        await dst.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
-        info = await dst.execute("query-migrate")
-        for addr in info.get("socket-address", []):
-            if addr.get("type") == "inet":
-                return f"tcp:127.0.0.1:{addr['port']}"
-        raise CellFailure("destination did not report its listening port", ERROR)
-    raise CellFailure(f"transport '{cell.transport}' is not supported yet", ERROR)
-
-
-async def _migrate(cell: Cell, src: Machine, dst: Machine, workdir: Path,
-                   ev: Evidence) -> dict[str, Any] | None:
-    """Run the migration to a terminal state; return the source's final
-    query-migrate, or None when it did not converge in time (then a failed
-    'converged' check with the figures is in the evidence, and the migration
-    has been cancelled)."""
-    uri = await _incoming_uri(cell, dst, workdir)
+async def _migrate(cell: Cell, src: Machine, dst: Machine, workdir: Path, ev: Evidence,
+                   caps: dict[str, bool], t0: float) -> MigrationRun | None:
+    """Run the migration; return the run when it completed with both sides
+    settled, or None when it did not converge in time (a failed 'converged'
+    check with the figures is then in the evidence, the migration has been
+    cancelled and the source must have resumed)."""
+    try:
+        uri = await incoming_uri(cell.transport, dst, workdir)
+    except (ValueError, RuntimeError) as exc:
+        raise CellFailure(str(exc), ERROR) from exc
     ev.figures["uri"] = uri
-    since = len(src.events)
-    await src.execute("migrate", {"uri": uri})
-    done = await src.wait_event(
-        lambda e: e.get("event") == "MIGRATION" and e["data"]["status"] in TERMINAL,
-        cell.timeout, since)
-    ev.figures["source_states"] = src.migration_states()
-    if done is None:
+    run = await run_migration(src, dst, uri, caps, cell.timeout, t0)
+    ev.figures["source_states"] = run.source_states
+    ev.figures["samples"] = run.samples
+    if run.status not in TERMINAL and run.status != "destination-failed":
         if not src.alive:
             raise CellFailure(f"source QEMU died during migration: {src.exit_reason()}", ERROR)
-        info = await src.execute("query-migrate")
-        ev.figures.update(_migration_figures(info))
-        await _cancel(src)
-        ram = info.get("ram", {})
-        ev.checks.append(CheckResult("converged", False,
-            f"did not complete within {cell.timeout:.0f} s: state {info.get('status')}, "
+        ev.figures.update(_migration_figures(run.info))
+        ram = run.info.get("ram", {})
+        ev.checks.append(_expect(cell, CheckResult("converged", False,
+            f"did not complete within {cell.timeout:.0f} s: state {run.status}, "
             f"{ram.get('transferred', 0) >> 20} MiB sent, {ram.get('remaining', 0) >> 20} MiB "
             f"remaining, dirtying {ram.get('dirty-pages-rate', 0)} pages/s, expected downtime "
-            f"{info.get('expected-downtime', '?')} ms", _migration_figures(info),
-            expected_to_fail="converged" in cell.expect_fail))
+            f"{run.info.get('expected-downtime', '?')} ms", _migration_figures(run.info))))
+        ev.figures["cancel_outcome"] = await cancel(src)
         await _source_recovered(src, ev)
         return None
-    status = done[1]["data"]["status"]
-    if status != "completed":
-        info = await src.execute("query-migrate")
-        raise CellFailure(f"migration {status}: {info.get('error-desc', 'no error given')}"
+    if not run.completed:
+        raise CellFailure(f"migration {run.status}: {run.error}"
                           + ("" if dst.alive else f"; destination {dst.exit_reason()}"))
-    ev.checks.append(CheckResult("converged", True, "migration completed",
-                                 {"source_states": ev.figures["source_states"]},
-                                 expected_to_fail="converged" in cell.expect_fail))
-    # The destination finishes loading after the source says completed; wait for
-    # its own 'completed' and for it to settle paused (-S) before touching RAM.
-    dst_done = await dst.wait_event(
-        lambda e: e.get("event") == "MIGRATION" and e["data"]["status"] in TERMINAL,
-        DEST_SETTLE_TIMEOUT)
-    if dst_done is None or dst_done[1]["data"]["status"] != "completed":
-        raise CellFailure("destination did not reach 'completed' "
-                          f"(states {dst.migration_states()}; {dst.exit_reason()})")
-    ev.figures["_t_dst_ready"] = dst_done[0]
-    ev.figures["destination_states"] = dst.migration_states()
-    dst_status = await _settled_status(dst)
+    ev.checks.append(_expect(cell, CheckResult("converged", True, "migration completed",
+                                               {"source_states": run.source_states})))
+    ev.figures["destination_states"] = run.destination_states
+    if run.t_dst_resumed is not None:
+        # Postcopy: the destination guest has been running; stop it so its RAM
+        # holds still for the checks.
+        await dst.execute("stop")
+    dst_status = await settled_status(dst)
     src_status = await src.status()
     ev.figures["runstates"] = {"source": src_status, "destination": dst_status}
     if dst_status != "paused" or src_status != "postmigrate":
         raise CellFailure(f"unexpected run states after migration: source {src_status}, "
                           f"destination {dst_status}")
-    return await _final_info(src)
-
-
-async def _settled_status(m: Machine) -> str:
-    deadline = time.monotonic() + DEST_SETTLE_TIMEOUT
-    while True:
-        status = await m.status()
-        if status != "inmigrate" or time.monotonic() > deadline:
-            return status
-        await asyncio.sleep(0.01)
-
-
-async def _final_info(src: Machine) -> dict[str, Any]:
-    """query-migrate once its figures are filled in: QEMU can report
-    'completed' while downtime and total-time are still 0 for a moment."""
-    info: dict[str, Any] = {}
-    for _ in range(50):
-        info = await src.execute("query-migrate")
-        if info.get("total-time") and "downtime" in info:
-            break
-        await asyncio.sleep(0.02)
-    return info
-
-
-async def _cancel(src: Machine) -> None:
-    since = len(src.events)
-    try:
-        await src.execute("migrate_cancel")
-    except ExecuteError:
-        return
-    await src.wait_event(lambda e: e.get("event") == "MIGRATION" and
-                         e["data"]["status"] in ("cancelled", "failed", "completed"), 10.0, since)
+    return run
 
 
 def _migration_figures(info: dict[str, Any]) -> dict[str, Any]:
@@ -461,12 +416,13 @@ def _migration_figures(info: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _liveness(dst: Machine, hb: HeartbeatParser, ram: Path, offset: int, pages: int,
-                    before: Any) -> CheckResult:
+                    before: Any, beats_before: int = 0) -> CheckResult:
     """After ``cont`` the guest must keep running where it left off: heartbeats
     resume, no banner (a banner would mean it restarted from reset), and the
     region keeps changing."""
     deadline = time.monotonic() + LIVENESS_TIMEOUT
-    while hb.heartbeats < LIVENESS_HEARTBEATS and time.monotonic() < deadline and dst.alive:
+    want = beats_before + LIVENESS_HEARTBEATS
+    while hb.heartbeats < want and time.monotonic() < deadline and dst.alive:
         await asyncio.sleep(0.01)
     after = read_region_bytes(ram, offset, pages)
     changed = int((after != before).sum())
@@ -479,10 +435,10 @@ async def _liveness(dst: Machine, hb: HeartbeatParser, ram: Path, offset: int, p
         return CheckResult("liveness", False,
                            "guest restarted on the destination (banner printed again): "
                            "CPU state not migrated", figures)
-    if hb.heartbeats < LIVENESS_HEARTBEATS:
-        return CheckResult("liveness", False, f"only {hb.heartbeats} heartbeats in "
+    if hb.heartbeats < want:
+        return CheckResult("liveness", False, f"only {hb.heartbeats - beats_before} heartbeats in "
                            f"{LIVENESS_TIMEOUT:.0f} s after cont", figures)
     if changed == 0:
         return CheckResult("liveness", False, "heartbeats but the region did not change", figures)
-    return CheckResult("liveness", True, f"{hb.heartbeats} heartbeats, {changed} pages changed",
+    return CheckResult("liveness", True, f"{hb.heartbeats - beats_before} heartbeats, {changed} pages changed",
                        figures)

@@ -94,3 +94,20 @@ def test_judge_requires_negative_controls_to_fail():
     assert verdict == FAILED and "negative control passed" in reason
     verdict, reason = judge([CheckResult("ram", False, "1 page differs")])
     assert verdict == FAILED and reason == "ram: 1 page differs"
+
+
+def test_explained_bytes_are_counted_apart_but_other_bytes_still_fail(tmp_path):
+    from harness.checks.ram import Explained
+
+    a, b = _ram_pair(tmp_path)
+    _flip(b, 0x200000)          # first byte of a region page: the guest wrote it
+    _flip(b, 0x201000)          # likewise
+    allowed = Explained(np.arange(0x200000, 0x400000, 4096), "guest ran after switchover")
+    res = check_ram(a, b, x86_layout(8 * MiB), allowed)
+    assert res.passed and res.figures["explained_pages"] == 2
+    assert res.figures["explained_reason"] == "guest ran after switchover"
+    _flip(b, 0x201001)          # a byte the guest never writes: a real difference
+    res = check_ram(a, b, x86_layout(8 * MiB), allowed)
+    assert not res.passed
+    assert res.figures["first_differing_gpas"] == ["0x201000"]
+    assert res.figures["explained_pages"] == 1

@@ -51,20 +51,39 @@ def gpa_of(offset: int, layout: list[RamRegion]) -> int:
     return offset
 
 
+@dataclass(frozen=True)
+class Explained:
+    """Bytes that may legitimately differ, and why.
+
+    Used when the destination guest ran after switchover (postcopy): the
+    dirtier then writes exactly the first byte of each page of its region, so
+    those bytes (and only those) are judged by the guest invariant instead.
+    Every page that differs only there is counted and reported, never hidden.
+    """
+
+    offsets: np.ndarray  # sorted file offsets of bytes allowed to differ
+    reason: str
+
+
 @dataclass
 class RamDiff:
     size: int
     differing_pages: int
     first_offsets: list[int]
     seconds: float
+    explained_pages: int = 0
 
     @property
     def mib_per_s(self) -> float:
         return self.size / (1 << 20) / self.seconds if self.seconds > 0 else 0.0
 
 
-def compare_files(src: Path, dst: Path, keep: int = 16) -> RamDiff:
-    """Compare two RAM files; count differing 4 KiB pages, keep the first offsets."""
+def compare_files(src: Path, dst: Path, keep: int = 16,
+                  explained: Explained | None = None) -> RamDiff:
+    """Compare two RAM files; count differing 4 KiB pages, keep the first offsets.
+
+    With ``explained``, a page whose only differing bytes are listed there is
+    counted in ``explained_pages`` instead of ``differing_pages``."""
     t = time.perf_counter()
     with open(src, "rb") as fa, open(dst, "rb") as fb:
         size_a = fa.seek(0, 2)
@@ -78,14 +97,18 @@ def compare_files(src: Path, dst: Path, keep: int = 16) -> RamDiff:
             a = np.frombuffer(ma, dtype=np.uint8)
             b = np.frombuffer(mb, dtype=np.uint8)
             try:
-                count, first = _diff_arrays(a, b, keep)
+                count, first, explained_pages = _diff_arrays(
+                    a, b, keep, None if explained is None else explained.offsets)
             finally:
                 del a, b  # release the buffer exports before the maps close
-    return RamDiff(size_a, count, first, time.perf_counter() - t)
+    return RamDiff(size_a, count, first, time.perf_counter() - t, explained_pages)
 
 
-def _diff_arrays(a: np.ndarray, b: np.ndarray, keep: int) -> tuple[int, list[int]]:
-    count = 0
+def _diff_arrays(a: np.ndarray, b: np.ndarray, keep: int,
+                 allowed: np.ndarray | None = None) -> tuple[int, list[int], int]:
+    """Count differing pages (and their first offsets); with ``allowed``, pages
+    that differ only at those byte offsets are counted separately."""
+    count = explained = 0
     first: list[int] = []
     n = len(a)
     whole = n - n % 8
@@ -96,25 +119,44 @@ def _diff_arrays(a: np.ndarray, b: np.ndarray, keep: int) -> tuple[int, list[int
         ca, cb = a64[i:i + step], b64[i:i + step]
         if np.array_equal(ca, cb):
             continue
-        pages = len(ca) * 8 // PAGE
-        full = pages * PAGE // 8
-        bad = np.flatnonzero((ca[:full].reshape(pages, PAGE // 8)
-                              != cb[:full].reshape(pages, PAGE // 8)).any(axis=1))
+        bad = _bad_pages(ca, cb)
+        if allowed is not None:
+            base = i * 8
+            lo, hi = np.searchsorted(allowed, [base, base + len(ca) * 8])
+            if hi > lo:
+                patched = cb.copy()
+                idx = allowed[lo:hi] - base
+                patched.view(np.uint8)[idx] = ca.view(np.uint8)[idx]
+                still = _bad_pages(ca, patched)
+                explained += len(bad) - len(still)
+                bad = still
         offsets = [(i * 8) + int(p) * PAGE for p in bad]
-        if full < len(ca) and not np.array_equal(ca[full:], cb[full:]):
-            offsets.append(i * 8 + full * 8)
         count += len(offsets)
         first.extend(offsets[: max(0, keep - len(first))])
     if whole < n and not np.array_equal(a[whole:], b[whole:]):
         count += 1
         if len(first) < keep:
             first.append(whole - whole % PAGE)
-    return count, first
+    return count, first, explained
 
 
-def check_ram(src: Path, dst: Path, layout: list[RamRegion]) -> CheckResult:
-    """The exact RAM check: pass only when not a single byte differs."""
-    diff = compare_files(src, dst)
+def _bad_pages(ca: np.ndarray, cb: np.ndarray) -> np.ndarray:
+    """Indices of the 4 KiB pages that differ (a trailing partial page counts as one)."""
+    words = PAGE // 8
+    pages = len(ca) // words
+    full = pages * words
+    bad = np.flatnonzero((ca[:full].reshape(pages, words) != cb[:full].reshape(pages, words))
+                         .any(axis=1))
+    if full < len(ca) and not np.array_equal(ca[full:], cb[full:]):
+        bad = np.append(bad, pages)
+    return bad
+
+
+def check_ram(src: Path, dst: Path, layout: list[RamRegion],
+              explained: Explained | None = None) -> CheckResult:
+    """The exact RAM check: pass only when not a single byte differs (outside
+    bytes ``explained`` says the running destination guest wrote)."""
+    diff = compare_files(src, dst, explained=explained)
     figures = {
         "bytes_compared": diff.size,
         "differing_pages": diff.differing_pages,
@@ -122,8 +164,13 @@ def check_ram(src: Path, dst: Path, layout: list[RamRegion]) -> CheckResult:
         "compare_seconds": round(diff.seconds, 4),
         "compare_mib_per_s": round(diff.mib_per_s),
     }
+    if explained is not None:
+        figures["explained_pages"] = diff.explained_pages
+        figures["explained_reason"] = explained.reason
     if diff.differing_pages == 0:
-        return CheckResult("ram", True, f"{diff.size >> 20} MiB identical", figures)
+        extra = (f" outside {diff.explained_pages} page(s) the running guest rewrote"
+                 if diff.explained_pages else "")
+        return CheckResult("ram", True, f"{diff.size >> 20} MiB identical{extra}", figures)
     first = figures["first_differing_gpas"][0]
     return CheckResult("ram", False,
                        f"{diff.differing_pages} page(s) differ, first at guest-physical {first}",

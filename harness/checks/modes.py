@@ -1,0 +1,90 @@
+"""Behaviour checks: each migration feature must show what it exists for.
+
+"Completed" is not enough: a cell with ``xbzrle`` on whose cache was never
+used, or ``multifd`` that sent nothing over its channels, passed for the
+wrong reason.  Each check here runs only when its feature is on in the cell,
+and judges the figures QEMU reported (final ``query-migrate`` plus the samples
+taken during the migration).  Field names are QEMU's ``MigrationInfo`` /
+``MigrationStats`` / ``XBZRLECacheStats`` (qapi/migration.json).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from harness.driver import MigrationRun
+from harness.results import CheckResult
+
+#: A transfer-rate measurement may exceed max-bandwidth by this fraction:
+#: QEMU's rate limiting works per time slice (migration/migration-stats.c,
+#: migration_rate_exceeded; 100 ms slices) so short bursts overshoot.
+BANDWIDTH_TOLERANCE = 0.25
+#: Below this, max-bandwidth is a deliberate limit worth judging.
+BANDWIDTH_JUDGED_BELOW = 1 << 30
+
+
+def check_modes(run: MigrationRun, params: dict[str, Any]) -> list[CheckResult]:
+    checks = []
+    caps, info = run.caps, run.info
+    ram = info.get("ram", {})
+    if caps.get("xbzrle"):
+        x = info.get("xbzrle-cache", {})
+        moved = {k: x.get(k, 0) for k in ("pages", "bytes", "cache-miss", "cache-miss-rate")}
+        ok = bool(x) and (x.get("pages", 0) > 0 or x.get("cache-miss", 0) > 0)
+        checks.append(CheckResult("xbzrle", ok,
+                                  f"xbzrle cache used: {moved}" if ok else
+                                  f"xbzrle on but its cache counters did not move: {x or 'absent'}",
+                                  {"xbzrle_cache": x}))
+    if caps.get("multifd"):
+        sent = ram.get("multifd-bytes", 0)
+        checks.append(CheckResult("multifd", sent > 0,
+                                  f"{sent} bytes over multifd channels" if sent else
+                                  "multifd on but no bytes went over its channels",
+                                  {"multifd_bytes": sent,
+                                   "channels": params.get("multifd-channels"),
+                                   "compression": params.get("multifd-compression")}))
+    if caps.get("postcopy-ram"):
+        in_postcopy = "postcopy-active" in run.source_states
+        requests = ram.get("postcopy-requests", 0)
+        ran_early = run.t_dst_resumed is not None
+        ok = in_postcopy and ran_early and requests > 0
+        checks.append(CheckResult(
+            "postcopy", ok,
+            (f"switched to postcopy; destination ran during postcopy and faulted "
+             f"{requests} page(s) from the source") if ok else
+            (f"postcopy not shown: states {run.source_states}, destination resumed early: "
+             f"{ran_early}, page requests: {requests}"),
+            {"postcopy_requests": requests, "source_states": run.source_states,
+             "destination_resumed_in_postcopy": ran_early}))
+    if caps.get("pause-before-switchover"):
+        ok = run.t_pre_switchover is not None and "pre-switchover" in run.source_states
+        checks.append(CheckResult("pause-before-switchover", ok,
+                                  "source stopped in pre-switchover and was continued" if ok else
+                                  f"no pre-switchover state seen: {run.source_states}",
+                                  {"source_states": run.source_states}))
+    if caps.get("auto-converge"):
+        peak = max((s.get("throttle", 0) or 0 for s in run.samples), default=0)
+        peak = max(peak, info.get("cpu-throttle-percentage", 0) or 0)
+        checks.append(CheckResult("auto-converge", peak > 0,
+                                  f"CPU throttle rose to {peak}%" if peak else
+                                  "auto-converge on but the CPU was never throttled",
+                                  {"peak_throttle_percent": peak}))
+    limit = params.get("max-bandwidth")
+    if isinstance(limit, int) and 0 < limit < BANDWIDTH_JUDGED_BELOW and run.completed:
+        checks.append(_bandwidth(run, limit))
+    return checks
+
+
+def _bandwidth(run: MigrationRun, limit: int) -> CheckResult:
+    """The average rate over the migration stays within tolerance of the limit."""
+    info = run.info
+    ram = info.get("ram", {})
+    ms = info.get("total-time") or 0
+    sent = ram.get("transferred", 0)
+    rate = sent / (ms / 1000) if ms else 0.0
+    bound = limit * (1 + BANDWIDTH_TOLERANCE)
+    figures = {"bytes_per_s": round(rate), "max_bandwidth": limit,
+               "tolerance": BANDWIDTH_TOLERANCE, "transferred": sent, "total_time_ms": ms}
+    ok = rate <= bound
+    return CheckResult("bandwidth", ok,
+                       f"{rate / 2**20:.1f} MiB/s {'<=' if ok else '>'} limit "
+                       f"{limit / 2**20:.1f} MiB/s + {BANDWIDTH_TOLERANCE:.0%}", figures)
