@@ -29,12 +29,16 @@ from harness.checks.downtime import DowntimeEvidence, check_downtime
 from harness.checks.guest import check_guest_invariant
 from harness.checks.modes import check_modes
 from harness.checks.ram import Explained, check_ram, x86_layout
+from harness.checks.vmstate_static import (
+    FIGURE_KEY, builds_differ, static_beside_live, walk_devices,
+)
 from harness.errors import BuildError, HarnessError
 from harness.qemu.build import QemuBuild, discover
 from harness.qemu.cmdline import MachinePaths, machine_argv
 from harness.driver import (TERMINAL, MigrationRun, cancel, incoming_uri, run_migration,
                             settled_status)
 from harness.qemu.machine import Machine
+from harness.qemu.machines import common_machine_type
 from harness.rundir import runtime_dir
 from harness.results import ERROR, FAILED, SKIPPED, CellResult, CheckResult, judge
 from harness.workloads.dirtier import HeartbeatParser, make_disk, read_region_bytes
@@ -136,6 +140,13 @@ async def run_cell_async(cell: Cell, logdir: Path, progress: Progress | None = N
         result.phases = {k: round(v, 4) for k, v in evidence.phases.items()}
         result.figures = evidence.figures
         result.checks = evidence.checks
+        # Advisory: shown beside the live verdict, never judged (see vmstate_static).
+        devices = evidence.figures.get("vm_devices") or {}
+        static = await static_beside_live(src_build, dst_build, evidence.figures.get("machine_type"),
+                                          devices.get("source"), result,
+                                          dst_devices=devices.get("destination"))
+        if static is not None:
+            result.figures[FIGURE_KEY] = static
     except HarnessError as exc:
         result.verdict, result.reason = ERROR, str(exc)
     except ExecuteError as exc:
@@ -222,6 +233,17 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                 await asyncio.gather(*(m.start() for m, _ in sides))
                 (src, src_paths), (dst, dst_paths) = sides
 
+            if builds_differ(src_build, dst_build):
+                # For the static VMState check beside this cell: the devices these
+                # VMs really have (~0.1 s of QMP while the guest boots anyway).
+                with _Phase(ev, "devices", progress):
+                    try:
+                        walks = await asyncio.gather(walk_devices(src), walk_devices(dst))
+                        ev.figures["vm_devices"] = {"source": list(walks[0].types),
+                                                    "destination": list(walks[1].types)}
+                    except HarnessError as exc:
+                        ev.figures["vm_devices_error"] = str(exc)
+
             with _Phase(ev, "configure", progress):
                 caps = {**BASE_CAPABILITIES, **dict(cell.capabilities)}
                 params = dict(cell.parameters)
@@ -241,6 +263,7 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
 
             with _Phase(ev, "verify", progress):
                 ev.figures.update(_migration_figures(info))
+                ev.figures["query_migrate"] = info
                 if inject is not None:
                     inject(src_paths.ram, dst_paths.ram)
                 explained = None
@@ -306,11 +329,16 @@ def _common_machine_type(cell: Cell, src: QemuBuild, dst: QemuBuild) -> str:
     """The concrete machine type: aliases (q35) resolve per build, so across
     builds the cell must name a versioned type both know."""
     a, b = src.resolve_machine(cell.target.machine), dst.resolve_machine(cell.target.machine)
-    if a != b:
+    if a is not None and a == b:
+        return a
+    # An alias names a different version in each build (q35 is pc-q35-7.2 in
+    # 7.2, pc-q35-10.0 in 10.0): take the newest versioned type both know.
+    common = common_machine_type(src, dst, cell.target.machine)
+    if common is None:
         raise CellFailure(f"machine '{cell.target.machine}' is {a} on '{src.name}' but {b} on "
-                          f"'{dst.name}': name a versioned machine type both know", ERROR)
-    assert a is not None
-    return a
+                          f"'{dst.name}', and they share no versioned type of that family: "
+                          f"name a versioned machine type both know", ERROR)
+    return common
 
 
 async def configure(m: Machine, build: QemuBuild, caps: dict[str, bool],

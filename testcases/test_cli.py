@@ -39,6 +39,8 @@ tiers:
               downtime-tolerance-ms: 0}}]
   unknown-cap:
     cells: [{{target: t, transport: unix, capset: odd}}]
+  mixed:
+    include: [failing, good]
 """
 
 
@@ -124,3 +126,12 @@ def test_doctor_describes_the_system_build():
     assert "build 'system'" in out.stdout and "version 7.2" in out.stdout
     assert "accel tcg: usable" in out.stdout
     assert "migration capabilities" in out.stdout and "multifd" in out.stdout
+
+
+def test_a_failing_cell_does_not_stop_the_run(tmp_path, matrix_file):
+    out = mharness("run", "--matrix", str(matrix_file), "--tier", "mixed",
+                   "--results", str(tmp_path / "r"))
+    assert out.returncode == 1, out.stdout + out.stderr
+    cells = json.loads((tmp_path / "r" / "results.json").read_text())["cells"]
+    assert [(c["id"], c["verdict"]) for c in cells] == [
+        ("t-unix-plain-strict", "failed"), ("t-unix-plain", "passed")]
