@@ -55,6 +55,8 @@ class MigrationRun:
     t_dst_resumed: float | None = None
     t_postcopy_started: float | None = None
     t_pre_switchover: float | None = None
+    #: When the source reported its terminal state (host monotonic time).
+    t_source_done: float | None = None
     error: str = ""
 
     @property
@@ -127,6 +129,7 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
                 await src.execute("migrate-continue", {"state": "pre-switchover"})
                 continue
             run.status = status
+            run.t_source_done = got[0]
             break
     finally:
         for task in tasks:

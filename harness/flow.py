@@ -27,11 +27,13 @@ from qemu.qmp import ExecuteError
 from harness.cell import Cell
 from harness.checks.downtime import DowntimeEvidence, check_downtime
 from harness.checks.guest import check_guest_invariant
+from harness.checks.cpustate import collect_cpu_state
 from harness.checks.modes import check_modes
 from harness.checks.ram import Explained, check_ram, x86_layout
 from harness.checks.vmstate_static import (
-    FIGURE_KEY, builds_differ, static_beside_live, walk_devices,
+    FIGURE_KEY, builds_differ, cached_dump, static_beside_live, walk_devices,
 )
+from harness.coverage import coverage_report
 from harness.errors import BuildError, HarnessError
 from harness.qemu.build import QemuBuild, discover
 from harness.qemu.cmdline import MachinePaths, machine_argv
@@ -74,6 +76,11 @@ class Evidence:
 
 def preflight(cell: Cell, src: QemuBuild, dst: QemuBuild) -> str | None:
     """A skip reason when this host or build cannot run the cell; raise on bad input."""
+    wl = cell.target.workload
+    if wl.region_base + wl.region_size > cell.target.memory:
+        raise HarnessError(f"cell {cell.id} ({cell.origin}): the guest's region ends at "
+                           f"{wl.region_base + wl.region_size:#x}, beyond its "
+                           f"{cell.target.memory >> 20} MiB of RAM")
     for side, build in (("source", src), ("destination", dst)):
         if build.missing:
             if build.spec.required:
@@ -280,6 +287,13 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                                                       wl.region_size // PAGE, wl.region_base)
                 ev.checks.append(_expect(cell, guest))
                 ev.checks += [_expect(cell, c) for c in check_modes(run, params)]
+                if run.t_dst_resumed is None:
+                    ev.checks.append(_expect(cell, await collect_cpu_state(
+                        src, dst, cell.target.arch)))
+                else:
+                    ev.figures["cpu_state"] = "not compared: the destination ran during postcopy"
+                ev.checks.append(_expect(cell, await _coverage(src, src_build, machine_type,
+                                                               cell, ev)))
 
             with _Phase(ev, "liveness", progress):
                 t_cont = time.monotonic()
@@ -296,8 +310,16 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
             gap = None
             if src_hb.last_heartbeat_t is not None and dst_hb.first_heartbeat_t is not None:
                 gap = (dst_hb.first_heartbeat_t - src_hb.last_heartbeat_t - t_held) * 1000
-            # Resolution of the gap: a pass may have been under way on either side.
-            slack = sum(x for x in (src_clock.last_interval(), dst_clock.last_interval()) if x)
+            # Resolution of the gap: a pass may have been under way on either
+            # side.  On the source that is at least the last pass interval, and
+            # when the guest was slowed (auto-converge throttling) the pass in
+            # progress at the stop, which began at the last heartbeat and ended
+            # when the source stopped (its completion minus QEMU's downtime).
+            src_res = src_clock.last_interval() or 0.0
+            if run.t_source_done is not None and src_hb.last_heartbeat_t is not None:
+                stop = run.t_source_done - float(info.get("downtime", 0)) / 1000
+                src_res = max(src_res, stop - src_hb.last_heartbeat_t)
+            slack = src_res + (dst_clock.last_interval() or 0.0)
             ev.figures["harness_held_paused_ms"] = round(t_held * 1000, 2)
             ev.checks.append(_expect(cell, check_downtime(DowntimeEvidence(
                 qemu_downtime_ms=float(info.get("downtime", 0)), limit_ms=limit_ms,
@@ -307,6 +329,27 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                 await stack.aclose()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+_coverage_cache: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+
+async def _coverage(src: Machine, build: QemuBuild, machine_type: str, cell: Cell,
+                    ev: Evidence) -> CheckResult:
+    """Which devices of the machine have state in the migration stream.
+
+    The answer depends only on the build, machine type and accelerator (the
+    QOM tree is the same for every cell of them), so it is computed once per
+    run and the VMState dump comes from the shared dump cache."""
+    key = (build.spec.binary, machine_type, cell.target.accel)
+    if key not in _coverage_cache:
+        dump = await asyncio.to_thread(cached_dump, build, machine_type)
+        _coverage_cache[key] = await coverage_report(src, build, machine_type, dump=dump.dump)
+    cov = _coverage_cache[key]
+    ev.figures["coverage"] = cov
+    return CheckResult("coverage", cov["passed"], cov["summary"],
+                       {k: cov[k] for k in ("covered", "not_covered", "not_covered_fine",
+                                            "truncated")})
 
 
 def _expect(cell: Cell, check: CheckResult) -> CheckResult:

@@ -98,8 +98,10 @@ def cells_of(config: pytest.Config, tier: str) -> list[Cell]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """``cell`` runs over the selected tier, ``control_cell`` over 'controls'."""
-    for name, tier in (("cell", metafunc.config.getoption("--tier")), ("control_cell", "controls")):
+    """``cell`` runs over the selected tier, ``control_cell`` over 'controls',
+    ``mode_cell`` over 'modes'."""
+    for name, tier in (("cell", metafunc.config.getoption("--tier")), ("control_cell", "controls"),
+                       ("mode_cell", "modes")):
         if name in metafunc.fixturenames:
             cells = cells_of(metafunc.config, tier)
             metafunc.parametrize(name, cells, ids=[c.id for c in cells])

@@ -42,8 +42,11 @@ def machine_argv(build: QemuBuild, target: TargetSpec, paths: MachinePaths, *,
         "-machine", f"{machine},memory-backend={RAM_BACKEND_ID}",
         "-accel", target.accel,
         "-m", f"{target.memory // (1024 * 1024)}M",
+        # prealloc: both files end up fully populated by the end of a migration
+        # anyway; populating them up front keeps page faults out of the
+        # migration (measured: a third of the migrate phase for 1 GiB, TCG).
         "-object", (f"memory-backend-file,id={RAM_BACKEND_ID},size={target.memory},"
-                    f"mem-path={paths.ram},share=on"),
+                    f"mem-path={paths.ram},share=on,prealloc=on"),
         "-smp", str(target.smp),
         "-qmp", f"unix:{paths.qmp}",
         "-chardev", f"socket,id=serial0,path={paths.serial}",

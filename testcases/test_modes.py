@@ -1,0 +1,66 @@
+"""Each migration feature shows the behaviour it exists for, on real QEMU.
+
+The ``modes`` tier of matrix.yaml has a cell per feature (postcopy with the
+destination running before all pages arrived, multifd with 1/2/8 channels and
+each compression, xbzrle, auto-converge, pause-before-switchover, a
+bandwidth limit); every cell keeps the exact RAM, guest, liveness and
+downtime checks and adds the behaviour check of its feature
+(``harness.checks.modes``).
+
+Negative controls: each behaviour check is re-judged on the evidence of a
+plain precopy migration (same guest, feature off) and must fail there, so a
+check that passes whatever QEMU did would be caught; and the auto-converge
+cell without the capability must not converge within its bound (a cell of
+the ``controls`` tier).
+"""
+from __future__ import annotations
+
+import pytest
+
+from harness.checks.modes import check_modes
+from harness.driver import MigrationRun
+from harness.flow import run_cell
+from harness.results import PASSED, SKIPPED
+from harness.runner import cell_logdir
+
+FEATURES = ("xbzrle", "multifd", "postcopy-ram", "pause-before-switchover", "auto-converge")
+CHECK_OF = {"xbzrle": "xbzrle", "multifd": "multifd", "postcopy-ram": "postcopy",
+            "pause-before-switchover": "pause-before-switchover", "auto-converge": "auto-converge"}
+
+
+def test_mode_cell(mode_cell, run_state, record):
+    result = record(run_cell(mode_cell, cell_logdir(run_state.results_dir, mode_cell.id)))
+    if result.verdict == SKIPPED:
+        pytest.skip(result.reason)
+    assert result.verdict == PASSED, result.reason
+    caps = dict(mode_cell.capabilities)
+    for feature, check in CHECK_OF.items():
+        if caps.get(feature):
+            assert result.check(check) is not None, f"no behaviour check for {feature}"
+            assert result.check(check).passed
+
+
+@pytest.fixture(scope="module")
+def plain_run(matrix, run_state, record) -> MigrationRun:
+    """Evidence from a plain precopy migration of the same guest."""
+    cell = next(c for c in matrix.cells("smoke")
+                if c.target.accel == "tcg" and c.transport == "unix" and not c.expect_fail)
+    result = record(run_cell(cell, cell_logdir(run_state.results_dir, cell.id + "-plain-control")))
+    assert result.verdict == PASSED, result.reason
+    return MigrationRun(uri=result.figures["uri"], caps={}, status="completed",
+                        info=result.figures["query_migrate"], samples=result.figures["samples"],
+                        source_states=result.figures["source_states"])
+
+
+@pytest.mark.parametrize("feature", FEATURES)
+def test_behaviour_check_fails_without_its_feature(plain_run, feature):
+    """The check of ``feature`` judged on a migration that did not use it."""
+    run = MigrationRun(**{**plain_run.__dict__, "caps": {feature: True}})
+    (check,) = [c for c in check_modes(run, {}) if c.name == CHECK_OF[feature]]
+    assert not check.passed, f"{check.name} passed on a migration without {feature}: {check.summary}"
+
+
+def test_bandwidth_check_fails_when_the_limit_was_not_kept(plain_run):
+    """The plain run went at full speed: judged against a 1 MiB/s limit it must fail."""
+    (check,) = [c for c in check_modes(plain_run, {"max-bandwidth": 1 << 20}) if c.name == "bandwidth"]
+    assert not check.passed, check.summary
