@@ -24,12 +24,12 @@ from typing import Any, Callable
 import numpy as np
 from qemu.qmp import ExecuteError
 
-from harness.cell import Cell
+from harness.cell import Cell, TargetSpec
 from harness.checks.downtime import DowntimeEvidence, check_downtime
 from harness.checks.guest import check_guest_invariant
 from harness.checks.cpustate import collect_cpu_state
 from harness.checks.modes import check_modes
-from harness.checks.ram import Explained, check_ram, x86_layout
+from harness.checks.ram import Explained, RamRegion, check_ram, x86_layout
 from harness.checks.vmstate_static import (
     FIGURE_KEY, builds_differ, cached_dump, static_beside_live, walk_devices,
 )
@@ -43,7 +43,9 @@ from harness.qemu.machine import Machine
 from harness.qemu.machines import common_machine_type
 from harness.rundir import runtime_dir
 from harness.results import ERROR, FAILED, SKIPPED, CellResult, CheckResult, judge
+from harness.qemu.cmdline import firmware_args
 from harness.workloads.dirtier import HeartbeatParser, make_disk, read_region_bytes
+from harness.workloads.pattern import check_pattern, loader_args, make_pattern
 
 PAGE = 4096
 #: Capabilities the harness turns on for every cell: without ``events`` QEMU
@@ -218,17 +220,28 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
     src_clock, dst_clock = _BeatClock(src_hb), _BeatClock(dst_hb)
     machine_type = _common_machine_type(cell, src_build, dst_build)
     ev.figures["machine_type"] = machine_type
+    # "pattern" workloads need no guest code: a seeded pattern preloaded into
+    # the source's RAM (any architecture); "pattern-paused" never runs a CPU.
+    pattern = wl.kind in ("pattern", "pattern-paused")
     try:
         async with AsyncExitStack() as stack:
             with _Phase(ev, "launch", progress):
                 sides = []
                 for role, build, incoming, clock in (("src", src_build, False, src_clock),
                                                       ("dst", dst_build, True, dst_clock)):
-                    disk = make_disk(workdir / f"{role}.disk", wl.region_base, wl.region_size)
+                    disk = None if pattern else make_disk(workdir / f"{role}.disk",
+                                                          wl.region_base, wl.region_size)
                     paths = MachinePaths(qmp=workdir / f"{role}.qmp", serial=workdir / f"{role}.serial",
                                          ram=workdir / f"{role}.ram", disk=disk)
+                    extra = firmware_args(cell.target.arch, workdir)
+                    if pattern and not incoming:
+                        # Only the source gets the pattern: whatever the destination
+                        # holds there came through the migration stream.
+                        blob = make_pattern(workdir / "pattern.bin", wl.region_size, cell.seed)
+                        extra += loader_args(blob, wl.region_base)
+                        extra += ["-S"] if wl.kind == "pattern-paused" else []
                     argv = machine_argv(build, cell.target, paths, incoming=incoming,
-                                        machine_type=machine_type)
+                                        machine_type=machine_type, extra=tuple(extra))
                     m = Machine(role, argv, build.env(), qmp_path=paths.qmp,
                                 serial_path=paths.serial, logdir=logdir, t0=t0,
                                 serial_sink=clock.feed)
@@ -259,8 +272,12 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                 limit_ms = float((await src.execute("query-migrate-parameters"))["downtime-limit"])
 
             with _Phase(ev, "warmup", progress):
-                await _wait_heartbeats(src, src_hb, wl.warmup_passes, WARMUP_TIMEOUT, "source warm-up")
-                ev.figures["warmup_passes"] = src_hb.heartbeats
+                if not pattern:
+                    await _wait_heartbeats(src, src_hb, wl.warmup_passes, WARMUP_TIMEOUT,
+                                           "source warm-up")
+                    ev.figures["warmup_passes"] = src_hb.heartbeats
+                elif wl.kind == "pattern":
+                    await asyncio.sleep(PATTERN_RUN_BEFORE)  # let the firmware run a little
 
             with _Phase(ev, "migrate", progress):
                 run = await _migrate(cell, src, dst, workdir, ev, caps, t0)
@@ -281,10 +298,13 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                         "byte of its region's pages; those bytes are judged by the guest "
                         "invariant")
                 ev.checks.append(_expect(cell, check_ram(src_paths.ram, dst_paths.ram,
-                                                         x86_layout(cell.target.memory),
-                                                         explained)))
-                guest, before = check_guest_invariant(dst_paths.ram, wl.region_base,
-                                                      wl.region_size // PAGE, wl.region_base)
+                                                         ram_layout(cell.target), explained)))
+                if pattern:
+                    guest = check_pattern(dst_paths.ram, wl.region_base, wl.region_size,
+                                          cell.seed, wl.region_base)
+                else:
+                    guest, before = check_guest_invariant(dst_paths.ram, wl.region_base,
+                                                          wl.region_size // PAGE, wl.region_base)
                 ev.checks.append(_expect(cell, guest))
                 ev.checks += [_expect(cell, c) for c in check_modes(run, params)]
                 if run.t_dst_resumed is None:
@@ -303,8 +323,11 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                 # destination could first run to when it was told to.
                 assert run.t_dst_ready is not None
                 t_held = (run.t_dst_resumed or t_cont) - run.t_dst_ready
-                live = await _liveness(dst, dst_hb, dst_paths.ram, wl.region_base,
-                                       wl.region_size // PAGE, before, beats_before)
+                if pattern:
+                    live = await _still_running(dst)
+                else:
+                    live = await _liveness(dst, dst_hb, dst_paths.ram, wl.region_base,
+                                           wl.region_size // PAGE, before, beats_before)
                 ev.checks.append(_expect(cell, live))
 
             gap = None
@@ -329,6 +352,26 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                 await stack.aclose()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+PATTERN_RUN_BEFORE = 0.3
+
+
+def ram_layout(target: TargetSpec) -> list[RamRegion]:
+    """Where the RAM file's bytes sit in guest-physical space, per architecture."""
+    if target.arch in ("x86_64", "i386"):
+        return x86_layout(target.memory)
+    return [RamRegion(0, 0, target.memory)]  # e2k: RAM at 0 (hw/e2k, the board's RAM map)
+
+
+async def _still_running(dst: Machine) -> CheckResult:
+    """Liveness without a heartbeat: after cont the destination runs and stays up."""
+    await asyncio.sleep(PATTERN_RUN_BEFORE)
+    status = await dst.status() if dst.alive else "dead"
+    ok = dst.alive and status == "running"
+    return CheckResult("liveness", ok, f"destination {status} after cont" if ok else
+                       f"destination {status} after cont: {dst.exit_reason()}",
+                       {"status": status})
 
 
 _coverage_cache: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -463,7 +506,9 @@ async def _migrate(cell: Cell, src: Machine, dst: Machine, workdir: Path, ev: Ev
     dst_status = await settled_status(dst)
     src_status = await src.status()
     ev.figures["runstates"] = {"source": src_status, "destination": dst_status}
-    if dst_status != "paused" or src_status != "postmigrate":
+    # A source that never ran (-S) hands over its 'prelaunch' state
+    # (migration/global_state.c carries the run state across).
+    if dst_status not in ("paused", "prelaunch") or src_status != "postmigrate":
         raise CellFailure(f"unexpected run states after migration: source {src_status}, "
                           f"destination {dst_status}")
     return run

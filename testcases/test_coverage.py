@@ -1,34 +1,22 @@
 """The migration-coverage report on real x86 machines (QEMU 7.2): every
-device that holds state is in the migration stream."""
+device that holds state is in the migration stream (q35 and pc)."""
 from __future__ import annotations
-
-import asyncio
 
 import pytest
 
-from harness.cell import BuildSpec
-from harness.coverage import coverage_report
-from harness.qemu.build import discover
-from harness.workloads.pattern import migrate_pattern
-
-QEMU = "/usr/bin/qemu-system-x86_64"
+from harness.flow import run_cell
+from harness.results import PASSED, SKIPPED
+from harness.runner import cell_logdir
 
 
-@pytest.mark.parametrize("machine", ["q35", "pc"])
-def test_x86_coverage_passes(machine, tmp_path):
-    build = discover(BuildSpec(name="system", binary=QEMU))
-
-    async def go():
-        out = await migrate_pattern([QEMU], {}, ["-M", machine, "-accel", "tcg"], 128 << 20,
-                                    64 << 20, 1 << 20, 1, tmp_path, tmp_path, running=False,
-                                    arch="x86_64")
-        src, dst = out.pop("machines")
-        try:
-            return await coverage_report(src, build, machine)
-        finally:
-            await src.close()
-            await dst.close()
-    rep = asyncio.run(go())
+@pytest.mark.parametrize("kind", ["pattern", "pattern-paused"], ids=["q35", "pc"])
+def test_x86_coverage_passes(kind, matrix, run_state, record):
+    cell = next(c for c in matrix.cells("pattern") if c.target.workload.kind == kind)
+    result = record(run_cell(cell, cell_logdir(run_state.results_dir, cell.id + "-coverage")))
+    if result.verdict == SKIPPED:
+        pytest.skip(result.reason)
+    assert result.verdict == PASSED, result.reason
+    rep = result.figures["coverage"]
     assert rep["passed"], rep["summary"]
     types = {e["type"] for e in rep["covered"]}
     assert {"qemu64-x86_64-cpu", "apic", "isa-serial", "mc146818rtc", "hpet"} <= types

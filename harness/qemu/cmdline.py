@@ -5,6 +5,7 @@ Kept apart from process handling so it can be unit-tested and printed
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,23 @@ from harness.cell import TargetSpec
 from harness.qemu.build import QemuBuild
 
 RAM_BACKEND_ID = "ram0"
+#: e2k boards start at 0x100000000 from ``-bios``; without a porter's firmware
+#: a zero-filled placeholder lets the CPU run (and the pattern workload work).
+E2K_BIOS_ENV = "MHARNESS_E2K_BIOS"
+E2K_PLACEHOLDER_BIOS_SIZE = 64 * 1024
+
+
+def firmware_args(arch: str, workdir: Path) -> list[str]:
+    """Firmware a target needs on its command line (none for x86: SeaBIOS is built in)."""
+    if arch != "e2k":
+        return []
+    bios = os.environ.get(E2K_BIOS_ENV)
+    if not bios:
+        placeholder = workdir / "e2k-placeholder.bios"
+        if not placeholder.exists():
+            placeholder.write_bytes(bytes(E2K_PLACEHOLDER_BIOS_SIZE))
+        bios = str(placeholder)
+    return ["-bios", bios]
 
 
 @dataclass(frozen=True)

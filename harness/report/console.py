@@ -9,7 +9,8 @@ from typing import TextIO
 from harness.results import CellResult
 from harness.runner import RunState
 
-_MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "error": "ERROR"}
+_MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "error": "ERROR",
+         "flaky": "FLAKY"}
 
 
 class Progress:
@@ -23,7 +24,7 @@ class Progress:
 
     def __call__(self, event: str, state: RunState) -> None:
         done = len(state.results)
-        if event == "phase" and self.tty:
+        if event in ("phase", "cell-start") and self.tty:
             elapsed = time.monotonic() - state.started
             self._line(f"[{done + 1}/{state.total}] {state.current}: {state.phase}  ({elapsed:.0f} s)")
         elif event == "cell-end":
@@ -54,7 +55,7 @@ def table(results: list[CellResult]) -> str:
     for r in results:
         dt = r.check("downtime")
         ram = r.check("ram")
-        guest = r.check("guest")
+        guest = r.check("guest") or r.check("pattern")
         rows.append([
             r.id, _MARK.get(r.verdict, r.verdict),
             _fmt_ms(r.figures.get("total_time_ms")),
@@ -74,6 +75,8 @@ def table(results: list[CellResult]) -> str:
 def summary(state: RunState) -> str:
     counts = state.counts()
     parts = [f"{counts.get(k, 0)} {k}" for k in ("passed", "failed", "error", "skipped")]
+    if counts.get("flaky"):
+        parts.insert(1, f"{counts['flaky']} flaky")
     text = ", ".join(parts) + f" in {time.monotonic() - state.started:.1f} s"
     if state.interrupted:
         text += f" (interrupted: {state.total - len(state.results)} cells not run)"
