@@ -114,3 +114,29 @@ def test_signal_tears_down_and_writes_partial_results(tmp_path, cell_id, sig):
     assert proc.returncode == 130, out
     data = json.loads((tmp_path / "results" / "results.json").read_text())
     assert data["interrupted"] is True
+
+
+def test_aborting_qemu_fails_the_cell_with_signal_and_the_run_goes_on(matrix, run_state, record):
+    """A QEMU that aborts mid-cell (as some porters' builds do on some commands)
+    ends that cell as an error naming the signal; nothing is left running and
+    the next cell runs normally."""
+    from harness.flow import run_cell
+    from harness.qemu.process import live_processes
+    from harness.runner import cell_logdir
+
+    cell = next(c for c in matrix.cells("smoke") if c.target.accel == "tcg")
+
+    def abort_destination(src, dst):
+        (proc,) = [p for p in live_processes() if p.name == "dst"]
+        os.kill(proc.pid, signal.SIGABRT)
+        proc.wait(10)
+
+    import dataclasses
+    aborted = dataclasses.replace(cell, id=cell.id + "-abort")
+    result = record(run_cell(aborted, cell_logdir(run_state.results_dir, aborted.id),
+                             inject=abort_destination))
+    assert result.verdict == "error", result.reason
+    assert "SIGABRT" in result.reason
+    assert not live_processes()
+    again = record(run_cell(cell, cell_logdir(run_state.results_dir, cell.id + "-after-abort")))
+    assert again.verdict == "passed", again.reason

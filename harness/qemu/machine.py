@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from qemu.qmp import EventListener, ExecuteError, QMPClient
+from qemu.qmp import EventListener, ExecInterruptedError, ExecuteError, QMPClient, StateError
 
 from harness.errors import QemuError
 from harness.qemu.process import QemuProcess
@@ -157,7 +157,8 @@ class Machine:
         except ExecuteError as exc:
             self._log({"dir": "<", "cmd": cmd, "error": {"class": exc.error_class, "desc": str(exc)}})
             raise
-        except (asyncio.TimeoutError, EOFError, ConnectionError) as exc:
+        except (asyncio.TimeoutError, EOFError, ConnectionError, StateError,
+                ExecInterruptedError) as exc:
             self._log({"dir": "<", "cmd": cmd, "failure": repr(exc)})
             if not self.alive:
                 raise QemuError(f"{self.role} QEMU died during '{cmd}': {self.exit_reason()}") from exc
