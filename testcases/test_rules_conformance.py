@@ -10,12 +10,13 @@ that reason, never passed.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from harness.matrix import load_matrix
-from harness.probe import BuildProbeReport, probe_build
+from harness.probe import BuildProbeReport, conformance_table, probe_build
 from harness.qemu.build import QemuBuild, discover
 from harness.rules import rules_for
 
@@ -47,6 +48,13 @@ def report(build: QemuBuild, run_state) -> BuildProbeReport:
         logdir = run_state.results_dir / "probe-logs" / build.name
         _reports[build.name] = probe_build(build, logdir)
         rep = _reports[build.name]
+        # The same files as `mharness probe` writes, in this session's results.
+        out = run_state.results_dir / f"probe-{build.name}"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "probe.json").write_text(json.dumps(
+            {"builds": [rep.to_json()], "probes": [r.to_json() for r in rep.results]},
+            indent=1, default=str))
+        (out / "probe-table.txt").write_text(conformance_table(rep.results) + "\n")
         assert not rep.schema_mismatches, rep.schema_mismatches
     return _reports[build.name]
 
