@@ -42,6 +42,7 @@ from harness.driver import (TERMINAL, MigrationRun, cancel, incoming_uri, run_mi
 from harness.qemu.machine import Machine
 from harness.qemu.machines import common_machine_type
 from harness.rundir import runtime_dir
+from harness.tls import creds_args
 from harness.results import ERROR, FAILED, SKIPPED, CellResult, CheckResult, judge
 from harness.qemu.cmdline import firmware_args
 from harness.workloads.dirtier import HeartbeatParser, make_disk, read_region_bytes
@@ -234,6 +235,9 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                     paths = MachinePaths(qmp=workdir / f"{role}.qmp", serial=workdir / f"{role}.serial",
                                          ram=workdir / f"{role}.ram", disk=disk)
                     extra = firmware_args(cell.target.arch, workdir)
+                    creds = dict(cell.parameters).get("tls-creds")
+                    if creds:
+                        extra += creds_args(str(creds), incoming, workdir)
                     if pattern and not incoming:
                         # Only the source gets the pattern: whatever the destination
                         # holds there came through the migration stream.
@@ -494,8 +498,18 @@ async def _migrate(cell: Cell, src: Machine, dst: Machine, workdir: Path, ev: Ev
         await _source_recovered(src, ev)
         return None
     if not run.completed:
-        raise CellFailure(f"migration {run.status}: {run.error}"
-                          + ("" if dst.alive else f"; destination {dst.exit_reason()}"))
+        # A refused migration (e.g. a TLS peer that must not be trusted) is a
+        # failed 'converged' check, so a cell can declare it expected; either
+        # way the source must run on.
+        reason = f"migration {run.status}: {run.error}" + (
+            "" if dst.alive else f"; destination {dst.exit_reason()}")
+        ev.checks.append(_expect(cell, CheckResult("converged", False, reason,
+                                                   {"source_states": run.source_states})))
+        if src.alive:
+            await _source_recovered(src, ev)
+        else:
+            raise CellFailure(f"source QEMU died: {src.exit_reason()}", ERROR)
+        return None
     ev.checks.append(_expect(cell, CheckResult("converged", True, "migration completed",
                                                {"source_states": run.source_states})))
     ev.figures["destination_states"] = run.destination_states
