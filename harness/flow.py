@@ -28,7 +28,7 @@ from harness.cell import Cell, TargetSpec
 from harness.checks.downtime import DowntimeEvidence, check_downtime
 from harness.checks.guest import check_guest_invariant
 from harness.checks.cpustate import collect_cpu_state
-from harness.checks.modes import check_modes
+from harness.checks.modes import check_modes, check_zero_pages
 from harness.checks.ram import Explained, RamRegion, check_ram, x86_layout
 from harness.checks.vmstate_static import (
     FIGURE_KEY, builds_differ, cached_dump, static_beside_live, walk_devices,
@@ -311,6 +311,10 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                                                           wl.region_size // PAGE, wl.region_base)
                 ev.checks.append(_expect(cell, guest))
                 ev.checks += [_expect(cell, c) for c in check_modes(run, params)]
+                if wl.kind == "pattern-paused":
+                    # A guest that never ran: RAM is zero but for the pattern.
+                    ev.checks.append(_expect(cell, check_zero_pages(
+                        info, cell.target.memory, wl.region_size)))
                 if run.t_dst_resumed is None:
                     ev.checks.append(_expect(cell, await collect_cpu_state(
                         src, dst, cell.target.arch)))

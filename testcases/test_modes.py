@@ -64,3 +64,12 @@ def test_bandwidth_check_fails_when_the_limit_was_not_kept(plain_run):
     """The plain run went at full speed: judged against a 1 MiB/s limit it must fail."""
     (check,) = [c for c in check_modes(plain_run, {"max-bandwidth": 1 << 20}) if c.name == "bandwidth"]
     assert not check.passed, check.summary
+
+
+def test_zero_page_check_fails_for_a_guest_with_dirty_memory(plain_run):
+    """The dirtier's migration sent its region many times: judged as if the
+    guest's RAM were all zero, the zero-pages check must fail."""
+    from harness.checks.modes import check_zero_pages
+
+    check = check_zero_pages(plain_run.info, 256 << 20, 0)
+    assert not check.passed, check.summary

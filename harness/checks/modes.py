@@ -99,3 +99,20 @@ def _bandwidth(run: MigrationRun, limit: int) -> CheckResult:
     return CheckResult("bandwidth", ok,
                        f"{rate / 2**20:.1f} MiB/s {'<=' if ok else '>'} limit "
                        f"{limit / 2**20:.1f} MiB/s + {BANDWIDTH_TOLERANCE:.0%}", figures)
+
+
+def check_zero_pages(info: dict[str, Any], ram_bytes: int, nonzero_bytes: int) -> CheckResult:
+    """Zero pages are not sent as data: migrating a guest whose RAM is zero
+    except ``nonzero_bytes`` must transfer little more than those bytes
+    (QEMU sends a zero page as a flag: migration/ram.c, save_zero_page)."""
+    sent = info.get("ram", {}).get("transferred", 0)
+    # Page headers, device state and the RAM block list come on top.
+    bound = int(nonzero_bytes * 1.1) + (4 << 20)
+    figures = {"transferred": sent, "ram_bytes": ram_bytes, "nonzero_bytes": nonzero_bytes,
+               "bound": bound, "duplicate_pages": info.get("ram", {}).get("duplicate")}
+    ok = sent <= bound
+    return CheckResult("zero-pages", ok,
+                       f"{sent >> 20} MiB sent for {ram_bytes >> 20} MiB of RAM with "
+                       f"{nonzero_bytes >> 20} MiB non-zero" + ("" if ok else
+                                                               f" (more than {bound >> 20} MiB)"),
+                       figures)
