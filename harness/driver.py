@@ -64,6 +64,26 @@ class MigrationRun:
         return self.status == "completed"
 
 
+#: Transports that save the whole stream before the destination reads it:
+#: the destination starts its incoming side only after the source finished.
+SAVE_RESTORE = ("file", "exec")
+
+
+def save_restore_uris(transport: str, workdir: Path) -> tuple[str, str]:
+    """(source URI, destination URI) for a save-then-restore transport.
+
+    ``file:`` is QEMU's own file transport (migration/file.c, QEMU >= 8.2;
+    the one mapped-ram needs); ``exec:`` pipes the stream through ``cat`` into
+    a file and back, which every version has (migration/exec.c).
+    """
+    path = workdir / "migration.stream"
+    if transport == "file":
+        return f"file:{path}", f"file:{path}"
+    if transport == "exec":
+        return f"exec:cat > {path}", f"exec:cat {path}"
+    raise ValueError(f"transport '{transport}' is not a save/restore transport")
+
+
 async def incoming_uri(transport: str, dst: Machine, workdir: Path) -> str:
     """Start the destination listening and return the URI the source must use."""
     if transport == "unix":
@@ -98,8 +118,11 @@ def _sample(info: dict[str, Any], t: float) -> dict[str, Any]:
 
 
 async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bool],
-                        timeout: float, t0: float) -> MigrationRun:
-    """Migrate ``src`` to ``dst`` (already listening on ``uri``).
+                        timeout: float, t0: float, restore_uri: str | None = None
+                        ) -> MigrationRun:
+    """Migrate ``src`` to ``dst`` (already listening on ``uri``, or, with
+    ``restore_uri``, told to read the saved stream from there once the source
+    has finished writing it).
 
     Returns when the source reached a terminal state, or after ``timeout``
     seconds with ``status`` set to the state it was still in (the caller
@@ -144,6 +167,8 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
         run.info = await src.execute("query-migrate")
         run.error = str(run.info.get("error-desc", "no error given"))
         return run
+    if restore_uri is not None:
+        await dst.execute("migrate-incoming", {"uri": restore_uri})
     # The destination finishes loading after the source says completed; wait
     # for its own 'completed' and for it to settle before touching its RAM.
     dst_done = await dst.wait_event(lambda e: is_migration(e, *TERMINAL), DEST_SETTLE_TIMEOUT,

@@ -28,7 +28,7 @@ from harness.cell import Cell, TargetSpec
 from harness.checks.downtime import DowntimeEvidence, check_downtime
 from harness.checks.guest import check_guest_invariant
 from harness.checks.cpustate import collect_cpu_state
-from harness.checks.modes import check_modes, check_zero_pages
+from harness.checks.modes import check_mapped_ram, check_modes, check_zero_pages
 from harness.checks.ram import Explained, RamRegion, check_ram, x86_layout
 from harness.checks.vmstate_static import (
     FIGURE_KEY, builds_differ, cached_dump, static_beside_live, walk_devices,
@@ -37,8 +37,8 @@ from harness.coverage import coverage_report
 from harness.errors import BuildError, HarnessError
 from harness.qemu.build import QemuBuild, discover
 from harness.qemu.cmdline import MachinePaths, machine_argv
-from harness.driver import (TERMINAL, MigrationRun, cancel, incoming_uri, run_migration,
-                            settled_status)
+from harness.driver import (SAVE_RESTORE, TERMINAL, MigrationRun, cancel, incoming_uri,
+                            run_migration, save_restore_uris, settled_status)
 from harness.qemu.machine import Machine
 from harness.qemu.machines import common_machine_type
 from harness.rundir import runtime_dir
@@ -91,6 +91,9 @@ def preflight(cell: Cell, src: QemuBuild, dst: QemuBuild) -> str | None:
             return f"{side} build '{build.name}' unavailable: {build.missing}"
         if build.arch != cell.target.arch:
             return f"{side} build '{build.name}' is {build.arch}, cell needs {cell.target.arch}"
+        if cell.transport == "file" and build.version[:2] < (8, 2):
+            return (f"{side} build '{build.name}' {build.version_text} has no file: migration "
+                    "URI (migration/file.c came in QEMU 8.2)")
         problem = build.accel_problems.get(cell.target.accel, "not compiled into this binary")
         if problem:
             return f"accelerator {cell.target.accel} unusable with '{build.name}': {problem}"
@@ -311,6 +314,9 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                                                           wl.region_size // PAGE, wl.region_base)
                 ev.checks.append(_expect(cell, guest))
                 ev.checks += [_expect(cell, c) for c in check_modes(run, params)]
+                if caps.get("mapped-ram") and cell.transport == "file":
+                    ev.checks.append(_expect(cell, check_mapped_ram(
+                        workdir / "migration.stream", cell.target.memory)))
                 if wl.kind == "pattern-paused":
                     # A guest that never ran: RAM is zero but for the pattern.
                     ev.checks.append(_expect(cell, check_zero_pages(
@@ -339,7 +345,10 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                 ev.checks.append(_expect(cell, live))
 
             gap = None
-            if src_hb.last_heartbeat_t is not None and dst_hb.first_heartbeat_t is not None:
+            # Save/restore: the guest is down while the stream is written and
+            # read back, which is not a live-migration downtime.
+            if cell.transport not in SAVE_RESTORE and src_hb.last_heartbeat_t is not None \
+                    and dst_hb.first_heartbeat_t is not None:
                 gap = (dst_hb.first_heartbeat_t - src_hb.last_heartbeat_t - t_held) * 1000
             # Resolution of the gap: a pass may have been under way on either
             # side.  On the source that is at least the last pass interval, and
@@ -480,12 +489,16 @@ async def _migrate(cell: Cell, src: Machine, dst: Machine, workdir: Path, ev: Ev
     settled, or None when it did not converge in time (a failed 'converged'
     check with the figures is then in the evidence, the migration has been
     cancelled and the source must have resumed)."""
+    restore = None
     try:
-        uri = await incoming_uri(cell.transport, dst, workdir)
+        if cell.transport in SAVE_RESTORE:
+            uri, restore = save_restore_uris(cell.transport, workdir)
+        else:
+            uri = await incoming_uri(cell.transport, dst, workdir)
     except (ValueError, RuntimeError) as exc:
         raise CellFailure(str(exc), ERROR) from exc
     ev.figures["uri"] = uri
-    run = await run_migration(src, dst, uri, caps, cell.timeout, t0)
+    run = await run_migration(src, dst, uri, caps, cell.timeout, t0, restore)
     ev.figures["source_states"] = run.source_states
     ev.figures["samples"] = run.samples
     if run.status not in TERMINAL and run.status != "destination-failed":

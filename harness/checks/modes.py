@@ -9,6 +9,7 @@ taken during the migration).  Field names are QEMU's ``MigrationInfo`` /
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from harness.driver import MigrationRun
@@ -116,3 +117,18 @@ def check_zero_pages(info: dict[str, Any], ram_bytes: int, nonzero_bytes: int) -
                        f"{nonzero_bytes >> 20} MiB non-zero" + ("" if ok else
                                                                f" (more than {bound >> 20} MiB)"),
                        figures)
+
+
+def check_mapped_ram(stream: Path, ram_bytes: int) -> CheckResult:
+    """With mapped-ram every RAM page has a fixed offset in the file (QEMU 9.0+,
+    migration/ram.c mapped_ram_setup_ramblock), so the stream file spans at
+    least the guest's RAM while holding far fewer blocks where RAM was zero."""
+    st = stream.stat()
+    allocated = st.st_blocks * 512
+    ok = st.st_size >= ram_bytes
+    return CheckResult("mapped-ram", ok,
+                       f"stream file spans {st.st_size >> 20} MiB for {ram_bytes >> 20} MiB of "
+                       f"RAM ({allocated >> 20} MiB allocated)" if ok else
+                       f"stream file is {st.st_size >> 20} MiB, smaller than the "
+                       f"{ram_bytes >> 20} MiB of RAM: not laid out by page offset",
+                       {"file_size": st.st_size, "allocated": allocated, "ram_bytes": ram_bytes})
