@@ -3,11 +3,9 @@ migration stream, and which do not.
 
 Evidence:
 
-* the running machine's QOM composition tree: ``qom-list`` from ``/machine``
-  following ``child<TYPE>`` properties (``object_property_add_child``: the type
-  is in the property's type string, so one ``qom-list`` per node is enough);
-  ``memory-region`` children are not descended into and the walk is bounded
-  (:data:`MAX_NODES`);
+* the devices of the running machine's QOM composition tree
+  (:func:`harness.checks.vmstate_static.walk_devices`: ``child<TYPE>``
+  properties from ``/machine``, bounded in nodes and time);
 * which of those objects are devices, CPUs or buses: ``qom-list-types`` with
   ``implements`` ``device`` / ``cpu`` / ``bus``;
 * which device types carry a VMState: the build's ``-dump-vmstate`` for the
@@ -39,15 +37,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from harness.checks.vmstate_static import DeviceWalkError, walk_devices
 from harness.vmstate import MACHINE_KEY, dump_vmstate
 
 if TYPE_CHECKING:
     from harness.qemu.build import QemuBuild
     from harness.qemu.machine import Machine
 
-MAX_NODES = 4000
-#: Types whose children are not walked (many, and never devices).
-NO_DESCEND = frozenset({"memory-region", "irq"})
 
 #: arch -> the CPU's migration section, or None when the target has none.
 CPU_VMSTATE: dict[str, str | None] = {
@@ -83,31 +79,6 @@ STATELESS: dict[str, str] = {
     "loader": "generic loader: its image is copied into RAM at reset; RAM carries it",
     "pc-dimm": "its RAM is migrated as a RAM block",
 }
-
-
-def _child_type(t: str) -> str | None:
-    return t[6:-1] if t.startswith("child<") and t.endswith(">") else None
-
-
-async def walk_qom(m: "Machine", root: str = "/machine",
-                   max_nodes: int = MAX_NODES) -> tuple[dict[str, str], bool]:
-    """{path: QOM type} of the composition tree under ``root``, and whether
-    the walk was cut at ``max_nodes``."""
-    nodes: dict[str, str] = {}
-    stack = [root]
-    while stack:
-        path = stack.pop()
-        for prop in await m.execute("qom-list", {"path": path}):
-            ctype = _child_type(prop.get("type", ""))
-            if ctype is None:
-                continue
-            child = f"{path.rstrip('/')}/{prop['name']}"
-            nodes[child] = ctype
-            if len(nodes) >= max_nodes:
-                return nodes, True
-            if ctype not in NO_DESCEND:
-                stack.append(child)
-    return nodes, False
 
 
 async def _types(m: "Machine", implements: str) -> set[str]:
@@ -182,7 +153,12 @@ async def coverage_report(m: "Machine", build: "QemuBuild", machine_type: str,
     if dump is None:
         dump = dump_vmstate(build.spec.binary, machine_type, build.spec.data_dirs,
                             build.env(), build.spec.extra_args)
-    nodes, truncated = await walk_qom(m)
+    # The devices of the QOM composition tree, from the same bounded walk the
+    # static VMState check uses.
+    try:
+        nodes, truncated = (await walk_devices(m)).paths, False
+    except DeviceWalkError:
+        nodes, truncated = {}, True
     report = classify(nodes, dump, await _types(m, "device"), await _types(m, "cpu"),
                       build.arch)
     report["truncated"] = truncated

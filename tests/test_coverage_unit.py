@@ -1,9 +1,7 @@
 """The coverage classification, on the QOM types of real q35 and e2k machines."""
 from __future__ import annotations
 
-import asyncio
-
-from harness.coverage import classify, summary_line, walk_qom
+from harness.coverage import classify, summary_line
 
 DUMP = {"vmschkmachine": {"Name": "pc-q35-7.2"},
         "isa-serial": {"Name": "isa-serial", "Description": {"name": "serial"}},
@@ -40,27 +38,3 @@ def test_e2k_like_machine_names_what_is_missing():
     rep = classify(nodes, DUMP, DEVICES, CPUS, "e2k")
     assert summary_line(rep) == ("1 of 5 devices have VMState; no VMState: e8c CPU, apic, "
                                  "iohub, mystery-dev")
-
-
-class FakeQom:
-    def __init__(self, tree):
-        self.tree, self.calls = tree, 0
-
-    async def execute(self, cmd, args):
-        self.calls += 1
-        return self.tree.get(args["path"], [])
-
-
-def test_walk_follows_children_only_and_is_bounded():
-    tree = {"/machine": [{"name": "type", "type": "string"},
-                         {"name": "unattached", "type": "child<container>"},
-                         {"name": "cpu-link", "type": "link<cpu>"}],
-            "/machine/unattached": [{"name": f"device[{i}]", "type": "child<isa-serial>"}
-                                    for i in range(5)] +
-                                   [{"name": "ram", "type": "child<memory-region>"}],
-            "/machine/unattached/ram": [{"name": "x", "type": "child<memory-region>"}]}
-    m = FakeQom(tree)
-    nodes, cut = asyncio.run(walk_qom(m))
-    assert not cut and len(nodes) == 7 and "/machine/unattached/ram/x" not in nodes
-    nodes, cut = asyncio.run(walk_qom(FakeQom(tree), max_nodes=3))
-    assert cut and len(nodes) == 3
