@@ -73,7 +73,7 @@ def run_state(pytestconfig: pytest.Config) -> RunState:
     return _state
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def record(run_state: RunState):
     """Add a cell result to the session's results folder (results.json, junit.xml)."""
     def add(result: CellResult) -> CellResult:
