@@ -2,8 +2,9 @@
 
 Each scenario runs against real QEMU with the dirtier guest, makes one thing go
 wrong (a bad destination, a cancel in a given state, a killed destination, a
-configuration the destination refuses, a QMP command QEMU must refuse) and
-asserts what a user depends on afterwards:
+configuration the destination refuses, a QMP command QEMU must refuse, the
+migration channel cut during postcopy by the harness's proxy) and asserts what
+a user depends on afterwards:
 
 * the migration ends in the right state with the right error (a message
   pattern per error, tolerant to wording drift between 7.2 and 10.0, with the
@@ -12,6 +13,12 @@ asserts what a user depends on afterwards:
 * its RAM is intact: a second migration, to a fresh destination, completes
   and passes the exact RAM comparison and the guest invariant (or, where no
   migration is needed, the guest invariant holds on the stopped source).
+
+Postcopy recovery is the exception to "the source runs again": once postcopy
+has started the destination owns the guest, so ``postcopy-recover`` asserts
+that both sides pause, resume over a new channel and complete, that the RAM
+is exact but for the bytes the running destination guest rewrote, and that the
+destination guest runs on.
 
 A scenario returns a :class:`~harness.results.CellResult` (checks with their
 figures, the error texts QEMU gave, the states seen), like a matrix cell.
@@ -33,16 +40,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import numpy as np
 from qemu.qmp import ExecuteError
 
 from harness.cell import MiB, TargetSpec, WorkloadSpec
 from harness.checks.guest import check_guest_invariant
-from harness.checks.ram import check_ram, x86_layout
+from harness.checks.ram import Explained, check_ram, x86_layout
+from harness.driver import POSTCOPY_AFTER_SYNCS
 from harness.errors import HarnessError
 from harness.flow import BASE_CAPABILITIES, configure
 from harness.rundir import runtime_dir
 from harness.qemu.build import QemuBuild
 from harness.qemu.cmdline import MachinePaths, machine_argv
+from harness.proxy import Proxy
 from harness.qemu.machine import Machine
 from harness.results import ERROR, SKIPPED, CellResult, CheckResult, judge
 from harness.workloads.dirtier import HeartbeatParser, make_disk
@@ -276,6 +286,13 @@ class Rig:
         uri = f"unix:{self.workdir / (dst.m.role + '.mig')}"
         await dst.m.execute("migrate-incoming", {"uri": uri})
         return uri
+
+    async def proxy(self, host: str, port: int) -> Proxy:
+        """A breakable loopback proxy to ``host:port``, closed with the scenario."""
+        proxy = Proxy(host, port)
+        await proxy.start()
+        self.stack.push_async_callback(proxy.close)
+        return proxy
 
     # -- QMP errors ---------------------------------------------------------
     async def expect_refusal(self, name: str, m: Machine, cmd: str,
@@ -792,6 +809,275 @@ async def unknown_scheme(rig: Rig) -> None:
     await rig.source_running(src)
     await rig.source_invariant(src)
     await rig.migrate_ok(src)
+
+
+# --------------------------------------------------------------------------
+# Postcopy recovery: the migration channel breaks during postcopy
+# --------------------------------------------------------------------------
+#
+# QEMU's requirements (7.2 = Debian 7.2+dfsg, 10.0 = 10.0.2):
+# * only ``postcopy-ram`` on both sides; ``return-path`` is not needed: the
+#   source opens the return path whenever postcopy-ram is on
+#   (migration/migration.c migrate_fd_connect (7.2) / migration_connect (10.0):
+#   ``if (migrate_postcopy_ram() || migrate_use_return_path())``);
+# * ``release-ram`` must be off (migration.c migrate_prepare refuses a resume
+#   with it);
+# * the destination pauses instead of failing only once it runs the guest
+#   (migration/savevm.c qemu_loadvm_state_main: ``postcopy_state_get() ==
+#   POSTCOPY_INCOMING_RUNNING`` -> postcopy_pause_incoming); a break while it
+#   is still ``postcopy-active`` but only LISTENING (device state not yet
+#   loaded) fails the migration instead.  So the scenario breaks the channel
+#   only once the destination reports ``running``;
+# * the source pauses from ``postcopy-active`` (migration.c postcopy_pause,
+#   via migration_detect_error);
+# * ``migrate-recover`` is accepted only in ``postcopy-paused`` (migration.c
+#   qmp_migrate_recover); it frees the old listener's address list
+#   (migration_incoming_transport_cleanup) and listens anew, so a ``:0`` port
+#   is reported by ``query-migrate`` socket-address as for the first listen;
+# * ``migrate`` with ``resume: true`` is accepted only in ``postcopy-paused``
+#   (migration.c migrate_prepare); 10.0 then passes through
+#   ``postcopy-recover-setup`` (added in 9.1) before ``postcopy-recover``; the
+#   resumed channel runs at ``max-postcopy-bandwidth`` (migrate_fd_connect /
+#   migration_connect), not ``max-bandwidth``.
+
+POSTCOPY = {"postcopy-ram": True}
+#: Precopy at a modest rate; postcopy (rate ``max-postcopy-bandwidth``, whose
+#: default 0 means unlimited) slow enough that the 16 MiB region the guest
+#: keeps dirty takes about 2 s to arrive, so the break lands in postcopy.
+POSTCOPY_PARAMS = {"max-bandwidth": SLOW, "max-postcopy-bandwidth": 8 * MiB}
+#: How long the paused migration is left alone before recovery (and, in the
+#: negative control, how long it must stay paused without recovery).
+PAUSE_HOLD = 1.0
+UNRECOVERED_HOLD = 3.0
+
+
+def _port_of(info: dict[str, Any]) -> int | None:
+    for addr in info.get("socket-address", []) or []:
+        if addr.get("type") == "inet":
+            return int(addr["port"])
+    return None
+
+
+def _event_time(m: Machine, state: str, since: int = 0) -> float | None:
+    for t, e in m.events[since:]:
+        if e.get("event") == "MIGRATION" and e["data"]["status"] == state:
+            return t
+    return None
+
+
+def judge_sequence(name: str, states: list[str], want: list[str]) -> CheckResult:
+    """``want`` must appear in ``states`` in that order (others may come between)."""
+    it = iter(states)
+    missing = [w for w in want if w not in it]
+    figures = {"states": states, "expected_in_order": want}
+    if missing:
+        return CheckResult(name, False, f"states {' -> '.join(states) or '(none)'} lack "
+                           f"{missing[0]} in the order {' -> '.join(want)}", figures)
+    return CheckResult(name, True, " -> ".join(states), figures)
+
+
+async def _postcopy_broken(rig: Rig) -> tuple[Side, Side, Proxy, int, int]:
+    """Source -> proxy -> destination (tcp port 0), postcopy started after
+    ``POSTCOPY_AFTER_SYNCS`` dirty syncs, the destination resumed on its
+    ``postcopy-active`` and running; then ``proxy.break_()`` and both sides
+    must report ``postcopy-paused``.  Returns (src, dst, proxy, src_since,
+    dst_since)."""
+    src = await rig.source(caps=POSTCOPY, params=POSTCOPY_PARAMS)
+    dst = await rig.destination(caps=POSTCOPY, params=POSTCOPY_PARAMS)
+    await dst.m.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+    port = _port_of(await dst.m.execute("query-migrate"))
+    if port is None:
+        raise HarnessError("destination did not report its listening port")
+    proxy = await rig.proxy("127.0.0.1", port)
+    src_since, dst_since = len(src.m.events), len(dst.m.events)
+    t_migrate = time.monotonic()
+    await src.m.execute("migrate", {"uri": proxy.uri})
+    # migrate-start-postcopy once precopy has made enough dirty syncs.
+    deadline = time.monotonic() + STATE_TIMEOUT
+    while True:
+        info = await src.m.execute("query-migrate")
+        status = info.get("status")
+        syncs = info.get("ram", {}).get("dirty-sync-count", 0)
+        if status == "active" and syncs >= POSTCOPY_AFTER_SYNCS:
+            break
+        if status in TERMINAL or time.monotonic() > deadline:
+            raise HarnessError(f"source never made {POSTCOPY_AFTER_SYNCS} dirty syncs in "
+                               f"'active' (status {status}, syncs {syncs}, "
+                               f"{info.get('error-desc', '')})")
+        await asyncio.sleep(0.05)
+    rig.figures["syncs_at_postcopy_start"] = syncs
+    t_start = time.monotonic()
+    await src.m.execute("migrate-start-postcopy")
+    got = await dst.m.wait_event(_is_state(("postcopy-active",) + TERMINAL), STATE_TIMEOUT,
+                                 dst_since)
+    if got is None or got[1]["data"]["status"] != "postcopy-active":
+        raise HarnessError(f"destination never reached postcopy-active "
+                           f"(states {_states_since(dst.m, dst_since)})")
+    await dst.m.execute("cont")
+    beats_at_cont = dst.hb.heartbeats
+    # The destination pauses (rather than fails) only once it runs the guest.
+    t = time.monotonic()
+    while (status := await dst.m.status()) != "running":
+        if time.monotonic() - t > STATE_TIMEOUT:
+            raise HarnessError(f"destination did not run after cont (status {status})")
+        await asyncio.sleep(0.01)
+    t_running = time.monotonic()
+    # Let the guest run (and fault pages from the source) for a moment.
+    await asyncio.sleep(0.2)
+    before = await src.m.execute("query-migrate")
+    rig.figures["before_break"] = {
+        "source_status": before.get("status"),
+        "postcopy_requests": before.get("ram", {}).get("postcopy-requests"),
+        "remaining": before.get("ram", {}).get("remaining"),
+        "proxy_bytes_up": proxy.up, "proxy_bytes_down": proxy.down,
+        "destination_heartbeats_since_cont": dst.hb.heartbeats - beats_at_cont}
+    rig.add(CheckResult("broken-in-postcopy", before.get("status") == "postcopy-active",
+                        f"source state when the channel was broken: {before.get('status')} "
+                        f"({before.get('ram', {}).get('remaining')} bytes remaining)"))
+    t_break = time.monotonic()
+    broken = proxy.break_()
+    rig.figures["connections_broken"] = broken
+    rig.figures["timings_s"] = {"migrate_to_postcopy_start": round(t_start - t_migrate, 3),
+                                "postcopy_start_to_dst_running": round(t_running - t_start, 3),
+                                "dst_running_to_break": round(t_break - t_running, 3)}
+    rig.figures["t_break"] = t_break
+    for side, since in ((src, src_since), (dst, dst_since)):
+        got = await side.m.wait_event(_is_state(("postcopy-paused",) + TERMINAL),
+                                      STATE_TIMEOUT, since)
+        state = None if got is None else got[1]["data"]["status"]
+        who = "source" if side is src else "destination"
+        rig.add(CheckResult(f"{who}-postcopy-paused", state == "postcopy-paused",
+                            f"{who} after the break: {state} "
+                            f"(states {_states_since(side.m, since)})"))
+        if got is not None:
+            rig.figures["timings_s"][f"break_to_{who}_paused"] = round(got[0] - t_break, 3)
+    return src, dst, proxy, src_since, dst_since
+
+
+async def _still_paused(rig: Rig, src: Side, dst: Side, hold: float, name: str) -> bool:
+    """After ``hold`` seconds without recovery both sides are still paused."""
+    await asyncio.sleep(hold)
+    states = {}
+    for who, side in (("source", src), ("destination", dst)):
+        states[who] = (await side.m.execute("query-migrate")).get("status")
+    ok = states == {"source": "postcopy-paused", "destination": "postcopy-paused"}
+    rig.add(CheckResult(name, ok, f"after {hold:.1f} s without recovery: source "
+                        f"{states['source']}, destination {states['destination']}",
+                        {"hold_s": hold, **states}))
+    return ok
+
+
+@scenario("postcopy-recover")
+async def postcopy_recover(rig: Rig) -> None:
+    """Break the migration channel (the harness's proxy) during postcopy: both
+    sides pause; ``migrate-recover`` on a new destination port and ``migrate``
+    with ``resume`` (through a fresh proxy) complete it; RAM exact (but the
+    bytes the running destination guest rewrote) and the destination guest
+    runs on."""
+    src, dst, proxy, src_since, dst_since = await _postcopy_broken(rig)
+    t_break = rig.figures.pop("t_break")
+    if not all(c.passed for c in rig.checks):
+        rig.figures["states"] = {"source": _states_since(src.m, src_since),
+                                 "destination": _states_since(dst.m, dst_since)}
+        return
+    await _still_paused(rig, src, dst, PAUSE_HOLD, "paused-without-recovery")
+    beats_paused = dst.hb.heartbeats
+    # The destination listens again (port 0: read it back like the first time).
+    await dst.m.execute("migrate-recover", {"uri": "tcp:127.0.0.1:0"})
+    info = await dst.m.execute("query-migrate")
+    port = _port_of(info)
+    # 7.2 sends a MIGRATION 'setup' event here (qemu_start_incoming_migration
+    # emits it unconditionally) while the state stays postcopy-paused.
+    rig.figures["destination_after_migrate_recover"] = {"status": info.get("status"),
+                                                        "port_reported": port is not None}
+    if port is None:  # not reported: fall back to a port chosen here
+        port = _free_port()
+        await dst.m.execute("migrate-recover", {"uri": f"tcp:127.0.0.1:{port}"})
+    proxy2 = await rig.proxy("127.0.0.1", port)
+    # The resumed channel runs at max-postcopy-bandwidth: let it finish quickly.
+    await src.m.execute("migrate-set-parameters", {"max-postcopy-bandwidth": FAST})
+    t_resume = time.monotonic()
+    await src.m.execute("migrate", {"uri": proxy2.uri, "resume": True})
+    status = await wait_state(src.m, TERMINAL, src_since)
+    dst_status = await wait_state(dst.m, TERMINAL, dst_since)
+    t_done = time.monotonic()
+    src_states, dst_states = _states_since(src.m, src_since), _states_since(dst.m, dst_since)
+    rig.figures["states"] = {"source": src_states, "destination": dst_states}
+    rig.add(judge_state("source-completed", status, "completed", src_states))
+    rig.add(judge_state("destination-completed", dst_status, "completed", dst_states))
+    rig.add(judge_sequence("source-recovered", src_states,
+                           ["postcopy-active", "postcopy-paused", "postcopy-recover",
+                            "postcopy-active", "completed"]))
+    rig.add(judge_sequence("destination-recovered", dst_states,
+                           ["postcopy-active", "postcopy-paused", "postcopy-recover",
+                            "postcopy-active", "completed"]))
+    timings = rig.figures["timings_s"]
+    for who, side, since in (("source", src, src_since), ("destination", dst, dst_since)):
+        paused = _event_time(side.m, "postcopy-paused", since)
+        # The first state after postcopy-paused ends the pause.
+        after = [t for t, e in side.m.events[since:] if e.get("event") == "MIGRATION"
+                 and paused is not None and t > paused
+                 and e["data"]["status"] != "postcopy-paused"]
+        if paused is not None and after:
+            timings[f"{who}_paused"] = round(after[0] - paused, 3)
+    timings["resume_to_completed"] = round(t_done - t_resume, 3)
+    timings["break_to_completed"] = round(t_done - t_break, 3)
+    rig.figures["proxies"] = {"broken": proxy.figures(), "recovery": proxy2.figures()}
+    rig.figures["stderr"] = {"src": src.stderr()[-300:], "dst": dst.stderr()[-300:]}
+    rig.add(CheckResult("recovery-channel-used", proxy2.up > 0,
+                        f"{proxy2.up} bytes source->destination and {proxy2.down} back over "
+                        "the recovery channel"))
+    if status != "completed" or dst_status != "completed":
+        return
+    info = await src.m.execute("query-migrate")
+    rig.figures["postcopy_requests"] = info.get("ram", {}).get("postcopy-requests")
+    rig.figures["destination_heartbeats"] = {"while_paused": beats_paused,
+                                             "at_completion": dst.hb.heartbeats}
+    # The destination guest was resumed during postcopy and must run on.
+    alive = await source_running(dst)
+    alive.name = "destination-running"
+    alive.summary = alive.summary.replace("source", "destination")
+    rig.add(alive)
+    await dst.m.execute("stop")
+    wl = dst.target.workload
+    explained = Explained(np.arange(wl.region_base, wl.region_base + wl.region_size, PAGE),
+                          "the destination guest ran during postcopy and rewrote the first "
+                          "byte of its region's pages; those bytes are judged by the guest "
+                          "invariant")
+    rig.add(check_ram(src.paths.ram, dst.paths.ram, x86_layout(TARGET.memory), explained))
+    guest, _ = check_guest_invariant(dst.paths.ram, wl.region_base, wl.region_size // PAGE,
+                                     wl.region_base)
+    guest.name = "destination-guest"
+    rig.add(guest)
+
+
+@scenario("postcopy-break-unrecovered")
+async def postcopy_unrecovered(rig: Rig) -> None:
+    """Negative control of postcopy-recover: the channel is broken during
+    postcopy and NOT recovered; both sides stay ``postcopy-paused``, the
+    destination never completes (bounded wait), and the completion verdict
+    used by postcopy-recover fails on it."""
+    src, dst, _, src_since, dst_since = await _postcopy_broken(rig)
+    rig.figures.pop("t_break")
+    if not all(c.passed for c in rig.checks):
+        return
+    await _still_paused(rig, src, dst, UNRECOVERED_HOLD, "still-paused")
+    dst_status = await wait_state(dst.m, TERMINAL, dst_since, 0.1)
+    src_states, dst_states = _states_since(src.m, src_since), _states_since(dst.m, dst_since)
+    rig.figures["states"] = {"source": src_states, "destination": dst_states}
+    verdict = judge_state("destination-completed", dst_status, "completed", dst_states)
+    rig.add(CheckResult("not-completed-without-recovery", not verdict.passed,
+                        f"completion verdict without recovery: {verdict.summary}",
+                        verdict.figures))
+    rig.add(CheckResult("no-terminal-state", not any(s in TERMINAL
+                                                     for s in src_states + dst_states),
+                        f"source {src_states}, destination {dst_states}"))
+    rig.figures["stderr"] = {"src": src.stderr()[-300:], "dst": dst.stderr()[-300:]}
+    # A destination paused in postcopy does not answer 'quit' (its vCPUs wait
+    # on missing pages): end it by its PID rather than wait out Machine.close.
+    assert dst.m.proc is not None
+    os.kill(dst.m.proc.pid, signal.SIGKILL)
+    rig.figures["destination_exit"] = await wait_exit(dst, 5.0)
 
 
 # --------------------------------------------------------------------------

@@ -6,7 +6,9 @@ Each runs :mod:`harness.failpaths` scenario and requires every check to pass:
 the right end state and error (pattern from QEMU's source), the source
 running with its guest heartbeating, and its RAM intact (exact comparison
 after a second migration, or the guest invariant on the stopped source).
-The last tests show the live checks can fail.
+``postcopy-recover`` also has its state sequence from ``postcopy-paused`` on
+checked per build (``RECOVERY_STATES``); ``postcopy-break-unrecovered`` is its
+negative control.  The last tests show the live checks can fail.
 """
 from __future__ import annotations
 
@@ -64,6 +66,41 @@ def test_failure_path(scenario: str, build_name: str, builds, run_state, record)
     bad = [f"{c.name}: {c.summary}" for c in result.checks if not c.passed]
     assert result.verdict == PASSED, f"{result.reason}\nfailed checks: {bad}\n" \
                                      f"logs: {result.logdir}"
+    if scenario in RECOVERY_STATES:
+        _assert_recovery_states(result.figures, RECOVERY_STATES[scenario][build_name])
+
+
+#: Postcopy recovery, from the source's and the destination's first
+#: ``postcopy-paused`` on: the MIGRATION events each build sends (QEMU
+#: behaviour modelled per build, as seen here).
+#: * 10.0's source passes through ``postcopy-recover-setup`` (migration.c
+#:   migrate_prepare, QEMU >= 9.1) before ``postcopy-recover``;
+#: * 7.2's destination sends a 'setup' event on ``migrate-recover`` although its
+#:   state stays ``postcopy-paused`` (migration.c qemu_start_incoming_migration
+#:   calls qapi_event_send_migration(SETUP) unconditionally; 10.0's
+#:   migration_incoming_state_setup leaves a paused state alone).
+RECOVERY_STATES = {
+    "postcopy-recover": {
+        "system": {"source": ["postcopy-paused", "postcopy-recover", "postcopy-active",
+                              "completed"],
+                   "destination": ["postcopy-paused", "setup", "postcopy-recover",
+                                   "postcopy-active", "completed"]},
+        "debian-10.0": {"source": ["postcopy-paused", "postcopy-recover-setup",
+                                   "postcopy-recover", "postcopy-active", "completed"],
+                        "destination": ["postcopy-paused", "postcopy-recover",
+                                        "postcopy-active", "completed"]},
+    },
+    "postcopy-break-unrecovered": {
+        build: {"source": ["postcopy-paused"], "destination": ["postcopy-paused"]}
+        for build in BUILDS},
+}
+
+
+def _assert_recovery_states(figures: dict, want: dict[str, list[str]]) -> None:
+    for side, states in want.items():
+        seen = figures["states"][side]
+        tail = seen[seen.index("postcopy-paused"):]
+        assert tail == states, f"{side}: {seen}"
 
 
 # -- the live checks can fail ----------------------------------------------------
@@ -78,6 +115,20 @@ async def _with_source(build: QemuBuild, logdir: Path, body):
             return await body(rig, src)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_recovery_sequence_check_fails() -> None:
+    """``judge_sequence`` (the recovered-states check) fails on a run that
+    paused and never recovered, and on states out of order."""
+    want = ["postcopy-active", "postcopy-paused", "postcopy-recover", "postcopy-active",
+            "completed"]
+    assert failpaths.judge_sequence("x", ["active", *want], want).passed
+    unrecovered = failpaths.judge_sequence("x", ["active", "postcopy-active",
+                                                 "postcopy-paused"], want)
+    assert not unrecovered.passed and "postcopy-recover" in unrecovered.summary
+    assert not failpaths.judge_sequence("x", ["postcopy-active", "completed",
+                                              "postcopy-paused", "postcopy-recover",
+                                              "postcopy-active"], want).passed
 
 
 def test_source_running_check_fails_on_stopped_source(builds, run_state) -> None:
