@@ -11,7 +11,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from harness.cell import Cell
 from harness.errors import HarnessError
@@ -24,23 +24,43 @@ EXIT_BAD_INPUT = 2
 
 def _add_matrix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matrix", default="matrix.yaml", help="matrix file (default: ./matrix.yaml)")
-    p.add_argument("--tier", default="smoke", help="tier to run (default: smoke)")
+    p.add_argument("--tier", default=None, help="tier to run (default: smoke)")
     p.add_argument("-k", dest="select", default=None, metavar="EXPR",
                    help="select cells by id, as pytest -k does (e.g. 'unix and not kvm')")
     p.add_argument("--qemu", default=None, metavar="PATH",
                    help="use this QEMU binary as the build for both sides of every cell")
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="seed of the covering arrays (default: 0; the same seed gives the "
+                        "same cells everywhere)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="only shard K of N: every N-th cell of the tier from the K-th "
+                        "(shards are disjoint and together make the tier)")
 
 
-def _cells(args: argparse.Namespace) -> list[Cell]:
+def _plan(args: argparse.Namespace) -> tuple[Any, list[Cell]]:
+    """The tier's plan and its cells after --qemu, -k and --shard."""
+    from harness.runner import parse_shard, shard
+
     if args.qemu and not shutil.which(args.qemu):
         raise HarnessError(f"--qemu {args.qemu}: no such executable")
     matrix = load_matrix(Path(args.matrix))
-    cells = matrix.cells(args.tier)
     if args.qemu:
-        cells = override_build(cells, args.qemu)
+        matrix = override_build(matrix, args.qemu)
+    plan = matrix.plan(args.tier or "smoke", args.seed or 0)
+    cells = list(plan.cells)
     if args.select:
         cells = select(cells, args.select)
-    return cells
+    if args.shard:
+        try:
+            k, n = parse_shard(args.shard)
+        except ValueError as exc:
+            raise HarnessError(str(exc)) from None
+        cells = shard(cells, k, n)
+    return plan, cells
+
+
+def _cells(args: argparse.Namespace) -> list[Cell]:
+    return _plan(args)[1]
 
 
 def _validate_against_builds(cells: list[Cell]) -> None:
@@ -59,25 +79,80 @@ def _validate_against_builds(cells: list[Cell]) -> None:
         raise HarnessError("\n".join(dict.fromkeys(errors)))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from harness.report.console import Progress, summary, table
-    from harness.runner import default_results_dir, exit_status, run_cells
+def _jobs(text: str) -> int:
+    if text == "auto":
+        from harness.runner import Budget
 
+        return max(1, int(Budget.of_this_machine().cpus))
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    if jobs < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return jobs
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.report.console import Progress
+    from harness.runner import default_results_dir, failed_in, mark_flaky, run_cells
+
+    previous: dict[str, Any] = {}
+    rerun_of = Path(args.rerun_failed) if args.rerun_failed else None
+    if rerun_of is not None:
+        try:
+            failed, meta = failed_in(rerun_of)
+        except (OSError, ValueError, KeyError) as exc:
+            raise HarnessError(f"--rerun-failed {rerun_of}: no readable results.json "
+                               f"({exc})") from None
+        previous = {p.id: p for p in failed}
+        # The earlier run's tier and seed, unless given again.
+        if args.tier is None:
+            args.tier = meta.get("tier")
+        if args.seed is None:
+            args.seed = meta.get("seed")
     cells = _cells(args)
+    if rerun_of is not None:
+        ids = {c.id for c in cells}
+        gone = [i for i in previous if i not in ids]
+        if gone:
+            raise HarnessError(f"--rerun-failed {rerun_of}: cells not in tier "
+                               f"'{args.tier or 'smoke'}' (seed {args.seed or 0}): "
+                               f"{', '.join(gone)}")
+        cells = [c for c in cells if c.id in previous]
     _validate_against_builds(cells)
     results_dir = Path(args.results) if args.results else default_results_dir()
-    print(f"{len(cells)} cells from {args.matrix} tier '{args.tier}'"
-          + (f" matching -k '{args.select}'" if args.select else ""), file=sys.stderr)
+    tier = args.tier or "smoke"
+    print(f"{len(cells)} cells from {args.matrix} tier '{tier}'"
+          + (f" seed {args.seed}" if args.seed else "")
+          + (f" matching -k '{args.select}'" if args.select else "")
+          + (f" shard {args.shard}" if args.shard else "")
+          + (f", failed in {rerun_of}" if rerun_of else "")
+          + (f", {args.jobs} at a time" if args.jobs > 1 else ""), file=sys.stderr)
+    meta = {"matrix": args.matrix, "tier": tier, "seed": args.seed or 0,
+            "select": args.select, "shard": args.shard, "jobs": args.jobs,
+            "rerun_of": str(rerun_of) if rerun_of else None}
+    finish = None
+    if rerun_of is not None:
+        finish = lambda r: mark_flaky(r, previous[r.id], rerun_of)  # noqa: E731
     state = None
     try:
-        state = run_cells(cells, results_dir, keep_logs=args.keep_logs, listener=Progress())
+        state = run_cells(cells, results_dir, keep_logs=args.keep_logs, listener=Progress(),
+                          jobs=args.jobs, meta=meta, finish=finish)
     except (KeyboardInterrupt, Interrupted) as exc:
         print(f"\ninterrupted ({exc.__class__.__name__}): QEMU processes ended, partial results "
               f"in {results_dir}", file=sys.stderr)
         return 130
+    return _report(state, results_dir)
+
+
+def _report(state: Any, results_dir: Path) -> int:
+    from harness.report.console import summary, table
+    from harness.runner import exit_status
+
     print()
     print(table(state.results))
-    failed = [r for r in state.results if r.verdict in ("failed", "error")]
+    failed = [r for r in state.results if r.verdict in ("failed", "error", "flaky")]
     for r in failed:
         print(f"\n{r.id}: {r.verdict}: {r.reason}" + (f"\n  logs: {r.logdir}" if r.logdir else ""))
     print(f"\n{summary(state)}")
@@ -85,17 +160,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     return exit_status(state)
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Combine results folders (e.g. the shards of a tier) into one report."""
+    from harness.runner import merge_results
+
+    dirs = [Path(d) for d in args.dirs]
+    for d in dirs:
+        if not (d / "results.json").is_file():
+            raise HarnessError(f"{d}: no results.json")
+    try:
+        state = merge_results(dirs, Path(args.results))
+    except ValueError as exc:
+        raise HarnessError(str(exc)) from None
+    print(f"merged {len(dirs)} results folders: {len(state.results)} cells", file=sys.stderr)
+    return _report(state, Path(args.results))
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    cells = _cells(args)
+    from harness.matrix.plan import dimensions
+
+    plan, cells = _plan(args)
     if args.json:
-        print(json.dumps({"count": len(cells),
-                          "cells": [{"id": c.id, **c.inputs()} for c in cells]}, indent=2))
+        print(json.dumps({
+            "tier": plan.tier, "seed": plan.seed, "count": len(cells),
+            "cells": [{"id": c.id, "dimensions": dimensions(c), **c.inputs()} for c in cells],
+            "coverage": [r.to_json() for r in plan.coverings],
+            "exclusions": [x.to_json() for x in plan.exclusions],
+            "filtered_out": plan.filtered_out,
+        }, indent=2, default=str))
         return 0
     for c in cells:
         caps = ",".join(k for k, v in c.capabilities if v) or "-"
         params = ",".join(f"{k}={v}" for k, v in c.parameters) or "-"
         print(f"{c.id}  [{c.src_build.name}->{c.dst_build.name} {c.target.machine} "
               f"{c.target.accel} {c.transport} caps={caps} params={params}]")
+    if plan.coverings:
+        print()
+        for r in plan.coverings:
+            print(f"coverage: {r.describe()}")
+            for m in r.coverage.missing:
+                print(f"  not covered: {m}")
+    if plan.exclusions:
+        print(f"\nexcluded ({len(plan.exclusions)}):")
+        for x in plan.exclusions:
+            print(f"  {x.describe()}")
+    if plan.filtered_out:
+        print(f"\nfilter removed {plan.filtered_out} cells")
     print(f"{len(cells)} cells")
     return 0
 
@@ -197,7 +307,19 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--results", default=None, metavar="DIR",
                      help="results folder (default: a new timestamped folder under results/)")
     run.add_argument("--keep-logs", action="store_true", help="keep logs of passed cells too")
+    run.add_argument("-j", "--jobs", type=_jobs, default=1, metavar="N",
+                     help="run up to N cells at once within this machine's cores and memory "
+                          "('auto': one per core; default 1)")
+    run.add_argument("--rerun-failed", default=None, metavar="RESULTS_DIR",
+                     help="rerun only the cells that failed in that earlier run (its tier and "
+                          "seed unless given); one that passes now is reported flaky")
     run.set_defaults(func=cmd_run)
+
+    merge = sub.add_parser("merge", help="combine results folders (e.g. shards) into one report")
+    merge.add_argument("dirs", nargs="+", metavar="DIR")
+    merge.add_argument("--results", required=True, metavar="OUT",
+                       help="folder for the merged results.json and junit.xml")
+    merge.set_defaults(func=cmd_merge)
 
     ls = sub.add_parser("list", help="list the cells of a tier")
     _add_matrix_args(ls)

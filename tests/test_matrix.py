@@ -349,20 +349,22 @@ def test_self_include_is_a_cycle(tmp_path: Path) -> None:
                  "include cycle: a -> a")
 
 
-def test_covering_is_reserved_and_other_strategies_unknown(tmp_path: Path) -> None:
+def test_covering_keys_are_checked_and_other_strategies_unknown(tmp_path: Path) -> None:
     text = with_tiers("""\
         smoke:
-          covering: {strength: 2}
+          covering: {strength: 2, target: [t1], transport: [unix]}
         """)
-    assert_error(tmp_path, text, "covering", "tiers.smoke.covering",
-                 "strategy 'covering' (N-wise covering arrays) is not implemented "
-                 "yet; use 'cells' or 'product'")
+    assert_error(tmp_path, text, "covering", "tiers.smoke.covering.strength",
+                 "unknown key (allowed: order, target, transport, build, src-build, "
+                 "dst-build, capset, capabilities, parameters, paramset, timeout, "
+                 "downtime-tolerance-ms, expect-fail)")
     text = with_tiers("""\
         smoke:
           pairwise: {target: [t1]}
         """)
     assert_error(tmp_path, text, "pairwise", "tiers.smoke.pairwise",
-                 "unknown key (allowed: description, include, cells, product)")
+                 "unknown key (allowed: description, include, cells, product, "
+                 "covering, filter)")
 
 
 def test_product_refuses_name_and_duplicates(tmp_path: Path) -> None:
@@ -387,7 +389,7 @@ def test_empty_tier_is_an_error(tmp_path: Path) -> None:
           cells: []
         """)
     assert_error(tmp_path, text, "smoke:", "tiers.smoke",
-                 "the tier has no cells: give it 'include', 'cells' or 'product'")
+                 "the tier has no cells: give it 'include', 'cells', 'product' or 'covering'")
 
 
 def test_unknown_tier_in_cells_lists_defined(tmp_path: Path) -> None:

@@ -5,8 +5,12 @@ expanded into ``Cell`` objects.
     cells = select(matrix.cells("smoke"), "tcg and not tcp")
     cells = override_build(cells, "/path/to/qemu-system-x86_64")   # --qemu PATH
 
+    plan = matrix.plan("nightly", seed=0)    # cells, coverage, exclusions
+
 Modules: ``yamlpos`` (YAML with line numbers), ``schema`` (allowed keys and
-types), ``load`` (file -> ``Matrix``), ``expand`` (tiers -> cells, ids, ``-k``).
+types), ``load`` (file -> ``Matrix``), ``expand`` (tiers -> cells, ids, ``-k``),
+``covering`` (N-wise covering arrays constrained by the rule oracle), ``plan``
+(a tier's final cells: includes, coverings, filter; coverage and exclusions).
 """
 from __future__ import annotations
 
@@ -17,13 +21,17 @@ from harness.matrix.expand import (
     unknown_parameters,
 )
 from harness.matrix.load import Matrix, load_matrix, override_build
-from harness.matrix.schema import BYTE_PARAMETERS, CellDecl, Defaults, TierSpec
+from harness.matrix.plan import CoveringReport, TierPlan
+from harness.matrix.schema import BYTE_PARAMETERS, CellDecl, CoveringSpec, Defaults, TierSpec
 
 __all__ = [
     "BYTE_PARAMETERS",
     "CellDecl",
+    "CoveringReport",
+    "CoveringSpec",
     "Defaults",
     "Matrix",
+    "TierPlan",
     "TierSpec",
     "cell_id",
     "load_matrix",

@@ -19,18 +19,25 @@ import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
 from harness.cell import BuildSpec, Cell, TargetSpec, WorkloadSpec
 from harness.errors import MatrixError
 from harness.matrix import schema as s
-from harness.matrix.expand import ARCH_PLACEHOLDER, expand_tiers, with_build
+from harness.matrix.expand import (
+    ARCH_PLACEHOLDER, build_for_arch, expand_tiers, select, with_build,
+)
 from harness.matrix.schema import CellDecl, Defaults, TierSpec, Where
 from harness.matrix.yamlpos import YEntry, YMap, YNode, YScalar, load_yaml
+from harness.matrix.covering import FLOW_TRANSPORTS, KNOWN_TRANSPORTS
 from harness.units import format_size
+
+if TYPE_CHECKING:
+    from harness.matrix.plan import TierPlan
 
 _PLACEHOLDER_RE = re.compile(r"\{[^}]*\}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_VERSION_RE = re.compile(r"\d+\.\d+(\.\d+)?\Z")
 #: Where ``dpkg -x`` puts a QEMU package's binary and firmware under a prefix.
 PREFIX_BINARY = "usr/bin/qemu-system-{arch}"
 PREFIX_DATA_DIRS = ("usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu")
@@ -62,16 +69,31 @@ class Matrix:
     expanded: dict[str, tuple[Cell, ...]] = field(default_factory=dict, repr=False)
     #: Set by ``override_build`` (``--qemu PATH``): every cell runs on this build.
     build_override: BuildSpec | None = None
+    #: Build name -> the ``version:`` the file declares for it.
+    build_versions: dict[str, str] = field(default_factory=dict)
+    _plans: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False,
+                                               compare=False)
 
-    def cells(self, tier: str) -> list[Cell]:
-        """The cells of ``tier`` in declaration order (included tiers first)."""
+    def cells(self, tier: str, seed: int = 0) -> list[Cell]:
+        """The cells of ``tier``: included tiers' first, then its explicit and
+        product cells in file order, then its covering arrays' (``seed``
+        salts those), all passed through the tier's ``filter``."""
+        return list(self.plan(tier, seed).cells)
+
+    def plan(self, tier: str, seed: int = 0) -> "TierPlan":
+        """The cells of ``tier`` with the coverage achieved and what was
+        excluded, and why (``mharness list``).  Computed on first use: a
+        covering array asks the rule oracle (and, for a build without
+        ``version:``, the binary for its version)."""
+        from harness.matrix.plan import plan_tier
+
         if tier not in self.expanded:
             raise MatrixError(f"unknown tier '{tier}' in {self.path} "
                               f"(defined: {', '.join(self.tiers)})")
-        cells = list(self.expanded[tier])
-        if self.build_override is not None:
-            cells = with_build(cells, self.build_override)
-        return cells
+        key = (tier, seed)
+        if key not in self._plans:
+            self._plans[key] = plan_tier(self, tier, seed)
+        return self._plans[key]
 
     def build_specs(self) -> list[BuildSpec]:
         """Concrete builds to probe (``doctor``): ``{arch}`` substituted.
@@ -87,6 +109,15 @@ class Matrix:
             for cell in cells:
                 for spec in (cell.src_build, cell.dst_build):
                     used.setdefault((spec.name, spec.binary), spec)
+        for tier in self.tiers.values():
+            for cov in tier.coverings:
+                for target in cov.targets:
+                    arch = self.targets[target].arch
+                    for pair in cov.builds:
+                        for name in pair:
+                            spec = build_for_arch(self.builds[name or
+                                                              self.target_builds[target]], arch)
+                            used.setdefault((spec.name, spec.binary), spec)
         result: list[BuildSpec] = []
         for name, spec in self.builds.items():
             mine = [b for (n, _), b in used.items() if n == name]
@@ -112,10 +143,20 @@ def load_matrix(path: str | Path) -> Matrix:
     defaults = _defaults(entries.get("defaults"), where.key("defaults"))
     builds = _named(entries["builds"], where.key("builds"), "build",
                     lambda n, node, w: _build(n, node, w, base_dir))
+    build_versions = {
+        name: _build_version(item.value.entries["version"].value,
+                             where.key("builds").key(name).key("version"))
+        for name, item in s.as_map(entries["builds"].value, where.key("builds")).entries.items()
+        if isinstance(item.value, YMap) and "version" in item.value.entries}
     targets = _named(entries["targets"], where.key("targets"), "target",
                      lambda n, node, w: _target(n, node, w, builds))
-    transports = tuple(name for name, _, _ in s.as_name_list(
-        entries["transports"].value, where.key("transports"), "transport"))
+    transport_list = s.as_name_list(entries["transports"].value, where.key("transports"),
+                                    "transport")
+    for name, line, t_where in transport_list:
+        if name not in KNOWN_TRANSPORTS:
+            raise t_where.error(f"unknown transport '{name}' (QEMU's are: "
+                                f"{', '.join(KNOWN_TRANSPORTS)})", line)
+    transports = tuple(name for name, _, _ in transport_list)
     capsets = _sets(entries.get("capsets"), where.key("capsets"), "capability",
                     lambda name, node, w: s.as_bool(node, w))
     paramsets = _sets(entries.get("paramsets"), where.key("paramsets"), "parameter",
@@ -125,10 +166,11 @@ def load_matrix(path: str | Path) -> Matrix:
         builds=builds,
         targets={name: spec for name, (spec, _) in targets.items()},
         target_builds={name: build for name, (_, build) in targets.items()},
-        transports=transports, capsets=capsets, paramsets=paramsets, tiers={})
+        transports=transports, capsets=capsets, paramsets=paramsets, tiers={},
+        build_versions=build_versions)
     tiers = _Tiers(matrix, where.key("tiers")).parse(entries["tiers"].value)
     matrix = replace(matrix, tiers=tiers)
-    return replace(matrix, expanded=expand_tiers(tiers, matrix))
+    return replace(matrix, expanded=expand_tiers(tiers, matrix), _plans={})
 
 
 @overload
@@ -152,7 +194,7 @@ def override_build(matrix_or_cells: Matrix | Iterable[Cell], binary: str
     path = os.path.abspath(path) if os.sep in path else path
     build = BuildSpec(name=path, binary=path, required=True)
     if isinstance(matrix_or_cells, Matrix):
-        return replace(matrix_or_cells, build_override=build)
+        return replace(matrix_or_cells, build_override=build, _plans={})
     return with_build(matrix_or_cells, build)
 
 
@@ -271,6 +313,15 @@ def _build(name: str, node: YNode, where: Where, base_dir: str) -> BuildSpec:
         if "required" in e else False
     return BuildSpec(name=name, binary=binary, data_dirs=data_dirs, env=env,
                      extra_args=extra_args, required=required)
+
+
+def _build_version(node: YNode, where: Where) -> str:
+    """``version: "10.0"``: what the rule oracle assumes for covering arrays
+    (without it the binary is asked, so its cells depend on what is installed)."""
+    text = s.as_str(node, where)
+    if not _VERSION_RE.match(text):
+        raise where.error(f"expected a QEMU version like \"10.0\", got {text!r}", node.line)
+    return text
 
 
 def _env(node: YNode, where: Where) -> tuple[tuple[str, str], ...]:
@@ -414,6 +465,7 @@ class _Tiers:
             spec = replace(spec, include=tuple(n for n, _, _ in includes),
                            include_lines=tuple(line for _, line, _ in includes))
         cells: list[CellDecl] = []
+        coverings: list[s.CoveringSpec] = []
         for key, item in e.items():  # file order: cells and products interleave
             if key == "cells":
                 seq = s.as_list(item.value, where.key("cells"))
@@ -421,10 +473,102 @@ class _Tiers:
                           for i, node in enumerate(seq.items)]
             elif key == "product":
                 cells += self._products(item.value, where.key("product"))
-        if not spec.include and not cells:
-            raise where.error("the tier has no cells: give it 'include', 'cells' "
-                              "or 'product'", entry.key_line)
-        return replace(spec, cells=tuple(cells))
+            elif key == "covering":
+                coverings += self._coverings(item.value, where.key("covering"))
+        if "filter" in e:
+            text = s.as_str(e["filter"].value, where.key("filter"))
+            try:
+                select([], text)
+            except MatrixError as exc:
+                raise where.key("filter").error(exc.reason, e["filter"].value.line) from None
+            spec = replace(spec, filter=text, filter_line=e["filter"].value.line)
+        if not spec.include and not cells and not coverings:
+            raise where.error("the tier has no cells: give it 'include', 'cells', "
+                              "'product' or 'covering'", entry.key_line)
+        return replace(spec, cells=tuple(cells), coverings=tuple(coverings))
+
+    def _coverings(self, node: YNode, where: Where) -> list[s.CoveringSpec]:
+        """``covering:`` is one mapping or a list of them."""
+        if isinstance(node, YMap):
+            return [self._covering(node, where)]
+        seq = s.as_list(node, where)
+        return [self._covering(item, where.index(i)) for i, item in enumerate(seq.items)]
+
+    def _covering(self, node: YNode, where: Where) -> s.CoveringSpec:
+        m = s.as_map(node, where)
+        e = s.check_keys(m, where, s.COVERING_KEYS, s.COVERING_REQUIRED)
+        spec = s.CoveringSpec(line=m.line, where=where.path)
+        if "order" in e:
+            spec = replace(spec, order=s.as_int(e["order"].value, where.key("order"), minimum=1))
+            if spec.order > s.MAX_ORDER:
+                raise where.key("order").error(f"must be at most {s.MAX_ORDER}, got "
+                                               f"{spec.order}", e["order"].value.line)
+
+        def names(key: str, dim: str) -> tuple[str, ...]:
+            values = s.as_name_list(e[key].value, where.key(key), _WHAT[dim])
+            return tuple(self._check_ref(dim, n, line, w) for n, line, w in values)
+
+        spec = replace(spec, targets=names("target", "target"))
+        # Transports the flow cannot run are kept: the plan excludes them with
+        # the reason, so `mharness list` shows it.
+        values = s.as_name_list(e["transport"].value, where.key("transport"), "transport")
+        spec = replace(spec, transports=tuple(
+            self._check_ref("transport", n, line, w, flow_only=False) for n, line, w in values))
+        if "build" in e and ("src-build" in e or "dst-build" in e):
+            raise where.key("build").error("give either 'build' (both sides) or "
+                                           "'src-build'/'dst-build'", e["build"].key_line)
+        if "build" in e:
+            spec = replace(spec, builds=tuple((b, b) for b in names("build", "src-build")))
+        elif "src-build" in e or "dst-build" in e:
+            srcs = names("src-build", "src-build") if "src-build" in e else (None,)
+            dsts = names("dst-build", "dst-build") if "dst-build" in e else (None,)
+            spec = replace(spec, builds=tuple(itertools.product(srcs, dsts)))
+        if "capset" in e:
+            spec = replace(spec, capsets=names("capset", "capset"))
+        if "capabilities" in e:
+            caps = s.as_name_list(e["capabilities"].value, where.key("capabilities"),
+                                  "capability", allow_empty=True)
+            for name, line, w in caps:
+                s.check_qmp_name(name, line, w, "capability")
+                if name in dict(self.m.defaults.capabilities):
+                    raise w.error(f"capability '{name}' is set for every cell in "
+                                  f"defaults.capabilities; it cannot also be a factor", line)
+                if any(name in dict(self.m.capsets[c]) for c in spec.capsets):
+                    raise w.error(f"capability '{name}' is also set by a capset in "
+                                  f"'capset'", line)
+            spec = replace(spec, capabilities=tuple(n for n, _, _ in caps))
+        if "parameters" in e:
+            pm = s.as_map(e["parameters"].value, where.key("parameters"))
+            params = []
+            for name, item in pm.entries.items():
+                pw = where.key("parameters").key(name)
+                s.check_qmp_name(name, item.key_line, pw, "parameter")
+                if isinstance(item.value, YScalar):
+                    raise pw.error("expected a list of values (null: QEMU's default)",
+                                   item.value.line)
+                seq = s.as_list(item.value, pw)
+                values: list[Any] = []
+                for i, v in enumerate(seq.items):
+                    value = None if _is_null(v) else s.as_parameter_value(name, v, pw.index(i))
+                    if value in values:
+                        raise pw.index(i).error(f"duplicate value {value!r}", v.line)
+                    values.append(value)
+                if not values:
+                    raise pw.error("expected at least one value", item.value.line)
+                params.append((name, tuple(values)))
+            spec = replace(spec, parameters=tuple(params))
+        if "paramset" in e:
+            spec = replace(spec, paramsets=names("paramset", "paramset"))
+            if spec.parameters:
+                clash = {n for n, _ in spec.parameters} & {
+                    p for ps in spec.paramsets for p, _ in self.m.paramsets[ps]}
+                if clash:
+                    raise where.key("paramset").error(
+                        f"paramsets set {', '.join(sorted(clash))}, which 'parameters' "
+                        f"also lists", e["paramset"].key_line)
+        timeout, tolerance, expect_fail = self._settings(e, where)
+        return replace(spec, timeout=timeout, downtime_tolerance_ms=tolerance,
+                       expect_fail=expect_fail)
 
     def _cell(self, node: YNode, where: Where) -> CellDecl:
         m = s.as_map(node, where)
@@ -460,8 +604,12 @@ class _Tiers:
                              for name, line, item_where in values]
         return self._decls(dims, e, where, m.line, None)
 
-    def _check_ref(self, dim: str, name: str, line: int, where: Where) -> str:
-        """A dimension value must name something defined; say what is."""
+    def _check_ref(self, dim: str, name: str, line: int, where: Where,
+                   flow_only: bool = True) -> str:
+        """A dimension value must name something defined; say what is.  A
+        transport the cell flow does not implement is refused here (explicit
+        cells and products) unless ``flow_only`` is off (covering arrays
+        exclude it with the reason instead)."""
         defined: Sequence[str] = {
             "target": list(self.m.targets),
             "transport": self.m.transports,
@@ -473,10 +621,13 @@ class _Tiers:
         if name not in defined:
             raise where.error(f"unknown {_WHAT[dim]} '{name}' (defined: "
                               f"{_defined(defined)})", line)
+        if dim == "transport" and flow_only and name not in FLOW_TRANSPORTS:
+            raise where.error(f"transport '{name}' is not supported by the cell flow yet "
+                              f"(supported: {', '.join(FLOW_TRANSPORTS)})", line)
         return name
 
-    def _decls(self, dims: dict[str, list[tuple[str, int]]], e: dict[str, YEntry],
-               where: Where, line: int, name: str | None) -> list[CellDecl]:
+    def _settings(self, e: dict[str, YEntry], where: Where
+                  ) -> tuple[float | None, float | None, tuple[str, ...]]:
         timeout = s.as_number(e["timeout"].value, where.key("timeout"), strict=True) \
             if "timeout" in e else None
         tolerance = s.as_number(e["downtime-tolerance-ms"].value,
@@ -487,6 +638,11 @@ class _Tiers:
             checks = s.as_name_list(e["expect-fail"].value, where.key("expect-fail"),
                                     "check", allow_empty=True)
             expect_fail = tuple(sorted(n for n, _, _ in checks))
+        return timeout, tolerance, expect_fail
+
+    def _decls(self, dims: dict[str, list[tuple[str, int]]], e: dict[str, YEntry],
+               where: Where, line: int, name: str | None) -> list[CellDecl]:
+        timeout, tolerance, expect_fail = self._settings(e, where)
         default_set = [(s.DEFAULT_SET, line)]
         axes = [dims["target"], dims["transport"], dims.get("capset", default_set),
                 dims.get("paramset", default_set), dims.get("src-build", [(None, line)]),

@@ -25,11 +25,11 @@ TOP_KEYS = ("version", "defaults", "builds", "targets", "transports", "capsets",
             "paramsets", "tiers")
 TOP_REQUIRED = ("version", "builds", "targets", "transports", "tiers")
 DEFAULTS_KEYS = ("timeout", "downtime-tolerance-ms", "capabilities", "parameters")
-BUILD_KEYS = ("binary", "prefix", "data-dirs", "env", "extra-args", "required")
+BUILD_KEYS = ("binary", "prefix", "data-dirs", "env", "extra-args", "required", "version")
 TARGET_KEYS = ("arch", "machine", "accel", "memory", "cpu", "smp", "build", "workload")
 TARGET_REQUIRED = ("arch", "machine", "build")
 WORKLOAD_KEYS = ("kind", "region", "base", "warmup-passes")
-TIER_KEYS = ("description", "include", "cells", "product")
+TIER_KEYS = ("description", "include", "cells", "product", "covering", "filter")
 #: Per-cell settings that both an explicit cell and a product may carry.
 CELL_SETTINGS = ("timeout", "downtime-tolerance-ms", "expect-fail")
 #: The dimensions a cell is made of; a product takes a list for each.
@@ -37,12 +37,15 @@ DIMENSIONS = ("target", "transport", "capset", "paramset", "src-build", "dst-bui
 CELL_KEYS = DIMENSIONS + CELL_SETTINGS + ("name",)
 PRODUCT_KEYS = DIMENSIONS + CELL_SETTINGS
 CELL_REQUIRED = ("target", "transport")
+#: A covering array's factors (each a list) and its order; see ``CoveringSpec``.
+COVERING_KEYS = ("order", "target", "transport", "build", "src-build", "dst-build",
+                 "capset", "capabilities", "parameters", "paramset") + CELL_SETTINGS
+COVERING_REQUIRED = ("target", "transport")
+#: Highest covering order accepted (the tuples grow as factors^order).
+MAX_ORDER = 6
 
 #: Tier keys that are planned but not implemented: a clear error, not "unknown key".
-RESERVED_TIER_KEYS = {
-    "covering": "strategy 'covering' (N-wise covering arrays) is not implemented "
-                "yet; use 'cells' or 'product'",
-}
+RESERVED_TIER_KEYS: dict[str, str] = {}
 
 #: The capset and paramset a cell gets when it names none; empty unless declared.
 DEFAULT_SET = "default"
@@ -116,6 +119,35 @@ class CellDecl:
 
 
 @dataclass(frozen=True)
+class CoveringSpec:
+    """``covering:``: an N-wise covering array over the listed factors.
+
+    Every factor is a list: ``target``, ``transport``, builds (``build`` for
+    both sides, or ``src-build``/``dst-build``; default: each target's build),
+    ``capabilities`` (each one a boolean factor, on or off), ``parameters``
+    (``{name: [values]}``; ``null`` leaves QEMU's default) and ``paramset``
+    (named sets).  Constraints come from the rule oracle (see
+    ``harness.matrix.covering``).
+    """
+
+    line: int
+    where: str
+    order: int = 2
+    targets: tuple[str, ...] = ()
+    transports: tuple[str, ...] = ()
+    #: (src, dst) build names; None = the target's build.
+    builds: tuple[tuple[str | None, str | None], ...] = ((None, None),)
+    #: Named capsets: one factor whose values exclude each other.
+    capsets: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    parameters: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    paramsets: tuple[str, ...] = ()
+    timeout: float | None = None
+    downtime_tolerance_ms: float | None = None
+    expect_fail: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class TierSpec:
     """A named group of cells: included tiers first, then its own declarations."""
 
@@ -127,6 +159,11 @@ class TierSpec:
     include_lines: tuple[int, ...] = ()
     #: Explicit cells and product-generated cells, in declaration order.
     cells: tuple[CellDecl, ...] = ()
+    #: Covering arrays; their cells follow the explicit ones.
+    coverings: tuple[CoveringSpec, ...] = ()
+    #: A ``-k`` expression every cell of the tier (included ones too) must match.
+    filter: str = ""
+    filter_line: int = 0
 
 
 # --- key checks -------------------------------------------------------------

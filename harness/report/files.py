@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from harness.runner import RunState
 
 SCHEMA = "mharness-results/1"
+#: A cell that failed in an earlier run and passed on rerun (``--rerun-failed``).
+FLAKY = "flaky"
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -33,6 +35,7 @@ def write_results_json(state: "RunState") -> Path:
         "harness_version": __version__,
         "host": {"node": platform.node(), "machine": platform.machine(),
                  "python": platform.python_version()},
+        "run": getattr(state, "meta", {}),
         "total_cells": state.total,
         "interrupted": state.interrupted,
         "counts": state.counts(),
@@ -54,6 +57,8 @@ def write_junit(state: "RunState") -> Path:
     suite.set("failures", str(counts.get(FAILED, 0)))
     suite.set("errors", str(counts.get(ERROR, 0)))
     suite.set("skipped", str(counts.get(SKIPPED, 0)))
+    if counts.get(FLAKY):
+        suite.set("flaky", str(counts[FLAKY]))
     for r in state.results:
         case = ET.SubElement(suite, "testcase", classname="mharness.cells", name=r.id,
                              time=f"{r.duration:.3f}")
@@ -63,6 +68,12 @@ def write_junit(state: "RunState") -> Path:
             ET.SubElement(case, "error", message=r.reason).text = _details(r)
         elif r.verdict == SKIPPED:
             ET.SubElement(case, "skipped", message=r.reason)
+        elif r.verdict == FLAKY:
+            # JUnit has no flaky state: a passing case marked with a property
+            # (and the reason in system-err) so dashboards can still pick it out.
+            props = ET.SubElement(case, "properties")
+            ET.SubElement(props, "property", name="flaky", value="true")
+            ET.SubElement(case, "system-err").text = f"flaky: {r.reason}"
         ET.SubElement(case, "system-out").text = json.dumps(r.figures, default=str)
     path = state.results_dir / "junit.xml"
     _atomic_write(path, ET.tostring(suite, encoding="unicode") + "\n")

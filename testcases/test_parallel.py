@@ -1,0 +1,198 @@
+"""Running cells in parallel, sharded and rerun, against real QEMU.
+
+``mharness run -j 2`` runs cells at the same time in worker processes and
+leaves no QEMU behind, also when interrupted; shards merge into one report;
+``--rerun-failed`` reruns only what failed; ``pytest -n 2`` (xdist) sees the
+same cell ids as ``mharness list``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MATRIX = """\
+version: 1
+defaults:
+  capabilities: {events: true}
+  parameters: {max-bandwidth: 10G}
+builds:
+  system: {binary: /usr/bin/qemu-system-x86_64, required: true}
+targets:
+  q35: {arch: x86_64, machine: q35, accel: tcg, build: system, memory: 128M,
+        workload: {kind: dirtier, base: 2M, region: 16M}}
+  pc: {arch: x86_64, machine: pc, accel: tcg, build: system, memory: 128M,
+       workload: {kind: dirtier, base: 2M, region: 16M}}
+transports: [unix, tcp]
+capsets:
+  precopy: {}
+paramsets:
+  strict: {downtime-limit: 1}
+tiers:
+  four:
+    product: {target: [q35, pc], transport: [unix, tcp], capset: [precopy]}
+  mixed:
+    cells:
+      - {target: q35, transport: unix, capset: precopy}
+      - {target: pc, transport: tcp, capset: precopy, paramset: strict,
+         downtime-tolerance-ms: 0}
+"""
+
+
+@pytest.fixture
+def matrix_file(tmp_path: Path) -> Path:
+    path = tmp_path / "m.yaml"
+    path.write_text(MATRIX)
+    return path
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (workers and their QEMUs), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def _is_qemu(pid: int) -> bool:
+    try:
+        return b"qemu-system" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _gone(pids: set[int], timeout: float = 10.0) -> set[int]:
+    deadline = time.monotonic() + timeout
+    left = set(pids)
+    while left and time.monotonic() < deadline:
+        left = {p for p in left if _alive(p)}
+        time.sleep(0.05)
+    for pid in left:   # clean up by the PIDs the harness started, then fail
+        os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def _start(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_j2_runs_cells_at_once_and_leaves_no_qemu(tmp_path: Path, matrix_file: Path) -> None:
+    proc = _start("run", "--matrix", str(matrix_file), "--tier", "four", "-j", "2",
+                  "--results", str(tmp_path / "r"))
+    seen: set[int] = set()
+    most = 0
+    while proc.poll() is None:
+        qemus = {p for p in _descendants(proc.pid) if _is_qemu(p)}
+        seen |= qemus
+        most = max(most, len(qemus))
+        time.sleep(0.02)
+    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    assert proc.returncode == 0, out
+    assert not _gone(seen), "QEMU left running after the run"
+    assert most >= 3, f"never more than one cell's QEMUs at a time (max {most})"
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert [c["verdict"] for c in data["cells"]] == ["passed"] * 4
+    assert [c["id"] for c in data["cells"]] == [   # tier order, whatever finished first
+        "q35-unix-precopy", "q35-tcp-precopy", "pc-unix-precopy", "pc-tcp-precopy"]
+    assert data["run"]["jobs"] == 2 and not data["interrupted"]
+    assert not (tmp_path / "r" / ".workers").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupting_j2_tears_down_and_writes_partial_results(tmp_path: Path,
+                                                               matrix_file: Path, sig) -> None:
+    proc = _start("run", "--matrix", str(matrix_file), "--tier", "four", "-j", "2",
+                  "--results", str(tmp_path / "r"))
+    deadline = time.monotonic() + 60
+    qemus: set[int] = set()
+    while time.monotonic() < deadline and proc.poll() is None:
+        qemus = {p for p in _descendants(proc.pid) if _is_qemu(p)}
+        if len(qemus) >= 4:
+            break
+        time.sleep(0.02)
+    assert len(qemus) >= 4, "two cells never ran at once"
+    time.sleep(0.2)
+    qemus |= {p for p in _descendants(proc.pid) if _is_qemu(p)}
+    workers = {p for p in _descendants(proc.pid) if not _is_qemu(p)}
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=60)[0].decode(errors="replace")
+    assert not _gone(qemus | workers, timeout=5.0), out
+    assert proc.returncode == 130, out
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert data["interrupted"] is True and data["total_cells"] == 4
+    assert len(data["cells"]) < 4
+
+
+def test_shards_merge_and_rerun_failed(tmp_path: Path, matrix_file: Path) -> None:
+    listed = _run("list", "--matrix", str(matrix_file), "--tier", "mixed", "--json")
+    ids = [c["id"] for c in json.loads(listed.stdout)["cells"]]
+    dirs = []
+    for k in (1, 2):
+        d = tmp_path / f"shard{k}"
+        out = _run("run", "--matrix", str(matrix_file), "--tier", "mixed", "--shard",
+                   f"{k}/2", "--results", str(d))
+        assert out.returncode in (0, 1), out.stdout + out.stderr
+        dirs.append(d)
+    per_shard = [[c["id"] for c in json.loads((d / "results.json").read_text())["cells"]]
+                 for d in dirs]
+    assert per_shard == [[ids[0]], [ids[1]]]
+    merged = _run("merge", *map(str, dirs), "--results", str(tmp_path / "all"))
+    assert merged.returncode == 1, merged.stdout + merged.stderr   # the strict cell fails
+    data = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert sorted(c["id"] for c in data["cells"]) == sorted(ids)
+    assert (tmp_path / "all" / "junit.xml").exists()
+    # Only the failed cell is run again; it fails again, so it is not flaky.
+    again = _run("run", "--matrix", str(matrix_file), "--rerun-failed", str(tmp_path / "all"),
+                 "--results", str(tmp_path / "rerun"))
+    assert again.returncode == 1, again.stdout + again.stderr
+    (cell,) = json.loads((tmp_path / "rerun" / "results.json").read_text())["cells"]
+    assert cell["id"] == "pc-tcp-precopy-strict" and cell["verdict"] == "failed"
+
+
+def test_pytest_xdist_sees_the_same_cells(tmp_path: Path, matrix_file: Path) -> None:
+    pytest.importorskip("xdist")
+    listed = _run("list", "--matrix", str(matrix_file), "--tier", "four", "--json")
+    ids = sorted(c["id"] for c in json.loads(listed.stdout)["cells"])
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", "-q", "-rA",
+         "testcases/test_cells.py", "--matrix", str(matrix_file), "--tier", "four",
+         "--mh-results", str(tmp_path / "r")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    passed = sorted(line.split("[", 1)[1].rsplit("]", 1)[0] for line in out.stdout.splitlines()
+                    if line.startswith("PASSED testcases/test_cells.py::test_cell["))
+    assert passed == ids
