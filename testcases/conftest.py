@@ -9,6 +9,7 @@ skipping its way to a green result.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from pathlib import Path
 
 import pytest
@@ -65,9 +66,16 @@ def run_state(pytestconfig: pytest.Config) -> RunState:
     if _state is None:
         base = pytestconfig.getoption("--mh-results")
         if base is None:
-            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            # xdist workers share one run id, so they share one folder.
+            stamp = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")[:12] or \
+                _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             base = ROOT / "results" / f"pytest-{stamp}"
         path = Path(base)
+        # Under pytest-xdist each worker keeps its own results.json; merge them
+        # with `mharness merge` (same cell ids, disjoint cells).
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        if worker:
+            path = path / worker
         path.mkdir(parents=True, exist_ok=True)
         _state = RunState(results_dir=path, total=0)
     return _state
