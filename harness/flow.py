@@ -14,6 +14,7 @@ made by the functions in ``harness.checks``.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 from contextlib import AsyncExitStack
@@ -304,13 +305,21 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                         "the destination guest ran during postcopy and rewrote the first "
                         "byte of its region's pages; those bytes are judged by the guest "
                         "invariant")
-                ev.checks.append(_expect(cell, check_ram(src_paths.ram, dst_paths.ram,
-                                                         ram_layout(cell.target), explained)))
+                layout = ram_layout(cell.target)
+                src_ram, dst_ram = src_paths.ram, dst_paths.ram
+                if os.environ.get(RAM_SOURCE_ENV) == "pmemsave":
+                    # The fallback where the RAM files cannot be read directly:
+                    # each QEMU writes its guest-physical memory out itself.
+                    src_ram, dst_ram = await asyncio.gather(
+                        pmemsave_ram(src, layout, workdir / "src.pmem"),
+                        pmemsave_ram(dst, layout, workdir / "dst.pmem"))
+                    ev.figures["ram_source"] = "pmemsave"
+                ev.checks.append(_expect(cell, check_ram(src_ram, dst_ram, layout, explained)))
                 if pattern:
-                    guest = check_pattern(dst_paths.ram, wl.region_base, wl.region_size,
+                    guest = check_pattern(dst_ram, wl.region_base, wl.region_size,
                                           cell.seed, wl.region_base)
                 else:
-                    guest, before = check_guest_invariant(dst_paths.ram, wl.region_base,
+                    guest, before = check_guest_invariant(dst_ram, wl.region_base,
                                                           wl.region_size // PAGE, wl.region_base)
                 ev.checks.append(_expect(cell, guest))
                 ev.checks += [_expect(cell, c) for c in check_modes(run, params)]
@@ -372,6 +381,25 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
 
 
 PATTERN_RUN_BEFORE = 0.3
+#: Set to "pmemsave" to read guest RAM through QMP instead of the RAM files.
+RAM_SOURCE_ENV = "MHARNESS_RAM_SOURCE"
+
+
+async def pmemsave_ram(m: Machine, layout: list[RamRegion], path: Path) -> Path:
+    """Guest RAM written out by QEMU (``pmemsave``), laid out like the RAM file:
+    region by region at their file offsets, so the same checks read it."""
+    parts = []
+    for i, region in enumerate(layout):
+        part = path.with_name(f"{path.name}.{i}")
+        await m.execute("pmemsave", {"val": region.gpa, "size": region.size,
+                                     "filename": str(part)}, timeout=120)
+        parts.append(part)
+    with open(path, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out, 16 << 20)
+            part.unlink()
+    return path
 
 
 def ram_layout(target: TargetSpec) -> list[RamRegion]:

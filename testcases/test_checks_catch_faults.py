@@ -85,3 +85,18 @@ def test_negative_controls(control_cell, run_state, record):
         assert check is not None, f"check {name} did not run: {result.reason}"
         assert not check.passed, f"negative control {name} passed: {check.summary}"
     assert result.verdict == PASSED, result.reason
+
+
+def test_pmemsave_fallback_checks_the_same_and_catches_a_fault(base_cell, run_state, record,
+                                                               monkeypatch):
+    """With the RAM read through QMP ``pmemsave`` instead of the RAM files, the
+    cell passes, and a corrupted destination byte is still found at its page."""
+    monkeypatch.setenv("MHARNESS_RAM_SOURCE", "pmemsave")
+    ok = _run(base_cell, run_state, record, lambda src, dst: None, "pmemsave")
+    assert ok.verdict == PASSED, ok.reason
+    assert ok.figures["ram_source"] == "pmemsave"
+    offset = 0x456789
+    bad = _run(base_cell, run_state, record,
+               lambda src, dst: _poke(dst, offset, lambda b: b ^ 0x11), "pmemsave-corrupt")
+    ram = bad.check("ram")
+    assert not ram.passed and ram.figures["first_differing_gpas"][0] == hex(offset & ~0xFFF)
