@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.qemu.procfs import running
+
 PREFIX = "mharness-"
 OWNER_FILE = "owner.pid"
 #: Folders without an owner file (older harness versions) count as stale after this.
@@ -22,16 +24,6 @@ UNOWNED_MAX_AGE = 3600.0
 
 def base_dir() -> Path | None:
     return Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def sweep_stale(base: Path | None = None) -> list[Path]:
@@ -43,7 +35,7 @@ def sweep_stale(base: Path | None = None) -> list[Path]:
             continue
         try:
             owner = int((d / OWNER_FILE).read_text())
-            stale = not _pid_alive(owner)
+            stale = not running(owner)
         except (OSError, ValueError):
             try:
                 stale = time.time() - d.stat().st_mtime > UNOWNED_MAX_AGE

@@ -8,7 +8,6 @@ same cell ids as ``mharness list``.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from harness.qemu.procfs import descendants, is_qemu, still_running
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,50 +55,12 @@ def matrix_file(tmp_path: Path) -> Path:
     return path
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (workers and their QEMUs), from /proc."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            parents.setdefault(ppid, []).append(int(entry))
-    out, todo = set(), [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
 
 
-def _is_qemu(pid: int) -> bool:
-    try:
-        return b"qemu-system" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _gone(pids: set[int], timeout: float = 10.0) -> set[int]:
-    deadline = time.monotonic() + timeout
-    left = set(pids)
-    while left and time.monotonic() < deadline:
-        left = {p for p in left if _alive(p)}
-        time.sleep(0.05)
-    for pid in left:   # clean up by the PIDs the harness started, then fail
-        os.kill(pid, signal.SIGKILL)
-    return left
 
 
 def _start(*args: str) -> subprocess.Popen[bytes]:
@@ -116,13 +79,13 @@ def test_j2_runs_cells_at_once_and_leaves_no_qemu(tmp_path: Path, matrix_file: P
     seen: set[int] = set()
     most = 0
     while proc.poll() is None:
-        qemus = {p for p in _descendants(proc.pid) if _is_qemu(p)}
+        qemus = {p for p in descendants(proc.pid) if is_qemu(p)}
         seen |= qemus
         most = max(most, len(qemus))
         time.sleep(0.02)
     out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
     assert proc.returncode == 0, out
-    assert not _gone(seen), "QEMU left running after the run"
+    assert not still_running(seen), "QEMU left running after the run"
     assert most >= 3, f"never more than one cell's QEMUs at a time (max {most})"
     data = json.loads((tmp_path / "r" / "results.json").read_text())
     assert [c["verdict"] for c in data["cells"]] == ["passed"] * 4
@@ -140,17 +103,17 @@ def test_interrupting_j2_tears_down_and_writes_partial_results(tmp_path: Path,
     deadline = time.monotonic() + 60
     qemus: set[int] = set()
     while time.monotonic() < deadline and proc.poll() is None:
-        qemus = {p for p in _descendants(proc.pid) if _is_qemu(p)}
+        qemus = {p for p in descendants(proc.pid) if is_qemu(p)}
         if len(qemus) >= 4:
             break
         time.sleep(0.02)
     assert len(qemus) >= 4, "two cells never ran at once"
     time.sleep(0.2)
-    qemus |= {p for p in _descendants(proc.pid) if _is_qemu(p)}
-    workers = {p for p in _descendants(proc.pid) if not _is_qemu(p)}
+    qemus |= {p for p in descendants(proc.pid) if is_qemu(p)}
+    workers = {p for p in descendants(proc.pid) if not is_qemu(p)}
     proc.send_signal(sig)
     out = proc.communicate(timeout=60)[0].decode(errors="replace")
-    assert not _gone(qemus | workers, timeout=5.0), out
+    assert not still_running(qemus | workers, timeout=5.0), out
     assert proc.returncode == 130, out
     data = json.loads((tmp_path / "r" / "results.json").read_text())
     assert data["interrupted"] is True and data["total_cells"] == 4

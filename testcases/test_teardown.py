@@ -16,36 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from harness.qemu.procfs import children, is_qemu, still_running
 from harness.rundir import sweep_stale
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _children(pid: int) -> set[int]:
-    kids: set[int] = set()
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids |= {int(x) for x in f.read().split()}
-    except OSError:
-        pass
-    return kids
 
 
-def _is_qemu(pid: int) -> bool:
-    try:
-        return "qemu-system" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
 
 
-def _alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie waiting to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _start_run(tmp_path: Path, cell_id: str) -> tuple[subprocess.Popen, set[int]]:
@@ -56,11 +36,11 @@ def _start_run(tmp_path: Path, cell_id: str) -> tuple[subprocess.Popen, set[int]
     deadline = time.monotonic() + 30
     qemus: set[int] = set()
     while time.monotonic() < deadline and proc.poll() is None:
-        qemus = {p for p in _children(proc.pid) if _is_qemu(p)}
+        qemus = {p for p in children(proc.pid) if is_qemu(p)}
         if len(qemus) >= 2:
             # Let the cell get into its migration before hitting the harness.
             time.sleep(0.3)
-            qemus |= {p for p in _children(proc.pid) if _is_qemu(p)}
+            qemus |= {p for p in children(proc.pid) if is_qemu(p)}
             return proc, qemus
         time.sleep(0.02)
     out = proc.communicate(timeout=30)[0] if proc.poll() is not None else b""
@@ -68,13 +48,6 @@ def _start_run(tmp_path: Path, cell_id: str) -> tuple[subprocess.Popen, set[int]
     pytest.fail(f"harness never had two QEMUs running: {out.decode(errors='replace')[-2000:]}")
 
 
-def _gone(pids: set[int], timeout: float = 10.0) -> set[int]:
-    deadline = time.monotonic() + timeout
-    left = set(pids)
-    while left and time.monotonic() < deadline:
-        left = {p for p in left if _alive(p)}
-        time.sleep(0.05)
-    return left
 
 
 @pytest.fixture
@@ -89,7 +62,7 @@ def test_sigkill_of_harness_leaves_no_qemu(tmp_path, cell_id):
     proc, qemus = _start_run(tmp_path, cell_id)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
-    left = _gone(qemus)
+    left = still_running(qemus)
     for pid in left:  # clean up by the PIDs the harness started, then fail
         os.kill(pid, signal.SIGKILL)
     assert not left, f"QEMU survived SIGKILL of the harness: {sorted(left)}"
@@ -107,7 +80,7 @@ def test_signal_tears_down_and_writes_partial_results(tmp_path, cell_id, sig):
     proc, qemus = _start_run(tmp_path, cell_id)
     proc.send_signal(sig)
     out = proc.communicate(timeout=30)[0].decode(errors="replace")
-    left = _gone(qemus, timeout=2.0)
+    left = still_running(qemus, timeout=2.0)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"QEMU survived {sig.name}: {sorted(left)}\n{out}"

@@ -8,24 +8,18 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from harness.qemu.process import QemuProcess, kill_all, live_processes
+from harness.qemu.procfs import running
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_kill_ends_the_process_and_forgets_it(tmp_path):
     p = QemuProcess(["sleep", "100"], tmp_path / "err")
     assert p in live_processes()
     p.kill()
-    assert not _alive(p.pid)
+    assert not running(p.pid)
     assert p not in live_processes()
     assert p.describe_exit() == "killed by signal SIGKILL"
 
@@ -41,7 +35,7 @@ def test_started_in_own_process_group(tmp_path):
 def test_kill_all_ends_everything_registered(tmp_path):
     procs = [QemuProcess(["sleep", "100"], tmp_path / f"err{i}") for i in range(3)]
     kill_all()
-    assert not any(_alive(p.pid) for p in procs)
+    assert not any(running(p.pid) for p in procs)
     assert live_processes() == []
 
 
@@ -67,13 +61,13 @@ def test_death_signal_kills_child_when_parent_is_sigkilled(tmp_path):
         assert time.monotonic() < deadline, "child never started"
         time.sleep(0.02)
     child = int(pidfile.read_text())
-    assert _alive(child)
+    assert running(child)
     parent.send_signal(signal.SIGKILL)
     parent.wait(10)
     deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
+    while running(child) and time.monotonic() < deadline:
         time.sleep(0.02)
-    alive = _alive(child)
+    alive = running(child)
     if alive:
         os.kill(child, signal.SIGKILL)
     assert not alive, "child survived its parent's SIGKILL"
