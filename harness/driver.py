@@ -108,6 +108,7 @@ def _sample(info: dict[str, Any], t: float) -> dict[str, Any]:
     ram = info.get("ram", {})
     out = {"t": round(t, 3), "status": info.get("status"),
            "transferred": ram.get("transferred"), "remaining": ram.get("remaining"),
+           "normal_bytes": ram.get("normal-bytes"),
            "dirty_rate": ram.get("dirty-pages-rate"), "syncs": ram.get("dirty-sync-count"),
            "mbps": ram.get("mbps"), "expected_downtime": info.get("expected-downtime")}
     if "cpu-throttle-percentage" in info:
