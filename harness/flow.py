@@ -29,7 +29,8 @@ from harness.cell import Cell, TargetSpec
 from harness.checks.downtime import DowntimeEvidence, check_downtime
 from harness.checks.guest import check_guest_invariant
 from harness.checks.cpustate import collect_cpu_state
-from harness.checks.modes import check_mapped_ram, check_modes, check_zero_pages
+from harness.checks.modes import (check_mapped_ram, check_modes, check_shared_ram_not_sent,
+                                  check_zero_pages)
 from harness.checks.ram import Explained, RamRegion, check_ram, x86_layout
 from harness.checks.vmstate_static import (
     FIGURE_KEY, builds_differ, cached_dump, static_beside_live, walk_devices,
@@ -228,6 +229,7 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
     # "pattern" workloads need no guest code: a seeded pattern preloaded into
     # the source's RAM (any architecture); "pattern-paused" never runs a CPU.
     pattern = wl.kind in ("pattern", "pattern-paused")
+    shared = dict(cell.capabilities).get("x-ignore-shared", False)
     try:
         async with AsyncExitStack() as stack:
             with _Phase(ev, "launch", progress):
@@ -236,8 +238,11 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                                                       ("dst", dst_build, True, dst_clock)):
                     disk = None if pattern else make_disk(workdir / f"{role}.disk",
                                                           wl.region_base, wl.region_size)
+                    # x-ignore-shared: both sides map the source's RAM file, so
+                    # RAM is not sent at all (migration/ram.c, ramblock_is_ignored).
+                    ram_role = "src" if shared else role
                     paths = MachinePaths(qmp=workdir / f"{role}.qmp", serial=workdir / f"{role}.serial",
-                                         ram=workdir / f"{role}.ram", disk=disk)
+                                         ram=workdir / f"{ram_role}.ram", disk=disk)
                     extra = firmware_args(cell.target.arch, workdir)
                     creds = dict(cell.parameters).get("tls-creds")
                     if creds:
@@ -249,7 +254,8 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                         extra += loader_args(blob, wl.region_base)
                         extra += ["-S"] if wl.kind == "pattern-paused" else []
                     argv = machine_argv(build, cell.target, paths, incoming=incoming,
-                                        machine_type=machine_type, extra=tuple(extra))
+                                        machine_type=machine_type, extra=tuple(extra),
+                                        prealloc=not (shared and incoming))
                     m = Machine(role, argv, build.env(), qmp_path=paths.qmp,
                                 serial_path=paths.serial, logdir=logdir, t0=t0,
                                 serial_sink=clock.feed)
@@ -314,7 +320,15 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                         pmemsave_ram(src, layout, workdir / "src.pmem"),
                         pmemsave_ram(dst, layout, workdir / "dst.pmem"))
                     ev.figures["ram_source"] = "pmemsave"
-                ev.checks.append(_expect(cell, check_ram(src_ram, dst_ram, layout, explained)))
+                if shared:
+                    # One RAM file for both sides: there is nothing to compare;
+                    # what must hold is that RAM was not sent.
+                    ev.figures["ram"] = "one shared RAM file (x-ignore-shared): not compared"
+                    ev.checks.append(_expect(cell, check_shared_ram_not_sent(
+                        info, cell.target.memory)))
+                else:
+                    ev.checks.append(_expect(cell, check_ram(src_ram, dst_ram, layout,
+                                                             explained)))
                 if pattern:
                     guest = check_pattern(dst_ram, wl.region_base, wl.region_size,
                                           cell.seed, wl.region_base)

@@ -82,3 +82,12 @@ def test_zero_page_check_fails_for_a_guest_with_dirty_memory(plain_run):
 
     check = check_zero_pages(plain_run.info, 256 << 20, 0)
     assert not check.passed, check.summary
+
+
+def test_shared_ram_check_fails_when_ram_was_sent(plain_run):
+    """A plain migration sends the guest's RAM: judged as an x-ignore-shared
+    migration, the shared-ram check must fail."""
+    from harness.checks.modes import check_shared_ram_not_sent
+
+    check = check_shared_ram_not_sent(plain_run.info, 256 << 20)
+    assert not check.passed, check.summary

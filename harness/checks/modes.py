@@ -135,3 +135,16 @@ def check_mapped_ram(stream: Path, ram_bytes: int) -> CheckResult:
                        f"stream file is {st.st_size >> 20} MiB, smaller than the "
                        f"{ram_bytes >> 20} MiB of RAM: not laid out by page offset",
                        {"file_size": st.st_size, "allocated": allocated, "ram_bytes": ram_bytes})
+
+
+def check_shared_ram_not_sent(info: dict[str, Any], ram_bytes: int) -> CheckResult:
+    """x-ignore-shared with both sides on one RAM file: RAM is not sent, so the
+    stream carries little more than device state (a fraction of the RAM)."""
+    ram = info.get("ram", {})
+    sent = ram.get("transferred", 0)
+    bound = ram_bytes // 20
+    ok = sent <= bound
+    return CheckResult("shared-ram", ok,
+                       f"{sent >> 10} KiB sent for {ram_bytes >> 20} MiB of shared RAM"
+                       + ("" if ok else f" (more than {bound >> 20} MiB: RAM was sent)"),
+                       {"transferred": sent, "bound": bound, "normal_pages": ram.get("normal")})

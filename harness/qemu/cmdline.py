@@ -44,7 +44,7 @@ class MachinePaths:
 
 def machine_argv(build: QemuBuild, target: TargetSpec, paths: MachinePaths, *,
                  incoming: bool, machine_type: str | None = None,
-                 extra: tuple[str, ...] = ()) -> list[str]:
+                 extra: tuple[str, ...] = (), prealloc: bool = True) -> list[str]:
     """Command line for a source (``incoming=False``) or destination.
 
     Guest RAM lives in a ``memory-backend-file`` with ``share=on`` so both
@@ -60,11 +60,12 @@ def machine_argv(build: QemuBuild, target: TargetSpec, paths: MachinePaths, *,
         "-machine", f"{machine},memory-backend={RAM_BACKEND_ID}",
         "-accel", target.accel,
         "-m", f"{target.memory // (1024 * 1024)}M",
-        # prealloc: both files end up fully populated by the end of a migration
+        # prealloc (off when the file is another QEMU's live RAM: touching
+        # pages rewrites them): both files end up fully populated by the end of a migration
         # anyway; populating them up front keeps page faults out of the
         # migration (measured: a third of the migrate phase for 1 GiB, TCG).
         "-object", (f"memory-backend-file,id={RAM_BACKEND_ID},size={target.memory},"
-                    f"mem-path={paths.ram},share=on,prealloc=on"),
+                    f"mem-path={paths.ram},share=on,prealloc={'on' if prealloc else 'off'}"),
         "-smp", str(target.smp),
         "-qmp", f"unix:{paths.qmp}",
         "-chardev", f"socket,id=serial0,path={paths.serial}",
