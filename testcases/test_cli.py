@@ -135,3 +135,16 @@ def test_a_failing_cell_does_not_stop_the_run(tmp_path, matrix_file):
     cells = json.loads((tmp_path / "r" / "results.json").read_text())["cells"]
     assert [(c["id"], c["verdict"]) for c in cells] == [
         ("t-unix-plain-strict", "failed"), ("t-unix-plain", "passed")]
+
+
+def test_test_command_fails_loudly_when_the_required_qemu_is_missing(tmp_path):
+    """The README's test command must not turn a missing Debian QEMU into skips."""
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(MATRIX.format(cap="events").replace(
+        "/usr/bin/qemu-system-x86_64", str(tmp_path / "no-such-qemu")))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(ROOT / "testcases" / "test_cells.py"), "--matrix", str(matrix),
+                          "--tier", "good"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert "required QEMU build 'system' is missing" in out.stdout + out.stderr
