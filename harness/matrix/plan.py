@@ -144,16 +144,6 @@ def merge_exclusions(items: Sequence[Exclusion]) -> list[Exclusion]:
 # --- one covering strategy ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Group:
-    """One context of a strategy: builds, accelerator, and its targets."""
-
-    src: str
-    dst: str
-    accel: str
-    targets: tuple[str, ...]
-
-
 def expand_covering(matrix: "Matrix", tier: str, cov: CoveringSpec, seed: int
                     ) -> tuple[list[Cell], CoveringReport, list[Exclusion]]:
     t0 = time.perf_counter()

@@ -63,9 +63,6 @@ class QemuBuild:
     def version_text(self) -> str:
         return ".".join(map(str, self.version))
 
-    def usable_accels(self) -> list[str]:
-        return [a for a, problem in self.accel_problems.items() if problem is None]
-
     def resolve_machine(self, name: str) -> str | None:
         """The concrete machine type for ``name`` (aliases like q35 resolve)."""
         if name in self.machines:

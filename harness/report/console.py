@@ -20,7 +20,6 @@ class Progress:
     def __init__(self, out: TextIO = sys.stderr) -> None:
         self.out = out
         self.tty = out.isatty()
-        self._last = ""
 
     def __call__(self, event: str, state: RunState) -> None:
         done = len(state.results)
