@@ -29,8 +29,8 @@ from harness.cell import Cell, TargetSpec
 from harness.checks.downtime import DowntimeEvidence, check_downtime
 from harness.checks.guest import check_guest_invariant
 from harness.checks.cpustate import collect_cpu_state
-from harness.checks.modes import (check_mapped_ram, check_modes, check_shared_ram_not_sent,
-                                  check_zero_pages)
+from harness.checks.modes import (check_background_snapshot, check_mapped_ram, check_modes,
+                                  check_shared_ram_not_sent, check_zero_pages)
 from harness.checks.ram import Explained, RamRegion, check_ram, x86_layout
 from harness.checks.vmstate_static import (
     FIGURE_KEY, builds_differ, cached_dump, static_beside_live, walk_devices,
@@ -311,6 +311,13 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                         "the destination guest ran during postcopy and rewrote the first "
                         "byte of its region's pages; those bytes are judged by the guest "
                         "invariant")
+                elif caps.get("background-snapshot") and not pattern:
+                    explained = Explained(
+                        np.arange(wl.region_base, wl.region_base + wl.region_size, PAGE),
+                        "background-snapshot saves RAM as it was when the snapshot began "
+                        "while the source guest runs on, rewriting the first byte of its "
+                        "region's pages; those bytes are judged by the guest invariant on "
+                        "the restored copy")
                 layout = ram_layout(cell.target)
                 src_ram, dst_ram = src_paths.ram, dst_paths.ram
                 if os.environ.get(RAM_SOURCE_ENV) == "pmemsave":
@@ -344,11 +351,14 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                     # A guest that never ran: RAM is zero but for the pattern.
                     ev.checks.append(_expect(cell, check_zero_pages(
                         info, cell.target.memory, wl.region_size)))
-                if run.t_dst_resumed is None:
+                if run.t_dst_resumed is not None:
+                    ev.figures["cpu_state"] = "not compared: the destination ran during postcopy"
+                elif caps.get("background-snapshot"):
+                    ev.figures["cpu_state"] = ("not compared: the snapshot holds the CPU state "
+                                               "of its start; the source ran on")
+                else:
                     ev.checks.append(_expect(cell, await collect_cpu_state(
                         src, dst, cell.target.arch)))
-                else:
-                    ev.figures["cpu_state"] = "not compared: the destination ran during postcopy"
                 ev.checks.append(_expect(cell, await _coverage(src, src_build, machine_type,
                                                                cell, ev)))
 
@@ -576,12 +586,18 @@ async def _migrate(cell: Cell, src: Machine, dst: Machine, workdir: Path, ev: Ev
         # Postcopy: the destination guest has been running; stop it so its RAM
         # holds still for the checks.
         await dst.execute("stop")
+    if caps.get("background-snapshot"):
+        # A background snapshot leaves the source running by design; stop it so
+        # its RAM holds still for the comparison.
+        ev.checks.append(_expect(cell, check_background_snapshot(await src.status())))
+        await src.execute("stop")
     dst_status = await settled_status(dst)
     src_status = await src.status()
     ev.figures["runstates"] = {"source": src_status, "destination": dst_status}
     # A source that never ran (-S) hands over its 'prelaunch' state
     # (migration/global_state.c carries the run state across).
-    if dst_status not in ("paused", "prelaunch") or src_status != "postmigrate":
+    src_expected = "paused" if caps.get("background-snapshot") else "postmigrate"
+    if dst_status not in ("paused", "prelaunch") or src_status != src_expected:
         raise CellFailure(f"unexpected run states after migration: source {src_status}, "
                           f"destination {dst_status}")
     return run

@@ -41,12 +41,19 @@ def test_mode_cell(mode_cell, run_state, record):
 
 
 @pytest.fixture(scope="module")
-def plain_run(matrix, run_state, record) -> MigrationRun:
-    """Evidence from a plain precopy migration of the same guest."""
+def plain_result(matrix, run_state, record):
+    """A plain precopy migration of the same guest."""
     cell = next(c for c in matrix.cells("smoke")
                 if c.target.accel == "tcg" and c.transport == "unix" and not c.expect_fail)
     result = record(run_cell(cell, cell_logdir(run_state.results_dir, cell.id + "-plain-control")))
     assert result.verdict == PASSED, result.reason
+    return result
+
+
+@pytest.fixture(scope="module")
+def plain_run(plain_result) -> MigrationRun:
+    """Evidence from the plain migration, as the behaviour checks read it."""
+    result = plain_result
     return MigrationRun(uri=result.figures["uri"], caps={}, status="completed",
                         info=result.figures["query_migrate"], samples=result.figures["samples"],
                         source_states=result.figures["source_states"])
@@ -90,4 +97,13 @@ def test_shared_ram_check_fails_when_ram_was_sent(plain_run):
     from harness.checks.modes import check_shared_ram_not_sent
 
     check = check_shared_ram_not_sent(plain_run.info, 256 << 20)
+    assert not check.passed, check.summary
+
+
+def test_background_snapshot_check_fails_when_the_source_stopped(plain_result):
+    """A plain migration stops the source for good: judged as a background
+    snapshot, the check must fail on the state the source was really left in."""
+    from harness.checks.modes import check_background_snapshot
+
+    check = check_background_snapshot(plain_result.figures["runstates"]["source"])
     assert not check.passed, check.summary

@@ -148,3 +148,14 @@ def check_shared_ram_not_sent(info: dict[str, Any], ram_bytes: int) -> CheckResu
                        f"{sent >> 10} KiB sent for {ram_bytes >> 20} MiB of shared RAM"
                        + ("" if ok else f" (more than {bound >> 20} MiB: RAM was sent)"),
                        {"transferred": sent, "bound": bound, "normal_pages": ram.get("normal")})
+
+
+def check_background_snapshot(source_status: str) -> CheckResult:
+    """A background snapshot saves RAM while the guest keeps running
+    (migration/migration.c, bg_migration_thread resumes the VM right after
+    saving device state): the source must still be running at the end."""
+    ok = source_status == "running"
+    return CheckResult("background-snapshot", ok,
+                       "the source ran on during and after the snapshot" if ok else
+                       f"the source is '{source_status}' after the snapshot: it was stopped",
+                       {"source_status_after": source_status})
