@@ -397,6 +397,14 @@ async def wait_state(m: Machine, states: tuple[str, ...], since: int,
     return None if got is None else str(got[1]["data"]["status"])
 
 
+async def start_until(src: Side, uri: str, state: str) -> tuple[int, str | None]:
+    """``migrate`` and wait until the source reaches ``state`` (or ends).
+    Returns the event index the migration started at and the state reached."""
+    since = len(src.m.events)
+    await src.m.execute("migrate", {"uri": uri})
+    return since, await wait_state(src.m, (state,) + TERMINAL, since)
+
+
 async def migrate(src: Side, uri: str, timeout: float = STATE_TIMEOUT,
                   refusals: list[dict[str, Any]] | None = None
                   ) -> tuple[str | None, dict[str, Any], list[str]]:
@@ -577,9 +585,7 @@ async def cancel_active(rig: Rig) -> None:
     src = await rig.source(params={"max-bandwidth": SLOW})
     dst = await rig.destination()
     uri = await rig.listen(dst)
-    since = len(src.m.events)
-    await src.m.execute("migrate", {"uri": uri})
-    state = await wait_state(src.m, ("active",) + TERMINAL, since)
+    since, state = await start_until(src, uri, "active")
     rig.add(CheckResult("in-active", state == "active", f"state before cancel: {state}"))
     await _cancel_and_recover(rig, src, since)
     # The destination sees the stream end and gives up (it exits by default).
@@ -597,9 +603,7 @@ async def cancel_pre_switchover(rig: Rig) -> None:
     src = await rig.source(caps=caps)
     dst = await rig.destination(caps=caps)
     uri = await rig.listen(dst)
-    since = len(src.m.events)
-    await src.m.execute("migrate", {"uri": uri})
-    state = await wait_state(src.m, ("pre-switchover",) + TERMINAL, since)
+    since, state = await start_until(src, uri, "pre-switchover")
     rig.add(CheckResult("in-pre-switchover", state == "pre-switchover",
                         f"state before cancel: {state}"))
     paused = await src.m.status()
@@ -620,9 +624,7 @@ async def destination_killed(rig: Rig) -> None:
     src = await rig.source(params={"max-bandwidth": SLOW})
     dst = await rig.destination()
     uri = await rig.listen(dst)
-    since = len(src.m.events)
-    await src.m.execute("migrate", {"uri": uri})
-    state = await wait_state(src.m, ("active",) + TERMINAL, since)
+    since, state = await start_until(src, uri, "active")
     rig.add(CheckResult("in-active", state == "active", f"state before the kill: {state}"))
     assert dst.m.proc is not None
     os.kill(dst.m.proc.pid, signal.SIGKILL)
@@ -737,9 +739,7 @@ async def refused_while_active(rig: Rig) -> None:
     dst = await rig.destination()
     uri = await rig.listen(dst)
     before = await src.m.execute("query-migrate-capabilities")
-    since = len(src.m.events)
-    await src.m.execute("migrate", {"uri": uri})
-    state = await wait_state(src.m, ("active",) + TERMINAL, since)
+    since, state = await start_until(src, uri, "active")
     rig.add(CheckResult("in-active", state == "active", f"state: {state}"))
     await rig.expect_refusal("caps-while-active", src.m, "migrate-set-capabilities",
                              {"capabilities": [{"capability": "xbzrle", "state": True}]})
@@ -765,9 +765,7 @@ async def postcopy_without_cap(rig: Rig) -> None:
     await rig.expect_refusal("postcopy-disabled", src.m, "migrate-start-postcopy")
     dst = await rig.destination()
     uri = await rig.listen(dst)
-    since = len(src.m.events)
-    await src.m.execute("migrate", {"uri": uri})
-    await wait_state(src.m, ("active",) + TERMINAL, since)
+    since, _ = await start_until(src, uri, "active")
     check = await rig.expect_refusal("postcopy-disabled", src.m, "migrate-start-postcopy")
     check.name = "postcopy-disabled-while-active"
     await src.m.execute("migrate-set-parameters", {"max-bandwidth": FAST})
