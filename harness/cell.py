@@ -61,6 +61,9 @@ class TargetSpec:
     cpu: str | None = None
     smp: int = 1
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    #: ``-accel NAME,KEY=VALUE,...`` properties, e.g. KVM's ``dirty-ring-size``
+    #: (which the ``dirty-limit`` capability needs).
+    accel_options: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,10 @@ class Cell:
     tier: str = ""
     #: Where the cell was declared, "matrix.yaml:42", for error messages.
     origin: str = ""
+    #: How the harness migrates ("" = precopy; see harness.migmode).
+    mode: str = ""
+    #: A fault the harness injects so the cell is a negative control ("" = none).
+    fault: str = ""
 
     @property
     def seed(self) -> int:
@@ -102,6 +109,13 @@ class Cell:
         # between machines while the cell is the same.
         data["src_build"] = self.src_build.name
         data["dst_build"] = self.dst_build.name
+        # Fields added later are left out while unset, so existing cells keep
+        # their seeds.
+        if not self.target.accel_options:
+            data["target"].pop("accel_options")
+        for key in ("mode", "fault"):
+            if not data[key]:
+                data.pop(key)
         return json.dumps(data, sort_keys=True, default=str)
 
     def inputs(self) -> dict[str, Any]:
@@ -116,6 +130,8 @@ class Cell:
             "timeout": self.timeout,
             "downtime_tolerance_ms": self.downtime_tolerance_ms,
             "expect_fail": list(self.expect_fail),
+            "mode": self.mode or "precopy",
+            "fault": self.fault or None,
             "tier": self.tier,
             "origin": self.origin,
             "seed": self.seed,

@@ -22,7 +22,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from qemu.qmp import ExecuteError
 
@@ -54,6 +54,12 @@ class MigrationRun:
     #: When the destination was resumed during postcopy (None: it was not).
     t_dst_resumed: float | None = None
     t_postcopy_started: float | None = None
+    #: Dirty-bitmap syncs done when the driver asked for postcopy.
+    postcopy_after_syncs: int | None = None
+    #: release-ram: a copy of the source's RAM taken in pre-switchover, and how
+    #: many bytes its RAM file held then.
+    ram_at_switchover: Path | None = None
+    ram_allocated_at_switchover: int = 0
     t_pre_switchover: float | None = None
     #: When the source reported its terminal state (host monotonic time).
     t_source_done: float | None = None
@@ -115,11 +121,18 @@ def _sample(info: dict[str, Any], t: float) -> dict[str, Any]:
         out["throttle"] = info["cpu-throttle-percentage"]
     if "xbzrle-cache" in info:
         out["xbzrle_pages"] = info["xbzrle-cache"].get("pages")
+    # dirty-limit (8.1+, qapi/migration.json MigrationInfo): how long each
+    # vCPU was held per throttle round, and how long it waited on a full ring.
+    for key in ("dirty-limit-throttle-time-per-round", "dirty-limit-ring-full-time"):
+        if key in info:
+            out[key.replace("-", "_")] = info[key]
     return out
 
 
 async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bool],
-                        timeout: float, t0: float, restore_uri: str | None = None
+                        timeout: float, t0: float, restore_uri: str | None = None,
+                        postcopy_after: int = POSTCOPY_AFTER_SYNCS,
+                        at_pre_switchover: Callable[[], Awaitable[None]] | None = None
                         ) -> MigrationRun:
     """Migrate ``src`` to ``dst`` (already listening on ``uri``, or, with
     ``restore_uri``, told to read the saved stream from there once the source
@@ -128,13 +141,16 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
     Returns when the source reached a terminal state, or after ``timeout``
     seconds with ``status`` set to the state it was still in (the caller
     cancels).  The destination is left paused when the migration completed.
+    ``postcopy_after`` is the switch-over point (dirty-bitmap syncs) with
+    postcopy-ram; ``at_pre_switchover`` runs while the source is held in
+    ``pre-switchover`` (its RAM still and not yet sent in full).
     """
     run = MigrationRun(uri=uri, caps=caps)
     src_since, dst_since = len(src.events), len(dst.events)
     postcopy = caps.get("postcopy-ram", False)
     pause = caps.get("pause-before-switchover", False)
     await src.execute("migrate", {"uri": uri})
-    tasks = [asyncio.ensure_future(_sampler(src, run, postcopy, t0))]
+    tasks = [asyncio.ensure_future(_sampler(src, run, postcopy, t0, postcopy_after))]
     if postcopy:
         tasks.append(asyncio.ensure_future(_resume_in_postcopy(dst, run, dst_since, timeout)))
     deadline = time.monotonic() + timeout
@@ -150,6 +166,8 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
             status = got[1]["data"]["status"]
             if status == "pre-switchover":
                 run.t_pre_switchover = got[0]
+                if at_pre_switchover is not None:
+                    await at_pre_switchover()
                 await src.execute("migrate-continue", {"state": "pre-switchover"})
                 continue
             run.status = status
@@ -186,7 +204,8 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
     return run
 
 
-async def _sampler(src: Machine, run: MigrationRun, postcopy: bool, t0: float) -> None:
+async def _sampler(src: Machine, run: MigrationRun, postcopy: bool, t0: float,
+                   postcopy_after: int = POSTCOPY_AFTER_SYNCS) -> None:
     while True:
         try:
             info = await src.execute("query-migrate")
@@ -198,7 +217,8 @@ async def _sampler(src: Machine, run: MigrationRun, postcopy: bool, t0: float) -
             return
         syncs = info.get("ram", {}).get("dirty-sync-count", 0)
         if postcopy and run.t_postcopy_started is None and status == "active" \
-                and syncs >= POSTCOPY_AFTER_SYNCS:
+                and syncs >= postcopy_after:
+            run.postcopy_after_syncs = syncs
             run.t_postcopy_started = time.monotonic()
             await src.execute("migrate-start-postcopy")
         await asyncio.sleep(SAMPLE_PERIOD)

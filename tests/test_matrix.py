@@ -81,7 +81,7 @@ def with_tiers(tiers: str) -> str:
 def test_unknown_key_lists_allowed_keys(tmp_path: Path) -> None:
     text = BASE.replace("build: sys, memory: 256M", "build: sys, memroy: 256M")
     assert_error(tmp_path, text, "memroy", "targets.t1.memroy",
-                 "unknown key (allowed: arch, machine, accel, memory, cpu, smp, "
+                 "unknown key (allowed: arch, machine, accel, accel-options, memory, cpu, smp, "
                  "build, workload)")
 
 
@@ -374,7 +374,7 @@ def test_product_refuses_name_and_duplicates(tmp_path: Path) -> None:
         """)
     assert_error(tmp_path, text, "name: x", "tiers.smoke.product.name",
                  "unknown key (allowed: target, transport, capset, paramset, "
-                 "src-build, dst-build, timeout, downtime-tolerance-ms, expect-fail)")
+                 "src-build, dst-build, mode, timeout, downtime-tolerance-ms, expect-fail)")
     text = with_tiers("""\
         smoke:
           product: {target: [t1, t1], transport: [unix]}
@@ -612,6 +612,37 @@ def test_target_fields_and_workload(tmp_path: Path) -> None:
     assert (t1.workload.kind, t1.workload.region_base, t1.workload.region_size,
             t1.workload.warmup_passes) == ("dirtier", 4 << 20, 64 << 20, 0)
     assert matrix.target_builds == {"t1": "sys", "t2": "sys"}
+
+
+def test_accel_options_reach_the_command_line_and_keep_old_seeds(tmp_path: Path) -> None:
+    plain = load_matrix(write(tmp_path, BASE)).tiers
+    text = BASE.replace("accel: kvm, build: sys}",
+                        "accel: kvm, accel-options: {dirty-ring-size: 4096}, build: sys}")
+    t2 = load_matrix(write(tmp_path, text)).targets["t2"]
+    assert t2.accel_options == (("dirty-ring-size", "4096"),)
+    assert plain  # the matrix without the key still loads
+    from harness.cell import Cell, BuildSpec, TargetSpec
+    b = BuildSpec("b", "/bin/true")
+    base = Cell(id="c", target=TargetSpec("t"), src_build=b, dst_build=b)
+    ring = Cell(id="c", target=TargetSpec("t", accel_options=(("dirty-ring-size", "4096"),)),
+                src_build=b, dst_build=b)
+    # A cell without accel options keeps the seed it had before the field existed.
+    assert "accel_options" not in base.fingerprint()
+    assert base.seed != ring.seed
+
+
+@pytest.mark.parametrize("opts,needle,key,reason", [
+    ("{Dirty: 1}", "Dirty", "targets.t2.accel-options.Dirty",
+     "invalid accelerator property name 'Dirty'"),
+    ("{dirty-ring-size: 'a,b'}", "a,b", "targets.t2.accel-options.dirty-ring-size",
+     "accelerator property 'dirty-ring-size' must not contain ','"),
+    ("[1]", "accel-options", "targets.t2.accel-options", "expected a mapping, got a list"),
+])
+def test_accel_options_errors(tmp_path: Path, opts: str, needle: str, key: str,
+                              reason: str) -> None:
+    text = BASE.replace("accel: kvm, build: sys}", f"accel: kvm, accel-options: {opts}, "
+                        "build: sys}")
+    assert_error(tmp_path, text, needle, key, reason)
 
 
 def test_merge_keys_share_target_settings(tmp_path: Path) -> None:

@@ -69,12 +69,55 @@ def check_modes(run: MigrationRun, params: dict[str, Any]) -> list[CheckResult]:
                                   f"CPU throttle rose to {peak}%" if peak else
                                   "auto-converge on but the CPU was never throttled",
                                   {"peak_throttle_percent": peak}))
+    if caps.get("compress"):
+        checks.append(_compress(info, params))
+    if caps.get("dirty-limit"):
+        checks.append(_dirty_limit(run, params))
     limit = params.get("max-bandwidth")
     if isinstance(limit, int) and 0 < limit < BANDWIDTH_JUDGED_BELOW and run.completed:
         judged = _bandwidth(run, limit)
         if judged is not None:
             checks.append(judged)
     return checks
+
+
+def _compress(info: dict[str, Any], params: dict[str, Any]) -> CheckResult:
+    """compress (up to 9.0): pages went through the compression threads
+    (qapi/migration.json CompressionStats, filled from migration/ram.c
+    compress_threads' counters)."""
+    stats = info.get("compression", {}) or {}
+    pages = stats.get("pages", 0) or 0
+    figures = {"compression": stats, "threads": params.get("compress-threads"),
+               "level": params.get("compress-level")}
+    ok = pages > 0 and (stats.get("compressed-size", 0) or 0) > 0
+    return CheckResult("compress", ok,
+                       f"{pages} pages compressed to {stats.get('compressed-size', 0) >> 10} KiB "
+                       f"(rate {stats.get('compression-rate', 0):.2f}, "
+                       f"{params.get('compress-threads', 'default')} threads, level "
+                       f"{params.get('compress-level', 'default')})" if ok else
+                       f"compress on but no page was compressed: {stats or 'no statistics'}",
+                       figures)
+
+
+def _dirty_limit(run: MigrationRun, params: dict[str, Any]) -> CheckResult:
+    """dirty-limit throttles each vCPU through KVM's dirty ring once precopy
+    stops converging (migration/ram.c, migration_dirty_limit_guest ->
+    qmp_set_vcpu_dirty_limit; system/dirtylimit.c adjusts the per-round sleep).
+    The figures QEMU reports for it must move: a vCPU was held in some round."""
+    per_round = max((s.get("dirty_limit_throttle_time_per_round") or 0
+                     for s in run.samples), default=0)
+    per_round = max(per_round, run.info.get("dirty-limit-throttle-time-per-round", 0) or 0)
+    ring_full = max((s.get("dirty_limit_ring_full_time") or 0 for s in run.samples), default=0)
+    ring_full = max(ring_full, run.info.get("dirty-limit-ring-full-time", 0) or 0)
+    figures = {"peak_throttle_time_per_round_us": per_round,
+               "peak_ring_full_time_us": ring_full,
+               "vcpu_dirty_limit_mb_s": params.get("vcpu-dirty-limit")}
+    ok = per_round > 0
+    return CheckResult("dirty-limit", ok,
+                       f"vCPUs held up to {per_round} us per throttle round "
+                       f"(ring full {ring_full} us)" if ok else
+                       "dirty-limit on but no vCPU was ever held (throttle time per "
+                       "round stayed 0)", figures)
 
 
 def _bandwidth(run: MigrationRun, limit: int) -> CheckResult | None:

@@ -37,9 +37,9 @@ class Definitions(Protocol):
 
 
 def cell_id(decl: CellDecl, default_build: str) -> str:
-    """``{target}-{transport}-{capset}[-{paramset}][-{src}-to-{dst} | -{build}]``.
+    """``{target}-{transport}-{capset}[-{paramset}][-{mode}][-{fault}][-{src}-to-{dst} | -{build}]``.
 
-    The paramset is left out when it is ``default``.  Builds appear only when
+    The paramset is left out when it is ``default``, the mode when it is precopy.  Builds appear only when
     they are not the target's default: ``-{src}-to-{dst}`` when the sides differ,
     ``-{build}`` when both sides use the same non-default build (so that cell
     does not collide with the default-build one).  ``name:`` replaces it all.
@@ -49,6 +49,10 @@ def cell_id(decl: CellDecl, default_build: str) -> str:
     parts = [decl.target, decl.transport, decl.capset]
     if decl.paramset != DEFAULT_SET:
         parts.append(decl.paramset)
+    if decl.mode:
+        parts.append(decl.mode)
+    if decl.fault:
+        parts.append(decl.fault)
     if decl.src_build != decl.dst_build:
         parts.append(f"{decl.src_build}-to-{decl.dst_build}")
     elif decl.src_build != default_build:
@@ -92,6 +96,8 @@ def make_cell(decl: CellDecl, tier: str, defs: Definitions) -> Cell:
         expect_fail=decl.expect_fail,
         tier=tier,
         origin=f"{defs.path}:{decl.line}",
+        mode=decl.mode,
+        fault=decl.fault,
     )
 
 

@@ -30,12 +30,14 @@ from harness.matrix.expand import (
 from harness.matrix.schema import CellDecl, Defaults, TierSpec, Where
 from harness.matrix.yamlpos import YEntry, YMap, YNode, YScalar, load_yaml
 from harness.matrix.covering import FLOW_TRANSPORTS, KNOWN_TRANSPORTS
+from harness.migmode import PRECOPY, fault_problem, mode_needs, mode_problem
 from harness.units import format_size
 
 if TYPE_CHECKING:
     from harness.matrix.plan import TierPlan
 
 _PLACEHOLDER_RE = re.compile(r"\{[^}]*\}")
+_ACCEL_KEY_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _VERSION_RE = re.compile(r"\d+\.\d+(\.\d+)?\Z")
 #: Where ``dpkg -x`` puts a QEMU package's binary and firmware under a prefix.
@@ -43,7 +45,7 @@ PREFIX_BINARY = "usr/bin/qemu-system-{arch}"
 PREFIX_DATA_DIRS = ("usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu")
 #: What a dimension's value is called in messages.
 _WHAT = {"target": "target", "transport": "transport", "capset": "capset",
-         "paramset": "paramset", "src-build": "build", "dst-build": "build"}
+         "paramset": "paramset", "src-build": "build", "dst-build": "build", "mode": "mode"}
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,23 @@ def _env(node: YNode, where: Where) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(pairs))
 
 
+def _accel_options(node: YNode, where: Where) -> tuple[tuple[str, str], ...]:
+    """``-accel`` properties as a sorted tuple; numbers are taken as their text
+    (``dirty-ring-size: 4096``); booleans must be written as QEMU spells them
+    (``"on"``/``"off"``)."""
+    pairs = []
+    for key, item in s.as_map(node, where).entries.items():
+        if not _ACCEL_KEY_RE.match(key):
+            raise where.key(key).error(f"invalid accelerator property name {key!r}",
+                                       item.key_line)
+        text = s.as_str(item.value, where.key(key))
+        if "," in text:
+            raise where.key(key).error(f"accelerator property {key!r} must not contain ','",
+                                       item.value.line)
+        pairs.append((key, text))
+    return tuple(sorted(pairs))
+
+
 def _target(name: str, node: YNode, where: Where, builds: dict[str, BuildSpec]
             ) -> tuple[TargetSpec, str]:
     m = s.as_map(node, where)
@@ -349,6 +368,9 @@ def _target(name: str, node: YNode, where: Where, builds: dict[str, BuildSpec]
     )
     if "accel" in e:
         spec = replace(spec, accel=s.as_str(e["accel"].value, where.key("accel")))
+    if "accel-options" in e:
+        spec = replace(spec, accel_options=_accel_options(e["accel-options"].value,
+                                                          where.key("accel-options")))
     if "memory" in e:
         spec = replace(spec, memory=s.as_size(e["memory"].value, where.key("memory"),
                                               positive=True))
@@ -583,6 +605,12 @@ class _Tiers:
         name = s.as_name(e["name"].value, where.key("name"), "cell name") \
             if "name" in e else None
         (decl,) = self._decls(dims, e, where, m.line, name)
+        if "fault" in e:
+            fault = s.as_name(e["fault"].value, where.key("fault"), "fault")
+            problem = fault_problem(fault)
+            if problem:
+                raise where.key("fault").error(problem, e["fault"].value.line)
+            decl = replace(decl, fault=fault)
         return decl
 
     def _products(self, node: YNode, where: Where) -> list[CellDecl]:
@@ -610,6 +638,11 @@ class _Tiers:
         transport the cell flow does not implement is refused here (explicit
         cells and products) unless ``flow_only`` is off (covering arrays
         exclude it with the reason instead)."""
+        if dim == "mode":
+            problem = mode_problem(name)
+            if problem:
+                raise where.error(problem, line)
+            return "" if name == PRECOPY else name
         defined: Sequence[str] = {
             "target": list(self.m.targets),
             "transport": self.m.transports,
@@ -646,16 +679,21 @@ class _Tiers:
         default_set = [(s.DEFAULT_SET, line)]
         axes = [dims["target"], dims["transport"], dims.get("capset", default_set),
                 dims.get("paramset", default_set), dims.get("src-build", [(None, line)]),
-                dims.get("dst-build", [(None, line)])]
+                dims.get("dst-build", [(None, line)]), dims.get("mode", [("", line)])]
         decls = []
         for combo in itertools.product(*axes):
-            target, transport, capset, paramset, src, dst = (v for v, _ in combo)
+            target, transport, capset, paramset, src, dst, mode = (v for v, _ in combo)
+            needs = mode_needs(mode, {**dict(self.m.defaults.capabilities),
+                                      **dict(self.m.capsets[capset])})
+            if needs:
+                raise where.key("mode").error(needs, e["mode"].key_line)
             default_build = self.m.target_builds[target]
             decls.append(CellDecl(
                 target=target, transport=transport, capset=capset, paramset=paramset,
                 src_build=src or default_build, dst_build=dst or default_build,
                 where=where.path, line=line, timeout=timeout,
-                downtime_tolerance_ms=tolerance, expect_fail=expect_fail, name=name))
+                downtime_tolerance_ms=tolerance, expect_fail=expect_fail, name=name,
+                mode=mode))
         return decls
 
     def _check_cycles(self, tiers: dict[str, TierSpec]) -> None:

@@ -26,15 +26,16 @@ TOP_KEYS = ("version", "defaults", "builds", "targets", "transports", "capsets",
 TOP_REQUIRED = ("version", "builds", "targets", "transports", "tiers")
 DEFAULTS_KEYS = ("timeout", "downtime-tolerance-ms", "capabilities", "parameters")
 BUILD_KEYS = ("binary", "prefix", "data-dirs", "env", "extra-args", "required", "version")
-TARGET_KEYS = ("arch", "machine", "accel", "memory", "cpu", "smp", "build", "workload")
+TARGET_KEYS = ("arch", "machine", "accel", "accel-options", "memory", "cpu", "smp", "build",
+               "workload")
 TARGET_REQUIRED = ("arch", "machine", "build")
 WORKLOAD_KEYS = ("kind", "region", "base", "warmup-passes")
 TIER_KEYS = ("description", "include", "cells", "product", "covering", "filter")
 #: Per-cell settings that both an explicit cell and a product may carry.
 CELL_SETTINGS = ("timeout", "downtime-tolerance-ms", "expect-fail")
 #: The dimensions a cell is made of; a product takes a list for each.
-DIMENSIONS = ("target", "transport", "capset", "paramset", "src-build", "dst-build")
-CELL_KEYS = DIMENSIONS + CELL_SETTINGS + ("name",)
+DIMENSIONS = ("target", "transport", "capset", "paramset", "src-build", "dst-build", "mode")
+CELL_KEYS = DIMENSIONS + CELL_SETTINGS + ("name", "fault")
 PRODUCT_KEYS = DIMENSIONS + CELL_SETTINGS
 CELL_REQUIRED = ("target", "transport")
 #: A covering array's factors (each a list) and its order; see ``CoveringSpec``.
@@ -116,6 +117,9 @@ class CellDecl:
     downtime_tolerance_ms: float | None = None
     expect_fail: tuple[str, ...] = ()
     name: str | None = None
+    #: "" = precopy (harness.migmode).
+    mode: str = ""
+    fault: str = ""
 
 
 @dataclass(frozen=True)

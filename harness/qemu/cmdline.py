@@ -58,7 +58,7 @@ def machine_argv(build: QemuBuild, target: TargetSpec, paths: MachinePaths, *,
     argv += [
         "-nodefaults", "-no-user-config", "-display", "none",
         "-machine", f"{machine},memory-backend={RAM_BACKEND_ID}",
-        "-accel", target.accel,
+        "-accel", ",".join([target.accel] + [f"{k}={v}" for k, v in target.accel_options]),
         "-m", f"{target.memory // (1024 * 1024)}M",
         # prealloc (off when the file is another QEMU's live RAM: touching
         # pages rewrites them): both files end up fully populated by the end of a migration
