@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import runpy
 import shutil
 import subprocess
 import tempfile
@@ -52,6 +53,8 @@ class Recipe:
     ``build`` gets the absolute input paths (same order as ``inputs``) and a
     scratch directory, and returns the raw image bytes; padding to
     ``pad_to`` is done by :func:`build_image` so every recipe gets it right.
+    ``key_sources`` names files of the ``harness`` package that a build
+    runs in-process (the e2k encoder): their bytes enter the key like inputs.
     """
 
     name: str
@@ -60,6 +63,7 @@ class Recipe:
     version: str                     # bump when the build commands change
     build: Callable[[list[Path], Path], bytes]
     pad_to: int = MIB                # SeaBIOS on q35 does not boot a bare 512-byte disk
+    key_sources: tuple[str, ...] = ()  # paths relative to the harness package
 
 
 def images_dir() -> Path:
@@ -131,6 +135,19 @@ def _build_boot_sector_x86(inputs: list[Path], work: Path) -> bytes:
     return data
 
 
+def _build_python_listing(inputs: list[Path], work: Path) -> bytes:
+    """Run a Python listing (e.g. ``e2k/dirtier.py``) and return its ``build()`` bytes."""
+    (src,) = inputs
+    del work
+    try:
+        data = runpy.run_path(str(src), run_name="mharness_image")["build"]()
+    except Exception as e:  # noqa: BLE001 - any failure of the listing is a build failure
+        raise ImageError(f"build step failed: {src}: {type(e).__name__}: {e}") from e
+    if not isinstance(data, bytes) or not data:
+        raise ImageError(f"{src}: build() returned no image bytes")
+    return data
+
+
 RECIPES: dict[str, Recipe] = {
     "dirtier-x86": Recipe(
         name="dirtier-x86",
@@ -138,6 +155,16 @@ RECIPES: dict[str, Recipe] = {
         tools=("as", "ld"),
         version="1",
         build=_build_boot_sector_x86,
+    ),
+    # e2k firmware for qemu-e2k's -bios, from the project's own encoder.
+    "dirtier-e2k": Recipe(
+        name="dirtier-e2k",
+        inputs=("e2k/dirtier.py",),
+        tools=(),
+        version="1",
+        build=_build_python_listing,
+        pad_to=64 * 1024,
+        key_sources=("e2kasm.py",),
     ),
 }
 
@@ -157,6 +184,10 @@ def recipe_key(name: str) -> str:
                              f"(set MHARNESS_IMAGES_DIR to the repo's images/ folder "
                              f"when the harness is installed outside its checkout)") from e
         h.update(f"input {rel} {len(data)}\n".encode())
+        h.update(data)
+    for rel in recipe.key_sources:
+        data = (Path(__file__).resolve().parent / rel).read_bytes()
+        h.update(f"source {rel} {len(data)}\n".encode())
         h.update(data)
     for tool in recipe.tools:
         path = _tool(tool)
