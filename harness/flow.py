@@ -39,8 +39,12 @@ from harness.coverage import coverage_report
 from harness.errors import BuildError, HarnessError
 from harness.qemu.build import QemuBuild, discover
 from harness.qemu.cmdline import MachinePaths, machine_argv
-from harness.driver import (SAVE_RESTORE, TERMINAL, MigrationRun, cancel, incoming_uri,
-                            run_migration, save_restore_uris, settled_status)
+from harness.checks.sides import (allocated_bytes, check_late_block_activate,
+                                  check_release_ram, check_switchover_ack, check_validate_uuid,
+                                  image_locked)
+from harness.driver import (POSTCOPY_AFTER_SYNCS, SAVE_RESTORE, TERMINAL, MigrationRun, cancel,
+                            incoming_uri, run_migration, save_restore_uris, settled_status)
+from harness.migmode import CANCEL_RETRY, postcopy_after, side_args, side_caps
 from harness.qemu.machine import Machine
 from harness.qemu.machines import common_machine_type
 from harness.rundir import runtime_dir
@@ -48,6 +52,7 @@ from harness.tls import creds_args
 from harness.results import ERROR, FAILED, SKIPPED, CellResult, CheckResult, judge
 from harness.qemu.cmdline import firmware_args
 from harness.workloads.dirtier import HeartbeatParser, make_disk, read_region_bytes
+from harness.workloads.e2k_dirtier import DEFAULT_MARKER_ADDR, make_firmware, read_marker
 from harness.workloads.pattern import check_pattern, loader_args, make_pattern
 
 PAGE = 4096
@@ -229,37 +234,51 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
     # "pattern" workloads need no guest code: a seeded pattern preloaded into
     # the source's RAM (any architecture); "pattern-paused" never runs a CPU.
     pattern = wl.kind in ("pattern", "pattern-paused")
+    # The e2k dirtier has no serial output: its progress is a boots/passes
+    # marker in guest RAM (harness.workloads.e2k_dirtier).
+    marker = wl.kind == "dirtier" and cell.target.arch == "e2k"
     shared = dict(cell.capabilities).get("x-ignore-shared", False)
+    caps = {**BASE_CAPABILITIES, **dict(cell.capabilities)}
+    params = dict(cell.parameters)
+
+    def side(name: str, build: QemuBuild, clock: _BeatClock) -> tuple[Machine, MachinePaths]:
+        """One QEMU, not started yet.  ``name`` is src, dst, or dst2 (the
+        destination of a retried migration)."""
+        role = "src" if name == "src" else "dst"
+        incoming = role == "dst"
+        disk = None if pattern or marker else make_disk(workdir / f"{name}.disk",
+                                                        wl.region_base, wl.region_size)
+        # x-ignore-shared: both sides map the source's RAM file, so
+        # RAM is not sent at all (migration/ram.c, ramblock_is_ignored).
+        ram_name = "src" if shared else name
+        paths = MachinePaths(qmp=workdir / f"{name}.qmp", serial=workdir / f"{name}.serial",
+                             ram=workdir / f"{ram_name}.ram", disk=disk)
+        if marker:
+            extra = ["-bios", str(make_firmware(workdir / "e2k-dirtier.bios", wl.region_base,
+                                                wl.region_size, MARKER_ADDR,
+                                                cell.target.memory))]
+        else:
+            extra = firmware_args(cell.target.arch, workdir)
+        extra += side_args(caps, role, cell.seed, cell.fault)
+        creds = params.get("tls-creds")
+        if creds:
+            extra += creds_args(str(creds), incoming, workdir)
+        if pattern and not incoming:
+            # Only the source gets the pattern: whatever the destination
+            # holds there came through the migration stream.
+            blob = make_pattern(workdir / "pattern.bin", wl.region_size, cell.seed)
+            extra += loader_args(blob, wl.region_base)
+            extra += ["-S"] if wl.kind == "pattern-paused" else []
+        argv = machine_argv(build, cell.target, paths, incoming=incoming,
+                            machine_type=machine_type, extra=tuple(extra),
+                            prealloc=not (shared and incoming))
+        return Machine(name, argv, build.env(), qmp_path=paths.qmp, serial_path=paths.serial,
+                       logdir=logdir, t0=t0, serial_sink=clock.feed), paths
+
     try:
         async with AsyncExitStack() as stack:
             with _Phase(ev, "launch", progress):
-                sides = []
-                for role, build, incoming, clock in (("src", src_build, False, src_clock),
-                                                      ("dst", dst_build, True, dst_clock)):
-                    disk = None if pattern else make_disk(workdir / f"{role}.disk",
-                                                          wl.region_base, wl.region_size)
-                    # x-ignore-shared: both sides map the source's RAM file, so
-                    # RAM is not sent at all (migration/ram.c, ramblock_is_ignored).
-                    ram_role = "src" if shared else role
-                    paths = MachinePaths(qmp=workdir / f"{role}.qmp", serial=workdir / f"{role}.serial",
-                                         ram=workdir / f"{ram_role}.ram", disk=disk)
-                    extra = firmware_args(cell.target.arch, workdir)
-                    creds = dict(cell.parameters).get("tls-creds")
-                    if creds:
-                        extra += creds_args(str(creds), incoming, workdir)
-                    if pattern and not incoming:
-                        # Only the source gets the pattern: whatever the destination
-                        # holds there came through the migration stream.
-                        blob = make_pattern(workdir / "pattern.bin", wl.region_size, cell.seed)
-                        extra += loader_args(blob, wl.region_base)
-                        extra += ["-S"] if wl.kind == "pattern-paused" else []
-                    argv = machine_argv(build, cell.target, paths, incoming=incoming,
-                                        machine_type=machine_type, extra=tuple(extra),
-                                        prealloc=not (shared and incoming))
-                    m = Machine(role, argv, build.env(), qmp_path=paths.qmp,
-                                serial_path=paths.serial, logdir=logdir, t0=t0,
-                                serial_sink=clock.feed)
-                    sides.append((m, paths))
+                sides = [side("src", src_build, src_clock), side("dst", dst_build, dst_clock)]
                 # Register teardown before starting either, so a failure starting
                 # the second still ends the first.
                 for m, _ in sides:
@@ -279,22 +298,36 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                         ev.figures["vm_devices_error"] = str(exc)
 
             with _Phase(ev, "configure", progress):
-                caps = {**BASE_CAPABILITIES, **dict(cell.capabilities)}
-                params = dict(cell.parameters)
                 await asyncio.gather(configure(src, src_build, caps, params),
-                                     configure(dst, dst_build, caps, params))
+                                     configure(dst, dst_build,
+                                               side_caps(caps, "dst", cell.fault), params))
                 limit_ms = float((await src.execute("query-migrate-parameters"))["downtime-limit"])
 
             with _Phase(ev, "warmup", progress):
-                if not pattern:
+                if marker:
+                    await _wait_marker(src, src_paths.ram, wl.warmup_passes, WARMUP_TIMEOUT)
+                    ev.figures["warmup_passes"] = read_marker(_marker_bytes(src_paths.ram),
+                                                              MARKER_ADDR)[1]
+                elif not pattern:
                     await _wait_heartbeats(src, src_hb, wl.warmup_passes, WARMUP_TIMEOUT,
                                            "source warm-up")
                     ev.figures["warmup_passes"] = src_hb.heartbeats
                 elif wl.kind == "pattern":
                     await asyncio.sleep(PATTERN_RUN_BEFORE)  # let the firmware run a little
 
+            if cell.mode == CANCEL_RETRY:
+                with _Phase(ev, "cancel-retry", progress):
+                    ev.checks.append(_expect(cell, await _cancel_first(cell, src, dst, workdir)))
+                    # The first destination saw its stream cut: end it, and
+                    # migrate to a fresh one.
+                    await dst.close()
+                    dst, dst_paths = side("dst2", dst_build, dst_clock)
+                    stack.push_async_callback(dst.close)
+                    await dst.start()
+                    await configure(dst, dst_build, side_caps(caps, "dst", cell.fault), params)
+
             with _Phase(ev, "migrate", progress):
-                run = await _migrate(cell, src, dst, workdir, ev, caps, t0)
+                run = await _migrate(cell, src, dst, workdir, ev, caps, t0, src_paths.ram)
             if run is None:
                 return
             info = run.info
@@ -320,6 +353,17 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                         "the restored copy")
                 layout = ram_layout(cell.target)
                 src_ram, dst_ram = src_paths.ram, dst_paths.ram
+                # What the source's RAM file still holds (release-ram gives
+                # pages back; every other cell keeps them all).
+                ev.figures["src_ram_allocated"] = allocated_bytes(src_paths.ram)
+                if run.ram_at_switchover is not None:
+                    # release-ram emptied the source's RAM file as postcopy sent
+                    # it: compare with the copy taken while the source was held
+                    # in pre-switchover (stopped, nothing sent in postcopy yet).
+                    src_ram = run.ram_at_switchover
+                    ev.checks.append(_expect(cell, check_release_ram(
+                        run.ram_allocated_at_switchover, allocated_bytes(src_paths.ram),
+                        _postcopy_bytes(run))))
                 if os.environ.get(RAM_SOURCE_ENV) == "pmemsave":
                     # The fallback where the RAM files cannot be read directly:
                     # each QEMU writes its guest-physical memory out itself.
@@ -347,6 +391,14 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                 if caps.get("mapped-ram") and cell.transport == "file":
                     ev.checks.append(_expect(cell, check_mapped_ram(
                         workdir / "migration.stream", cell.target.memory)))
+                if caps.get("switchover-ack"):
+                    ev.checks.append(_expect(cell, check_switchover_ack(
+                        logdir / f"{src.role}.stderr", logdir / f"{dst.role}.stderr")))
+                if caps.get("validate-uuid"):
+                    src_uuid, dst_uuid = await asyncio.gather(src.execute("query-uuid"),
+                                                              dst.execute("query-uuid"))
+                    ev.checks.append(_expect(cell, check_validate_uuid(
+                        src_uuid["UUID"], dst_uuid["UUID"])))
                 if wl.kind == "pattern-paused":
                     # A guest that never ran: RAM is zero but for the pattern.
                     ev.checks.append(_expect(cell, check_zero_pages(
@@ -360,18 +412,33 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                     ev.checks.append(_expect(cell, await collect_cpu_state(
                         src, dst, cell.target.arch)))
                 ev.checks.append(_expect(cell, await _coverage(src, src_build, machine_type,
-                                                               cell, ev)))
+                                                               cell, ev, workdir)))
 
             with _Phase(ev, "liveness", progress):
+                marker_before = read_marker(_marker_bytes(dst_paths.ram), MARKER_ADDR) \
+                    if marker else None
+                locked_before = image_locked(dst_paths.disk) if dst_paths.disk else None
                 t_cont = time.monotonic()
                 beats_before = dst_hb.heartbeats
                 await dst.execute("cont")
+                if dst_paths.disk is not None:
+                    # Every disk cell records whether the destination held its
+                    # image active before cont: the late-block-activate check
+                    # and its negative control read it.
+                    locked_after = image_locked(dst_paths.disk)
+                    ev.figures["dst_disk_locked"] = {"before_cont": locked_before,
+                                                     "after_cont": locked_after}
+                    if caps.get("late-block-activate"):
+                        ev.checks.append(_expect(cell, check_late_block_activate(
+                            bool(locked_before), locked_after)))
                 # Time the harness kept the guest from running: from when the
                 # destination could first run to when it was told to.
                 assert run.t_dst_ready is not None
                 t_held = (run.t_dst_resumed or t_cont) - run.t_dst_ready
                 if pattern:
                     live = await _still_running(dst)
+                elif marker:
+                    live = await _marker_liveness(dst, dst_paths.ram, marker_before)
                 else:
                     live = await _liveness(dst, dst_hb, dst_paths.ram, wl.region_base,
                                            wl.region_size // PAGE, before, beats_before)
@@ -433,6 +500,61 @@ def ram_layout(target: TargetSpec) -> list[RamRegion]:
     return [RamRegion(0, 0, target.memory)]  # e2k: RAM at 0 (hw/e2k, the board's RAM map)
 
 
+#: Where the e2k dirtier keeps its boots/passes marker (below its region).
+MARKER_ADDR = DEFAULT_MARKER_ADDR
+
+
+def _marker_bytes(ram: Path) -> bytes:
+    with open(ram, "rb") as f:
+        f.seek(MARKER_ADDR)
+        return bytes(MARKER_ADDR) + f.read(16)
+
+
+async def _wait_marker(m: Machine, ram: Path, count: int, timeout: float) -> None:
+    """Warm-up for a guest without serial output: its pass counter in RAM."""
+    deadline = time.monotonic() + timeout
+    while True:
+        boots, passes = read_marker(_marker_bytes(ram), MARKER_ADDR)
+        if passes >= count:
+            return
+        if not m.alive:
+            raise CellFailure(f"source warm-up: {m.role} QEMU died: {m.exit_reason()}", ERROR)
+        if time.monotonic() > deadline:
+            raise CellFailure(f"source warm-up: guest marker shows {passes}/{count} passes "
+                              f"(boots {boots}) after {timeout:.0f} s")
+        await asyncio.sleep(0.01)
+
+
+async def _marker_liveness(dst: Machine, ram: Path, before: tuple[int, int] | None
+                           ) -> CheckResult:
+    """After ``cont`` the guest must go on counting passes where it left off.
+    A boots counter that moves means the CPU started again from the reset PC
+    with the migrated RAM: its state was not migrated."""
+    assert before is not None
+    deadline = time.monotonic() + LIVENESS_TIMEOUT
+    boots, passes = before
+    while time.monotonic() < deadline and dst.alive:
+        boots, passes = read_marker(_marker_bytes(ram), MARKER_ADDR)
+        if boots != before[0] or passes >= before[1] + LIVENESS_HEARTBEATS:
+            break
+        await asyncio.sleep(0.01)
+    figures = {"boots_before": before[0], "boots_after": boots, "passes_before": before[1],
+               "passes_after": passes, "destination_alive": dst.alive}
+    if not dst.alive:
+        return CheckResult("liveness", False, f"destination died after cont: {dst.exit_reason()}",
+                           figures)
+    if boots != before[0]:
+        return CheckResult("liveness", False,
+                           f"guest restarted on the destination (boots counter {before[0]} -> "
+                           f"{boots}, passes {before[1]} -> {passes}): CPU state not migrated",
+                           figures)
+    if passes < before[1] + LIVENESS_HEARTBEATS:
+        return CheckResult("liveness", False, f"only {passes - before[1]} passes in "
+                           f"{LIVENESS_TIMEOUT:.0f} s after cont", figures)
+    return CheckResult("liveness", True, f"{passes - before[1]} passes after cont, no restart",
+                       figures)
+
+
 async def _still_running(dst: Machine) -> CheckResult:
     """Liveness without a heartbeat: after cont the destination runs and stays up."""
     await asyncio.sleep(PATTERN_RUN_BEFORE)
@@ -447,21 +569,34 @@ _coverage_cache: dict[tuple[str, str, str], dict[str, Any]] = {}
 
 
 async def _coverage(src: Machine, build: QemuBuild, machine_type: str, cell: Cell,
-                    ev: Evidence) -> CheckResult:
+                    ev: Evidence, workdir: Path | None = None) -> CheckResult:
     """Which devices of the machine have state in the migration stream.
 
     The answer depends only on the build, machine type and accelerator (the
     QOM tree is the same for every cell of them), so it is computed once per
-    run and the VMState dump comes from the shared dump cache."""
+    run and the VMState dump comes from the shared dump cache.  A cell whose
+    transport saved the stream to a file (``exec``/``file``: ``migration.stream``
+    in the cell's workdir, harness.driver.save_restore_uris) adds the evidence
+    of the stream itself, once per key: the first such cell's report replaces
+    a cached one made without a stream."""
     key = (build.spec.binary, machine_type, cell.target.accel)
-    if key not in _coverage_cache:
+    stream = None
+    if workdir is not None and cell.transport in SAVE_RESTORE:
+        stream = workdir / "migration.stream"
+        if not stream.is_file():
+            stream = None
+    cached = _coverage_cache.get(key)
+    if cached is None or (stream is not None and "stream" not in cached):
         dump = await asyncio.to_thread(cached_dump, build, machine_type)
-        _coverage_cache[key] = await coverage_report(src, build, machine_type, dump=dump.dump)
+        _coverage_cache[key] = await coverage_report(src, build, machine_type, dump=dump.dump,
+                                                     stream=stream)
     cov = _coverage_cache[key]
     ev.figures["coverage"] = cov
-    return CheckResult("coverage", cov["passed"], cov["summary"],
-                       {k: cov[k] for k in ("covered", "not_covered", "not_covered_fine",
-                                            "truncated")})
+    figures = {k: cov[k] for k in ("covered", "not_covered", "not_covered_fine", "truncated")}
+    if "stream" in cov:
+        figures["stream"] = {k: cov["stream"][k] for k in (
+            "decoded", "complete", "error", "not_in_stream", "unmatched_sections")}
+    return CheckResult("coverage", cov["passed"], cov["summary"], figures)
 
 
 def _expect(cell: Cell, check: CheckResult) -> CheckResult:
@@ -536,7 +671,7 @@ async def _wait_heartbeats(m: Machine, hb: HeartbeatParser, count: int, timeout:
 
 
 async def _migrate(cell: Cell, src: Machine, dst: Machine, workdir: Path, ev: Evidence,
-                   caps: dict[str, bool], t0: float) -> MigrationRun | None:
+                   caps: dict[str, bool], t0: float, src_ram: Path) -> MigrationRun | None:
     """Run the migration; return the run when it completed with both sides
     settled, or None when it did not converge in time (a failed 'converged'
     check with the figures is then in the evidence, the migration has been
@@ -550,7 +685,27 @@ async def _migrate(cell: Cell, src: Machine, dst: Machine, workdir: Path, ev: Ev
     except (ValueError, RuntimeError) as exc:
         raise CellFailure(str(exc), ERROR) from exc
     ev.figures["uri"] = uri
-    run = await run_migration(src, dst, uri, caps, cell.timeout, t0, restore)
+    hold = None
+    snapshot = workdir / "src-at-switchover.ram"
+    if caps.get("release-ram"):
+        if not (caps.get("postcopy-ram") and caps.get("pause-before-switchover")):
+            raise CellFailure("a release-ram cell needs postcopy-ram (RAM is only released "
+                              "in postcopy) and pause-before-switchover (so the harness can "
+                              "copy the source's RAM before it is released)", ERROR)
+
+        async def hold() -> None:
+            await asyncio.to_thread(shutil.copyfile, src_ram, snapshot)
+            run_extra["allocated"] = allocated_bytes(src_ram)
+    run_extra: dict[str, int] = {}
+    after = postcopy_after(cell.mode)
+    run = await run_migration(src, dst, uri, caps, cell.timeout, t0, restore,
+                              postcopy_after=after or POSTCOPY_AFTER_SYNCS,
+                              at_pre_switchover=hold)
+    if "allocated" in run_extra:
+        run.ram_at_switchover = snapshot
+        run.ram_allocated_at_switchover = run_extra["allocated"]
+    if run.postcopy_after_syncs is not None:
+        ev.figures["postcopy_after_syncs"] = run.postcopy_after_syncs
     ev.figures["source_states"] = run.source_states
     ev.figures["samples"] = run.samples
     if run.status not in TERMINAL and run.status != "destination-failed":
@@ -569,7 +724,13 @@ async def _migrate(cell: Cell, src: Machine, dst: Machine, workdir: Path, ev: Ev
     if not run.completed:
         # A refused migration (e.g. a TLS peer that must not be trusted) is a
         # failed 'converged' check, so a cell can declare it expected; either
-        # way the source must run on.
+        # way the source must run on.  A destination that refused the stream
+        # exits (migration/migration.c, process_incoming_migration_co): give it
+        # a moment, so its own error (e.g. the UUID mismatch) is in the reason.
+        for _ in range(100):
+            if not dst.alive:
+                break
+            await asyncio.sleep(0.02)
         reason = f"migration {run.status}: {run.error}" + (
             "" if dst.alive else f"; destination {dst.exit_reason()}")
         ev.checks.append(_expect(cell, CheckResult("converged", False, reason,
@@ -601,6 +762,48 @@ async def _migrate(cell: Cell, src: Machine, dst: Machine, workdir: Path, ev: Ev
         raise CellFailure(f"unexpected run states after migration: source {src_status}, "
                           f"destination {dst_status}")
     return run
+
+
+#: How long the first attempt of a cancel-retry cell may take to get going.
+CANCEL_AFTER_TIMEOUT = 30.0
+
+
+async def _cancel_first(cell: Cell, src: Machine, dst: Machine, workdir: Path) -> CheckResult:
+    """First attempt of a cancel-retry cell: start migrating, cancel once RAM
+    is on its way, and require the source to end 'cancelled' and run on."""
+    if cell.transport in SAVE_RESTORE:
+        raise CellFailure(f"mode cancel-retry needs a live transport, not {cell.transport}",
+                          ERROR)
+    uri = await incoming_uri(cell.transport, dst, workdir)
+    await src.execute("migrate", {"uri": uri})
+    deadline = time.monotonic() + CANCEL_AFTER_TIMEOUT
+    info: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        info = await src.execute("query-migrate")
+        if info.get("status") != "setup" and info.get("ram", {}).get("transferred", 0) > 0:
+            break
+        if info.get("status") in TERMINAL:
+            break
+        await asyncio.sleep(0.02)
+    sent = info.get("ram", {}).get("transferred", 0)
+    status_at_cancel = info.get("status")
+    outcome = await cancel(src)
+    run_state = await src.status()
+    figures = {"status_at_cancel": status_at_cancel, "bytes_sent_before_cancel": sent,
+               "outcome": outcome, "source_status": run_state}
+    ok = outcome == "cancelled" and run_state == "running" and status_at_cancel == "active"
+    return CheckResult("cancel-retry", ok,
+                       f"cancelled after {sent >> 20} MiB; the source ran on" if ok else
+                       f"first attempt: state {status_at_cancel} at cancel, ended "
+                       f"{outcome}, source {run_state}", figures)
+
+
+def _postcopy_bytes(run: MigrationRun) -> int:
+    """Bytes sent after the switch to postcopy (from the samples and the end total)."""
+    before = [s["transferred"] for s in run.samples
+              if s.get("status") == "active" and s.get("transferred") is not None]
+    total = run.info.get("ram", {}).get("transferred", 0)
+    return max(0, total - (before[-1] if before else 0))
 
 
 def _migration_figures(info: dict[str, Any]) -> dict[str, Any]:

@@ -49,3 +49,19 @@ def test_e2k_running_cpu_state_not_migrated(e2k_cells, run_state, record):
     cpu = result.check("cpu-state")
     assert not cpu.passed and cpu.summary.startswith(NOT_MIGRATED), cpu.summary
     assert "ip " in cpu.summary
+
+
+def test_e2k_dirtier_runs_migrates_and_restarts(e2k_cells, run_state, record):
+    """The e2k dirtier firmware (built by the project's own encoder) keeps its
+    region consistent across the migration; after cont the destination CPU
+    starts again from the reset PC, which its boots counter shows."""
+    cell = e2k_cells["dirtier"]
+    result = record(run_cell(cell, cell_logdir(run_state.results_dir, cell.id)))
+    assert result.verdict == PASSED, result.reason
+    assert result.figures["warmup_passes"] >= cell.target.workload.warmup_passes
+    assert result.check("ram").passed and result.check("guest").passed
+    live = result.check("liveness")
+    assert not live.passed and "guest restarted" in live.summary, live.summary
+    assert live.figures["boots_after"] == live.figures["boots_before"] + 1
+    cpu = result.check("cpu-state")
+    assert not cpu.passed and cpu.summary.startswith(NOT_MIGRATED), cpu.summary

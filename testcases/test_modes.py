@@ -18,14 +18,22 @@ from __future__ import annotations
 import pytest
 
 from harness.checks.modes import check_modes
+from harness.checks.sides import (check_late_block_activate, check_release_ram,
+                                  check_switchover_ack)
+from harness.migmode import CANCEL_RETRY, postcopy_after
 from harness.driver import MigrationRun
 from harness.flow import run_cell
 from harness.results import PASSED, SKIPPED
 from harness.runner import cell_logdir
 
-FEATURES = ("xbzrle", "multifd", "postcopy-ram", "pause-before-switchover", "auto-converge")
+FEATURES = ("xbzrle", "multifd", "postcopy-ram", "pause-before-switchover", "auto-converge",
+            "compress", "dirty-limit")
 CHECK_OF = {"xbzrle": "xbzrle", "multifd": "multifd", "postcopy-ram": "postcopy",
-            "pause-before-switchover": "pause-before-switchover", "auto-converge": "auto-converge"}
+            "pause-before-switchover": "pause-before-switchover", "auto-converge": "auto-converge",
+            "compress": "compress", "dirty-limit": "dirty-limit",
+            # Judged from evidence outside query-migrate (harness.checks.sides).
+            "switchover-ack": "switchover-ack", "validate-uuid": "validate-uuid",
+            "late-block-activate": "late-block-activate", "release-ram": "release-ram"}
 
 
 def test_mode_cell(mode_cell, run_state, record):
@@ -38,6 +46,14 @@ def test_mode_cell(mode_cell, run_state, record):
         if caps.get(feature):
             assert result.check(check) is not None, f"no behaviour check for {feature}"
             assert result.check(check).passed
+    n = postcopy_after(mode_cell.mode)
+    if n is not None:
+        # The switch came where the mode put it, not at the driver's default.
+        assert result.figures["postcopy_after_syncs"] == n
+    if mode_cell.mode == CANCEL_RETRY:
+        first = result.check("cancel-retry")
+        assert first is not None and first.passed, first
+        assert first.figures["bytes_sent_before_cancel"] > 0
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +123,43 @@ def test_background_snapshot_check_fails_when_the_source_stopped(plain_result):
 
     check = check_background_snapshot(plain_result.figures["runstates"]["source"])
     assert not check.passed, check.summary
+
+
+def test_late_block_activate_check_fails_when_the_disk_was_active_before_cont(plain_result):
+    """Without late-block-activate the destination took its image locks as
+    soon as the migration completed, before cont: judged as a
+    late-block-activate cell, that evidence must fail."""
+    locked = plain_result.figures["dst_disk_locked"]
+    assert locked["before_cont"] is True and locked["after_cont"] is True
+    check = check_late_block_activate(locked["before_cont"], locked["after_cont"])
+    assert not check.passed, check.summary
+
+
+def test_switchover_ack_check_fails_without_the_handshake(plain_result):
+    """The plain migration's QEMU logs show no ack handshake."""
+    logdir = plain_result.logdir
+    from pathlib import Path
+
+    check = check_switchover_ack(Path(logdir) / "src.stderr", Path(logdir) / "dst.stderr")
+    assert not check.passed, check.summary
+
+
+def test_release_ram_check_fails_when_the_source_kept_its_ram(plain_result):
+    """A plain migration releases nothing: its source RAM file is still fully
+    allocated, which the release-ram check must refuse."""
+    ram = 256 << 20
+    kept = plain_result.figures["src_ram_allocated"]
+    assert kept == ram
+    check = check_release_ram(ram, kept, 100 << 20)
+    assert not check.passed, check.summary
+
+
+def test_destination_with_another_uuid_refuses_the_stream(matrix, run_state, record):
+    """validate-uuid's negative control: the destination names the mismatch
+    (migration/savevm.c, vmstate_uuid_post_load) and the source runs on."""
+    cell = next(c for c in matrix.cells("controls") if c.fault == "dst-uuid-differs")
+    result = record(run_cell(cell, cell_logdir(run_state.results_dir, cell.id + "-why")))
+    assert result.verdict == PASSED, result.reason
+    converged = result.check("converged")
+    assert not converged.passed and "UUID received is" in converged.summary, converged.summary
+    assert result.figures["source_status_after"] == "running"
