@@ -321,7 +321,7 @@ def test_list_json_has_cells_coverage_and_exclusions(matrix_path: Path) -> None:
 class TripleRule(Judge):
     """A made-up oracle: a, b and c may not all be on (every pair is fine)."""
 
-    def verdict(self, caps, params):  # type: ignore[override]
+    def verdict(self, caps, params, transport=None):  # type: ignore[override]
         from harness.matrix.covering import Refusal
 
         if {"a", "b", "c"} <= {k for k, v in caps.items() if v}:
@@ -354,3 +354,54 @@ def test_cli_seed_and_shard_change_the_listing(matrix_path: Path) -> None:
     assert ids("--seed", "0") == base and ids("--seed", "5") != base
     halves = ids("--shard", "1/2") + ids("--shard", "2/2")
     assert sorted(halves) == sorted(base) and len(set(halves)) == len(base)
+
+
+# --- transport rules -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version,caps,transport,rule", [
+    ((10, 0), {"mapped-ram": True}, "unix", "migrate.transport.needs-seekable"),
+    ((10, 0), {"mapped-ram": True}, "file", None),
+    ((10, 0), {"multifd": True}, "exec", "migrate.transport.needs-multi-channel"),
+    ((10, 0), {"multifd": True}, "file", "migrate.transport.needs-multi-channel"),
+    ((10, 0), {"multifd": True, "mapped-ram": True}, "file", None),
+    ((10, 0), {"postcopy-preempt": True}, "exec", "migrate.transport.needs-multi-channel"),
+    ((10, 0), {"multifd": True}, "tcp", None),
+    ((7, 2), {"multifd": True}, "exec", "migrate.transport.multifd-protocol"),
+    ((7, 2), {"multifd": True}, "unix", None),
+])
+def test_transport_rules(version, caps, transport, rule) -> None:
+    from harness.rules.transport import transport_refusal
+
+    got = transport_refusal(version, caps, transport)
+    assert (got[0] if got else None) == rule
+
+
+def test_covering_ties_mapped_ram_to_the_file_transport() -> None:
+    """With the transport a factor, mapped-ram only ever meets file:, and the
+    refused pairs are listed with QEMU's rule."""
+    factors = [Factor("transport", "transport", ("unix", "file")),
+               Factor("mapped-ram", "capability", (False, True)),
+               Factor("xbzrle", "capability", (False, True))]
+    judge = Judge(Context((10, 0), (10, 0), "tcg"))
+    gen = generate(factors, 2, judge, SettingsModel(factors))
+    rows = gen.rows
+    assert any(r["mapped-ram"] and r["transport"] == "file" for r in rows)
+    assert not any(r["mapped-ram"] and r["transport"] != "file" for r in rows)
+    rules = {r.rule for r in gen.analysis.conflicts.values()}
+    assert "migrate.transport.needs-seekable" in rules
+    # Every pair the oracle allows is covered.
+    for a, b in itertools.combinations(factors, 2):
+        for va in a.values:
+            for vb in b.values:
+                pair = {a.name: va, b.name: vb}
+                ok = judge.verdict(*SettingsModel(factors).split(list(pair.items()))) is None
+                if ok:
+                    assert any(all(r[k] == v for k, v in pair.items()) for r in rows), pair
+
+
+def test_save_restore_transports_exclude_capabilities_needing_a_peer() -> None:
+    judge = Judge(Context((10, 0), (10, 0), "tcg"))
+    refusal = judge.verdict({"return-path": True}, {}, "exec")
+    assert refusal is not None and refusal.rule.startswith("unsupported.")
+    assert judge.verdict({"return-path": True}, {}, "tcp") is None

@@ -62,6 +62,7 @@ from harness.rules import (
     expected,
 )
 from harness.rules.model import Version
+from harness.rules.transport import transport_refusal
 
 #: The harness turns this on for every cell (flow.BASE_CAPABILITIES).
 ALWAYS_ON = ("events",)
@@ -72,12 +73,20 @@ ALWAYS_ON = ("events",)
 #: (the scale benchmark uses them all).
 FLOW_UNSUPPORTED_CAPS: dict[str, str] = {
     "background-snapshot": "a snapshot to a file, not a migration to a destination",
-    "mapped-ram": "needs the file transport; a covering array does not tie a capability "
-                  "to a transport (the modes tier has explicit mapped-ram cells)",
     "x-colo": "needs a COLO setup (primary and secondary with replication)",
     "rdma-pin-all": "needs the rdma transport",
     "release-ram": "discards source RAM as it is sent, which the exact RAM comparison reads",
     "x-ignore-shared": "skips shared RAM, and the harness backs guest RAM with a shared file",
+}
+#: Save/restore transports write the stream for a destination that reads it
+#: later (harness.driver.save_restore_uris): there is no live peer to answer.
+SAVE_RESTORE_TRANSPORTS = ("exec", "file")
+#: (capability, transport) pairs the cell flow cannot run, and why.
+FLOW_TRANSPORT_UNSUPPORTED: dict[tuple[str, str], str] = {
+    (cap, t): f"{cap} needs a live destination answering on the return path; {t} saves "
+              "the stream for a destination that reads it later"
+    for cap in ("return-path", "postcopy-ram", "postcopy-preempt", "switchover-ack")
+    for t in SAVE_RESTORE_TRANSPORTS
 }
 #: Transports the cell flow implements (driver.incoming_uri, driver.save_restore_uris);
 #: others are excluded.
@@ -142,15 +151,37 @@ class Judge:
         self.book = default_book()
         self._cache: dict[frozenset[tuple[str, Any]], Refusal | None] = {}
 
-    def verdict(self, caps: Mapping[str, bool], params: Mapping[str, Any]) -> Refusal | None:
+    def verdict(self, caps: Mapping[str, bool], params: Mapping[str, Any],
+                transport: str | None = None) -> Refusal | None:
+        """``transport`` None: judged as if any transport would do (the
+        capability and parameter rules only)."""
         caps = {k: True for k, v in caps.items() if v}
         key = frozenset([("c", k, v) for k, v in caps.items()] +
-                        [("p", k, json.dumps(v, sort_keys=True)) for k, v in params.items()])
+                        [("p", k, json.dumps(v, sort_keys=True)) for k, v in params.items()] +
+                        [("t", transport, None)])
         if key not in self._cache:
-            self._cache[key] = self._verdict(caps, params)
+            self._cache[key] = self._verdict(caps, params, transport)
         return self._cache[key]
 
-    def _verdict(self, caps: Mapping[str, bool], params: Mapping[str, Any]) -> Refusal | None:
+    def _verdict(self, caps: Mapping[str, bool], params: Mapping[str, Any],
+                 transport: str | None = None) -> Refusal | None:
+        refusal = self._settings_verdict(caps, params)
+        if refusal is not None or transport is None:
+            return refusal
+        # What the cell flow cannot run on this transport, then what QEMU's
+        # ``migrate`` refuses on it.
+        for cap in sorted(caps):
+            why = FLOW_TRANSPORT_UNSUPPORTED.get((cap, transport))
+            if why:
+                return Refusal(f"unsupported.{cap}.{transport}", why)
+        said = transport_refusal(self.ctx.src_version, caps, transport)
+        if said is not None:
+            return Refusal(said[0], f"source {_v(self.ctx.src_version)} refuses migrate over "
+                                    f"{transport}: \"{said[1]}\"")
+        return None
+
+    def _settings_verdict(self, caps: Mapping[str, bool], params: Mapping[str, Any]
+                          ) -> Refusal | None:
         stage = self._caps_stage(frozenset(caps))
         if isinstance(stage, Refusal):
             return stage
@@ -231,6 +262,14 @@ class Factor:
 
 #: Kinds that select the context or the cell's shape, not what QEMU is told.
 CONTEXT_KINDS = ("target", "transport", "src-build", "dst-build")
+#: Of those, the kinds the oracle still judges (rules tie capabilities to the
+#: transport: harness.rules.transport).
+JUDGED_KINDS = ("transport",)
+
+
+def _judged(kind: str) -> bool:
+    """Whether settings of this factor kind go to the oracle."""
+    return kind not in CONTEXT_KINDS or kind in JUDGED_KINDS
 
 
 def neutral(factor: Factor) -> Any:
@@ -304,12 +343,17 @@ class SettingsModel:
         self.base_caps = {k: True for k, v in (base_caps or {}).items() if v}
         self.base_params = dict(base_params or {})
 
-    def split(self, settings: Iterable[Setting]) -> tuple[dict[str, bool], dict[str, Any]]:
+    def split(self, settings: Iterable[Setting]
+              ) -> tuple[dict[str, bool], dict[str, Any], str | None]:
+        """Capabilities, parameters and (if among the settings) the transport."""
         caps: dict[str, bool] = dict(self.base_caps)
         params: dict[str, Any] = dict(self.base_params)
+        transport: str | None = None
         for name, value in settings:
             kind = self.factors[name].kind
-            if kind == "capability":
+            if kind == "transport":
+                transport = value
+            elif kind == "capability":
                 if value:
                     caps[name] = True
             elif kind == "parameter":
@@ -319,7 +363,7 @@ class SettingsModel:
                 params.update(self.paramsets.get(value, {}))
             elif kind == "capset":
                 caps.update({k: True for k, v in self.capsets.get(value, {}).items() if v})
-        return caps, params
+        return caps, params, transport
 
 
 def analyse(judge: Judge, model: SettingsModel, factors: Sequence[Factor]) -> Analysis:
@@ -331,8 +375,10 @@ def analyse(judge: Judge, model: SettingsModel, factors: Sequence[Factor]) -> An
         calls[0] += 1
         return judge.verdict(*model.split(settings))
 
-    active = [(f.name, v) for f in factors if f.kind not in CONTEXT_KINDS
-              for v in f.values if v != neutral(f)]
+    # A transport is always set (no neutral value); judging its values alone
+    # and in pairs finds the capabilities a transport cannot carry.
+    active = [(f.name, v) for f in factors if _judged(f.kind)
+              for v in f.values if v != neutral(f) or f.kind in JUDGED_KINDS]
     for s in active:
         refusal = verdict([s])
         if refusal is None:
@@ -349,10 +395,29 @@ def analyse(judge: Judge, model: SettingsModel, factors: Sequence[Factor]) -> An
             if s[0] == t[0]:
                 continue
             refusal = _pair_refusal(s, t, out.requires, verdict)
-            if refusal is not None:
+            if refusal is None:
+                continue
+            # A transport pair that one more capability makes acceptable
+            # (file: + multifd needs mapped-ram) is refused only without it.
+            rescue = _single_rescue(s, t, usable, model, verdict) \
+                if model.factors[s[0]].kind in JUDGED_KINDS \
+                or model.factors[t[0]].kind in JUDGED_KINDS else None
+            if rescue is not None:
+                out.nogoods[(s, t, (rescue, False))] = refusal
+            else:
                 out.conflicts[(s, t)] = refusal
     out.oracle_calls = calls[0]
     return out
+
+
+def _single_rescue(s: Setting, t: Setting, usable: Sequence[Setting], model: SettingsModel,
+                   verdict: Callable[[Iterable[Setting]], Refusal | None]) -> str | None:
+    """The one capability whose being on makes the refused pair ``s`` + ``t``
+    acceptable, or None (no rescue, or several: then the pair counts as refused)."""
+    rescuers = {r[0] for r in usable
+                if r[0] not in (s[0], t[0]) and model.factors[r[0]].kind == "capability"
+                and r[1] is True and verdict([s, t, r]) is None}
+    return next(iter(rescuers)) if len(rescuers) == 1 else None
 
 
 def _pair_refusal(s: Setting, t: Setting, requires: Mapping[Setting, tuple[Setting, ...]],
@@ -475,7 +540,7 @@ def generate(factors: Sequence[Factor], order: int, judge: Judge, model: Setting
         bad = []
         for row in rows:
             settings = [(n, row[n]) for n in model.factors if n in row
-                        and model.factors[n].kind not in CONTEXT_KINDS]
+                        and _judged(model.factors[n].kind)]
             refusal = judge.verdict(*model.split(settings))
             if refusal is not None:
                 bad.append((settings, refusal))
@@ -775,11 +840,21 @@ def _feasible_in(tup: Sequence[Setting], part: ContextPart,
         if name not in domains or value not in domains[name]:
             return False
     settings = [s for s in tup if s[0] not in _context_names(part)]
+    # A judged factor (the transport) is in every row: the tuple is only
+    # possible with some value of it (mapped-ram + return-path is not: one
+    # needs file:, the other a live peer).
+    names = {s[0] for s in settings}
+    for f in part.factors:
+        if f.kind in JUDGED_KINDS and f.name not in names:
+            options = [v for v in domains.get(f.name, f.values)
+                       if feasible(settings + [(f.name, v)], part.analysis, domains)]
+            if not options:
+                return False
     return feasible(settings, part.analysis, domains)
 
 
 def _context_names(part: ContextPart) -> set[str]:
-    return {f.name for f in part.factors if f.kind in CONTEXT_KINDS}
+    return {f.name for f in part.factors if not _judged(f.kind)}
 
 
 def _key(value: Any) -> str:

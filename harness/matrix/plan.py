@@ -293,7 +293,7 @@ def _version(matrix: "Matrix", build: str, arch: str) -> tuple[Any, str | None]:
 def _exclusions(analysis: Any, context: str, factors: Sequence[Factor]) -> list[Exclusion]:
     out = []
     for s, refusal in analysis.unusable.items():
-        kind = "absent" if refusal.rule.startswith(("absent.", "ignored.")) else "error-path"
+        kind = _kind(refusal.rule)
         out.append(Exclusion(kind, fmt_setting(s), context, refusal.rule, refusal.reason))
     for s, need in analysis.requires.items():
         out.append(Exclusion("error-path", f"{fmt_setting(s)} without "
@@ -301,13 +301,23 @@ def _exclusions(analysis: Any, context: str, factors: Sequence[Factor]) -> list[
                              _alone_rule(s, analysis),
                              "refused alone; every cell with it has one of those"))
     for (a, b), refusal in analysis.conflicts.items():
-        kind = "absent" if refusal.rule.startswith(("absent.", "ignored.")) else "error-path"
+        kind = _kind(refusal.rule)
         out.append(Exclusion(kind, f"{fmt_setting(a)} + {fmt_setting(b)}", context,
                              refusal.rule, refusal.reason))
     for group, refusal in analysis.nogoods.items():
         out.append(Exclusion("error-path", " + ".join(fmt_setting(x) for x in group), context,
                              refusal.rule, refusal.reason))
     return out
+
+
+def _kind(rule: str) -> str:
+    """Exclusion kind of a refusal: the build lacks it, the cell flow cannot run
+    it, or QEMU refuses it (then the probe suite tests the refusal)."""
+    if rule.startswith(("absent.", "ignored.")):
+        return "absent"
+    if rule.startswith("unsupported."):
+        return "unsupported"
+    return "error-path"
 
 
 def _alone_rule(s: Any, analysis: Any) -> str | None:
