@@ -244,7 +244,7 @@ def _run_serial(cells: list[Cell], state: RunState, keep_logs: bool, notify: Lis
 class _Worker:
     """A worker process and the cell it runs now (None: idle)."""
 
-    proc: subprocess.Popen[bytes]
+    proc: "_ForkedProc"
     stderr_path: Path
     cell: Cell | None = None
     result_path: Path = Path()
@@ -258,6 +258,10 @@ def _run_parallel(cells: list[Cell], state: RunState, keep_logs: bool, notify: L
     lives for the whole run, so Python's imports and build discovery are paid
     once per worker, not once per cell)."""
     queue = list(cells)
+    # Discover every build here, once: forked workers inherit the answers.
+    from harness.qemu.build import discover
+    for spec in {c.src_build for c in cells} | {c.dst_build for c in cells}:
+        discover(spec)
     work = state.results_dir / ".workers"
     work.mkdir(parents=True, exist_ok=True)
     workers: list[_Worker] = []
@@ -313,7 +317,7 @@ _libc = ctypes.CDLL(None, use_errno=True)   # loaded before any fork
 
 
 def _worker_setup(parent: int) -> None:
-    """In the worker, between fork and exec: own process group, die with the runner."""
+    """In a freshly forked worker: own process group, die with the runner."""
     os.setpgid(0, 0)
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     # The runner may have died between fork() and prctl(): then nobody will
@@ -322,15 +326,82 @@ def _worker_setup(parent: int) -> None:
         os._exit(1)
 
 
+class _ForkedProc:
+    """The part of ``subprocess.Popen`` the runner uses, for a worker forked
+    from the runner itself: it starts with the runner's imports and
+    discovered builds (about 0.6 s a worker saved over a fresh interpreter).
+    Signals go to the PID forked here, never to a name."""
+
+    def __init__(self, pid: int, stdin: Any) -> None:
+        self.pid, self.stdin = pid, stdin
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0)
+            time.sleep(0.01)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 def _spawn_worker(work: Path, n: int) -> _Worker:
+    """Fork a worker: its own process group, death signal tied to the runner,
+    stdin a pipe from the runner, stdout discarded, stderr to a file."""
     stderr_path = work / f"worker-{n}.stderr"
     parent = os.getpid()
-    with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.runner", "serve"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, close_fds=True,
-            preexec_fn=lambda: _worker_setup(parent))
-    return _Worker(proc, stderr_path)
+    err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    r, w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        code = 1
+        try:
+            _worker_setup(parent)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(r, 0)
+            os.dup2(devnull, 1)
+            os.dup2(err, 2)
+            # Nothing of the runner's stays open here (another worker's stdin
+            # pipe kept open would hide its end of input).
+            os.closerange(3, _max_fd())
+            sys.stdin = open(0, "r", closefd=False)  # noqa: SIM115
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = _serve()
+        except BaseException:  # noqa: BLE001 -- reported on the worker's stderr
+            import traceback
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    os.close(r)
+    os.close(err)
+    return _Worker(_ForkedProc(pid, os.fdopen(w, "wb")), stderr_path)
+
+
+def _max_fd() -> int:
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (ValueError, OSError):
+        return 4096
 
 
 def _assign(w: _Worker, cell: Cell, results_dir: Path, work: Path) -> None:
