@@ -234,12 +234,13 @@ async def _resume_in_postcopy(dst: Machine, run: MigrationRun, since: int,
     await dst.execute("cont")
 
 
-async def settled_status(m: Machine, timeout: float = DEST_SETTLE_TIMEOUT) -> str:
-    """The run state once it has left ``inmigrate``."""
+async def settled_status(m: Machine, timeout: float = DEST_SETTLE_TIMEOUT,
+                         leaving: str = "inmigrate") -> str:
+    """The run state once it has left ``leaving`` (a transitional state)."""
     deadline = time.monotonic() + timeout
     while True:
         status = await m.status()
-        if status != "inmigrate" or time.monotonic() > deadline:
+        if status != leaving or time.monotonic() > deadline:
             return status
         await asyncio.sleep(0.01)
 

@@ -753,7 +753,10 @@ async def _migrate(cell: Cell, src: Machine, dst: Machine, workdir: Path, ev: Ev
         ev.checks.append(_expect(cell, check_background_snapshot(await src.status())))
         await src.execute("stop")
     dst_status = await settled_status(dst)
-    src_status = await src.status()
+    # The source sends 'completed' before its run state leaves finish-migrate
+    # (migration/migration.c: migration_iteration_finish sets postmigrate
+    # after the state change), so a quick look can still see finish-migrate.
+    src_status = await settled_status(src, leaving="finish-migrate")
     ev.figures["runstates"] = {"source": src_status, "destination": dst_status}
     # A source that never ran (-S) hands over its 'prelaunch' state
     # (migration/global_state.c carries the run state across).

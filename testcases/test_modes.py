@@ -41,6 +41,11 @@ def test_mode_cell(mode_cell, run_state, record):
     if result.verdict == SKIPPED:
         pytest.skip(result.reason)
     assert result.verdict == PASSED, result.reason
+    if "converged" in mode_cell.expect_fail:
+        # Declared not to complete (a refused TLS peer, 10.0's multifd+zlib
+        # estimate): there is no completed migration to show a behaviour.
+        assert not result.check("converged").passed
+        return
     caps = dict(mode_cell.capabilities)
     for feature, check in CHECK_OF.items():
         if caps.get(feature):

@@ -321,7 +321,7 @@ def test_list_json_has_cells_coverage_and_exclusions(matrix_path: Path) -> None:
 class TripleRule(Judge):
     """A made-up oracle: a, b and c may not all be on (every pair is fine)."""
 
-    def verdict(self, caps, params, transport=None):  # type: ignore[override]
+    def verdict(self, caps, params, transport=None, mode=""):  # type: ignore[override]
         from harness.matrix.covering import Refusal
 
         if {"a", "b", "c"} <= {k for k, v in caps.items() if v}:
@@ -405,3 +405,20 @@ def test_save_restore_transports_exclude_capabilities_needing_a_peer() -> None:
     refusal = judge.verdict({"return-path": True}, {}, "exec")
     assert refusal is not None and refusal.rule.startswith("unsupported.")
     assert judge.verdict({"return-path": True}, {}, "tcp") is None
+
+
+def test_covering_ties_modes_to_what_they_need() -> None:
+    """postcopy-after-N only with postcopy-ram; cancel-retry only over a live
+    transport; every other pair covered."""
+    factors = [Factor("transport", "transport", ("unix", "exec")),
+               Factor("postcopy-ram", "capability", (False, True)),
+               Factor("mode", "mode", ("", "postcopy-after-1", "cancel-retry"))]
+    judge = Judge(Context((10, 0), (10, 0), "tcg"))
+    gen = generate(factors, 2, judge, SettingsModel(factors))
+    for r in gen.rows:
+        if r["mode"] == "postcopy-after-1":
+            assert r["postcopy-ram"] and r["transport"] == "unix", r
+        if r["mode"] == "cancel-retry":
+            assert r["transport"] == "unix", r
+    assert {r["mode"] for r in gen.rows} == {"", "postcopy-after-1", "cancel-retry"}
+    assert any(r["mode"] == "cancel-retry" and r["postcopy-ram"] for r in gen.rows)

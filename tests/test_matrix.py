@@ -356,7 +356,7 @@ def test_covering_keys_are_checked_and_other_strategies_unknown(tmp_path: Path) 
         """)
     assert_error(tmp_path, text, "covering", "tiers.smoke.covering.strength",
                  "unknown key (allowed: order, target, transport, build, src-build, "
-                 "dst-build, capset, capabilities, parameters, paramset, timeout, "
+                 "dst-build, capset, capabilities, parameters, paramset, mode, timeout, "
                  "downtime-tolerance-ms, expect-fail)")
     text = with_tiers("""\
         smoke:

@@ -62,6 +62,7 @@ from harness.rules import (
     expected,
 )
 from harness.rules.model import Version
+from harness.migmode import CANCEL_RETRY, mode_needs
 from harness.rules.transport import transport_refusal
 
 #: The harness turns this on for every cell (flow.BASE_CAPABILITIES).
@@ -152,22 +153,32 @@ class Judge:
         self._cache: dict[frozenset[tuple[str, Any]], Refusal | None] = {}
 
     def verdict(self, caps: Mapping[str, bool], params: Mapping[str, Any],
-                transport: str | None = None) -> Refusal | None:
+                transport: str | None = None, mode: str = "") -> Refusal | None:
         """``transport`` None: judged as if any transport would do (the
-        capability and parameter rules only)."""
+        capability and parameter rules only).  ``mode``: what the harness does
+        with the migration (harness.migmode; "" = precopy)."""
         caps = {k: True for k, v in caps.items() if v}
         key = frozenset([("c", k, v) for k, v in caps.items()] +
                         [("p", k, json.dumps(v, sort_keys=True)) for k, v in params.items()] +
-                        [("t", transport, None)])
+                        [("t", transport, None), ("m", mode, None)])
         if key not in self._cache:
-            self._cache[key] = self._verdict(caps, params, transport)
+            self._cache[key] = self._verdict(caps, params, transport, mode)
         return self._cache[key]
 
     def _verdict(self, caps: Mapping[str, bool], params: Mapping[str, Any],
-                 transport: str | None = None) -> Refusal | None:
+                 transport: str | None = None, mode: str = "") -> Refusal | None:
         refusal = self._settings_verdict(caps, params)
-        if refusal is not None or transport is None:
+        if refusal is not None:
             return refusal
+        if mode:
+            needs = mode_needs(mode, caps)
+            if needs:
+                return Refusal(f"unsupported.mode.{mode}", needs)
+            if mode == CANCEL_RETRY and transport in SAVE_RESTORE_TRANSPORTS:
+                return Refusal(f"unsupported.mode.{mode}.{transport}",
+                               f"mode {mode} needs a live transport, not {transport}")
+        if transport is None:
+            return None
         # What the cell flow cannot run on this transport, then what QEMU's
         # ``migrate`` refuses on it.
         for cap in sorted(caps):
@@ -264,7 +275,7 @@ class Factor:
 CONTEXT_KINDS = ("target", "transport", "src-build", "dst-build")
 #: Of those, the kinds the oracle still judges (rules tie capabilities to the
 #: transport: harness.rules.transport).
-JUDGED_KINDS = ("transport",)
+JUDGED_KINDS = ("transport", "mode")
 
 
 def _judged(kind: str) -> bool:
@@ -273,8 +284,11 @@ def _judged(kind: str) -> bool:
 
 
 def neutral(factor: Factor) -> Any:
-    """The value that sends QEMU nothing: off for a capability, unset otherwise."""
-    return False if factor.kind == "capability" else None
+    """The value that sends QEMU nothing: off for a capability, precopy for a
+    mode, unset otherwise."""
+    if factor.kind == "capability":
+        return False
+    return "" if factor.kind == "mode" else None
 
 
 @dataclass(frozen=True)
@@ -311,6 +325,8 @@ def fmt_setting(s: Setting) -> str:
         return f"{name}=off"
     if value is None:
         return f"{name}=default"
+    if name == "mode" and value == "":
+        return "mode=precopy"
     return f"{name}={value}"
 
 
@@ -344,15 +360,19 @@ class SettingsModel:
         self.base_params = dict(base_params or {})
 
     def split(self, settings: Iterable[Setting]
-              ) -> tuple[dict[str, bool], dict[str, Any], str | None]:
-        """Capabilities, parameters and (if among the settings) the transport."""
+              ) -> tuple[dict[str, bool], dict[str, Any], str | None, str]:
+        """Capabilities, parameters, and (if among the settings) the transport
+        and the migration mode ("" = precopy)."""
         caps: dict[str, bool] = dict(self.base_caps)
         params: dict[str, Any] = dict(self.base_params)
         transport: str | None = None
+        mode = ""
         for name, value in settings:
             kind = self.factors[name].kind
             if kind == "transport":
                 transport = value
+            elif kind == "mode":
+                mode = value
             elif kind == "capability":
                 if value:
                     caps[name] = True
@@ -363,7 +383,7 @@ class SettingsModel:
                 params.update(self.paramsets.get(value, {}))
             elif kind == "capset":
                 caps.update({k: True for k, v in self.capsets.get(value, {}).items() if v})
-        return caps, params, transport
+        return caps, params, transport, mode
 
 
 def analyse(judge: Judge, model: SettingsModel, factors: Sequence[Factor]) -> Analysis:
@@ -406,8 +426,32 @@ def analyse(judge: Judge, model: SettingsModel, factors: Sequence[Factor]) -> An
                 out.nogoods[(s, t, (rescue, False))] = refusal
             else:
                 out.conflicts[(s, t)] = refusal
+    _through_judged(out, usable, factors)
     out.oracle_calls = calls[0]
     return out
+
+
+def _through_judged(out: Analysis, usable: Sequence[Setting], factors: Sequence[Factor]
+                    ) -> None:
+    """Pairs no value of a judged factor can carry (mapped-ram needs file:,
+    cancel-retry a live transport: no transport takes both) become conflicts
+    too, so the generator never chases a tuple no row can hold."""
+    def clash(a: Setting, b: Setting) -> bool:
+        return (a, b) in out.conflicts or (b, a) in out.conflicts
+
+    for f in factors:
+        if f.kind not in JUDGED_KINDS:
+            continue
+        values = [(f.name, v) for v in f.values if (f.name, v) not in out.unusable]
+        for i, s in enumerate(usable):
+            for t in usable[i + 1:]:
+                if f.name in (s[0], t[0]) or s[0] == t[0] or clash(s, t):
+                    continue
+                if values and all(clash(s, v) or clash(t, v) for v in values):
+                    out.conflicts[(s, t)] = Refusal(
+                        f"via.{f.name}", f"no {f.name} takes both: " + "; ".join(
+                            f"{v[1] or 'precopy'}: {fmt_setting(s if clash(s, v) else t)}"
+                            for v in values))
 
 
 def _single_rescue(s: Setting, t: Setting, usable: Sequence[Setting], model: SettingsModel,

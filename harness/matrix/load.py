@@ -531,6 +531,8 @@ class _Tiers:
             return tuple(self._check_ref(dim, n, line, w) for n, line, w in values)
 
         spec = replace(spec, targets=names("target", "target"))
+        if "mode" in e:
+            spec = replace(spec, modes=names("mode", "mode"))
         # Transports the flow cannot run are kept: the plan excludes them with
         # the reason, so `mharness list` shows it.
         values = s.as_name_list(e["transport"].value, where.key("transport"), "transport")

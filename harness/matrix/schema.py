@@ -40,7 +40,7 @@ PRODUCT_KEYS = DIMENSIONS + CELL_SETTINGS
 CELL_REQUIRED = ("target", "transport")
 #: A covering array's factors (each a list) and its order; see ``CoveringSpec``.
 COVERING_KEYS = ("order", "target", "transport", "build", "src-build", "dst-build",
-                 "capset", "capabilities", "parameters", "paramset") + CELL_SETTINGS
+                 "capset", "capabilities", "parameters", "paramset", "mode") + CELL_SETTINGS
 COVERING_REQUIRED = ("target", "transport")
 #: Highest covering order accepted (the tuples grow as factors^order).
 MAX_ORDER = 6
@@ -146,6 +146,8 @@ class CoveringSpec:
     capabilities: tuple[str, ...] = ()
     parameters: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     paramsets: tuple[str, ...] = ()
+    #: Migration modes (harness.migmode), "" for precopy; () = precopy only.
+    modes: tuple[str, ...] = ()
     timeout: float | None = None
     downtime_tolerance_ms: float | None = None
     expect_fail: tuple[str, ...] = ()
