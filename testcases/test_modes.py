@@ -27,10 +27,11 @@ from harness.results import PASSED, SKIPPED
 from harness.runner import cell_logdir
 
 FEATURES = ("xbzrle", "multifd", "postcopy-ram", "pause-before-switchover", "auto-converge",
-            "compress", "dirty-limit")
+            "compress", "dirty-limit", "zero-copy-send")
 CHECK_OF = {"xbzrle": "xbzrle", "multifd": "multifd", "postcopy-ram": "postcopy",
             "pause-before-switchover": "pause-before-switchover", "auto-converge": "auto-converge",
             "compress": "compress", "dirty-limit": "dirty-limit",
+            "zero-copy-send": "zero-copy-send",
             # Judged from evidence outside query-migrate (harness.checks.sides).
             "switchover-ack": "switchover-ack", "validate-uuid": "validate-uuid",
             "late-block-activate": "late-block-activate", "release-ram": "release-ram"}

@@ -69,6 +69,8 @@ def check_modes(run: MigrationRun, params: dict[str, Any]) -> list[CheckResult]:
                                   f"CPU throttle rose to {peak}%" if peak else
                                   "auto-converge on but the CPU was never throttled",
                                   {"peak_throttle_percent": peak}))
+    if caps.get("zero-copy-send"):
+        checks.append(_zero_copy(ram))
     if caps.get("compress"):
         checks.append(_compress(info, params))
     if caps.get("dirty-limit"):
@@ -79,6 +81,24 @@ def check_modes(run: MigrationRun, params: dict[str, Any]) -> list[CheckResult]:
         if judged is not None:
             checks.append(judged)
     return checks
+
+
+def _zero_copy(ram: dict[str, Any]) -> CheckResult:
+    """zero-copy-send: multifd sent with MSG_ZEROCOPY and flushed the
+    completions at each sync.  ``dirty-sync-missed-zero-copy`` moves only
+    there (migration/multifd.c, multifd_zero_copy_flush, called when
+    migrate_zero_copy_send() is on), each time the kernel reports it copied
+    after all -- which it always does for local delivery, so over loopback
+    the counter must move."""
+    missed = ram.get("dirty-sync-missed-zero-copy", 0) or 0
+    ok = missed > 0 and (ram.get("multifd-bytes", 0) or 0) > 0
+    return CheckResult("zero-copy-send", ok,
+                       f"zero-copy completions flushed; the kernel copied at {missed} syncs "
+                       "(loopback delivery always copies)" if ok else
+                       "zero-copy-send on but no zero-copy completion was ever flushed "
+                       f"(dirty-sync-missed-zero-copy {missed})",
+                       {"dirty_sync_missed_zero_copy": missed,
+                        "multifd_bytes": ram.get("multifd-bytes")})
 
 
 def _compress(info: dict[str, Any], params: dict[str, Any]) -> CheckResult:
