@@ -51,11 +51,12 @@ from harness.errors import HarnessError
 from harness.flow import BASE_CAPABILITIES, configure
 from harness.rundir import runtime_dir
 from harness.qemu.build import QemuBuild
-from harness.qemu.cmdline import MachinePaths, machine_argv
+from harness.launch import prepare_machine
+from harness.qemu.cmdline import MachinePaths
 from harness.proxy import Proxy
 from harness.qemu.machine import Machine
 from harness.results import ERROR, SKIPPED, CellResult, CheckResult, judge
-from harness.workloads.dirtier import HeartbeatParser, make_disk
+from harness.workloads.dirtier import HeartbeatParser
 
 PAGE = 4096
 TERMINAL = ("completed", "failed", "cancelled")
@@ -257,16 +258,10 @@ class Rig:
                      extra: tuple[str, ...] = (), caps: dict[str, bool] | None = None,
                      params: dict[str, Any] | None = None) -> Side:
         target = target or self.target
-        wl = target.workload
-        disk = make_disk(self.workdir / f"{role}.disk", wl.region_base, wl.region_size)
-        paths = MachinePaths(qmp=self.workdir / f"{role}.qmp",
-                             serial=self.workdir / f"{role}.serial",
-                             ram=self.workdir / f"{role}.ram", disk=disk)
-        argv = machine_argv(self.build, target, paths, incoming=incoming,
-                            machine_type=self.machine_type(target), extra=extra)
         hb = HeartbeatParser(expect_banner=not incoming)
-        m = Machine(role, argv, self.build.env(), qmp_path=paths.qmp, serial_path=paths.serial,
-                    logdir=self.logdir, t0=self.t0, serial_sink=hb.feed)
+        m, paths = prepare_machine(role, self.build, target, self.workdir, self.logdir, self.t0,
+                                   incoming=incoming, machine_type=self.machine_type(target),
+                                   extra=extra, serial_sink=hb.feed)
         self.stack.push_async_callback(m.close)
         await m.start()
         await configure(m, self.build, {**BASE_CAPABILITIES, **(caps or {})},

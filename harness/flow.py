@@ -38,20 +38,21 @@ from harness.checks.vmstate_static import (
 from harness.coverage import coverage_report
 from harness.errors import BuildError, HarnessError
 from harness.qemu.build import QemuBuild, discover
-from harness.qemu.cmdline import MachinePaths, machine_argv
+from harness.qemu.cmdline import MachinePaths
 from harness.checks.sides import (allocated_bytes, check_late_block_activate,
                                   check_release_ram, check_switchover_ack, check_validate_uuid,
                                   image_locked)
 from harness.driver import (POSTCOPY_AFTER_SYNCS, SAVE_RESTORE, TERMINAL, MigrationRun, cancel,
                             incoming_uri, run_migration, save_restore_uris, settled_status)
 from harness.migmode import CANCEL_RETRY, postcopy_after, side_args, side_caps
+from harness.launch import prepare_machine
 from harness.qemu.machine import Machine
 from harness.qemu.machines import common_machine_type
 from harness.rundir import runtime_dir
 from harness.tls import creds_args
 from harness.results import ERROR, FAILED, SKIPPED, CellResult, CheckResult, judge
 from harness.qemu.cmdline import firmware_args
-from harness.workloads.dirtier import HeartbeatParser, make_disk, read_region_bytes
+from harness.workloads.dirtier import HeartbeatParser, read_region_bytes
 from harness.workloads.e2k_dirtier import DEFAULT_MARKER_ADDR, make_firmware, read_marker
 from harness.workloads.pattern import check_pattern, loader_args, make_pattern
 
@@ -246,13 +247,6 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
         destination of a retried migration)."""
         role = "src" if name == "src" else "dst"
         incoming = role == "dst"
-        disk = None if pattern or marker else make_disk(workdir / f"{name}.disk",
-                                                        wl.region_base, wl.region_size)
-        # x-ignore-shared: both sides map the source's RAM file, so
-        # RAM is not sent at all (migration/ram.c, ramblock_is_ignored).
-        ram_name = "src" if shared else name
-        paths = MachinePaths(qmp=workdir / f"{name}.qmp", serial=workdir / f"{name}.serial",
-                             ram=workdir / f"{ram_name}.ram", disk=disk)
         if marker:
             extra = ["-bios", str(make_firmware(workdir / "e2k-dirtier.bios", wl.region_base,
                                                 wl.region_size, MARKER_ADDR,
@@ -269,11 +263,14 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
             blob = make_pattern(workdir / "pattern.bin", wl.region_size, cell.seed)
             extra += loader_args(blob, wl.region_base)
             extra += ["-S"] if wl.kind == "pattern-paused" else []
-        argv = machine_argv(build, cell.target, paths, incoming=incoming,
-                            machine_type=machine_type, extra=tuple(extra),
-                            prealloc=not (shared and incoming))
-        return Machine(name, argv, build.env(), qmp_path=paths.qmp, serial_path=paths.serial,
-                       logdir=logdir, t0=t0, serial_sink=clock.feed), paths
+        # x-ignore-shared: both sides map the source's RAM file, so RAM is not
+        # sent at all (migration/ram.c, ramblock_is_ignored); the destination
+        # must not prealloc it (touching pages rewrites them).
+        return prepare_machine(name, build, cell.target, workdir, logdir, t0,
+                               incoming=incoming, machine_type=machine_type, extra=extra,
+                               with_disk=not (pattern or marker),
+                               ram=workdir / "src.ram" if shared else None,
+                               prealloc=not (shared and incoming), serial_sink=clock.feed)
 
     try:
         async with AsyncExitStack() as stack:
@@ -685,18 +682,20 @@ async def _migrate(cell: Cell, src: Machine, dst: Machine, workdir: Path, ev: Ev
     except (ValueError, RuntimeError) as exc:
         raise CellFailure(str(exc), ERROR) from exc
     ev.figures["uri"] = uri
-    hold = None
     snapshot = workdir / "src-at-switchover.ram"
+    run_extra: dict[str, int] = {}
+
+    async def copy_source_ram() -> None:
+        await asyncio.to_thread(shutil.copyfile, src_ram, snapshot)
+        run_extra["allocated"] = allocated_bytes(src_ram)
+
+    hold = None
     if caps.get("release-ram"):
         if not (caps.get("postcopy-ram") and caps.get("pause-before-switchover")):
             raise CellFailure("a release-ram cell needs postcopy-ram (RAM is only released "
                               "in postcopy) and pause-before-switchover (so the harness can "
                               "copy the source's RAM before it is released)", ERROR)
-
-        async def hold() -> None:
-            await asyncio.to_thread(shutil.copyfile, src_ram, snapshot)
-            run_extra["allocated"] = allocated_bytes(src_ram)
-    run_extra: dict[str, int] = {}
+        hold = copy_source_ram
     after = postcopy_after(cell.mode)
     run = await run_migration(src, dst, uri, caps, cell.timeout, t0, restore,
                               postcopy_after=after or POSTCOPY_AFTER_SYNCS,
