@@ -509,17 +509,11 @@ def _marker_bytes(ram: Path) -> bytes:
 
 async def _wait_marker(m: Machine, ram: Path, count: int, timeout: float) -> None:
     """Warm-up for a guest without serial output: its pass counter in RAM."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def progress() -> tuple[int, str]:
         boots, passes = read_marker(_marker_bytes(ram), MARKER_ADDR)
-        if passes >= count:
-            return
-        if not m.alive:
-            raise CellFailure(f"source warm-up: {m.role} QEMU died: {m.exit_reason()}", ERROR)
-        if time.monotonic() > deadline:
-            raise CellFailure(f"source warm-up: guest marker shows {passes}/{count} passes "
-                              f"(boots {boots}) after {timeout:.0f} s")
-        await asyncio.sleep(0.01)
+        return passes, f"guest marker shows {passes}/{count} passes (boots {boots})"
+
+    await _wait_progress(m, progress, count, timeout, "source warm-up")
 
 
 async def _marker_liveness(dst: Machine, ram: Path, before: tuple[int, int] | None
@@ -657,13 +651,23 @@ async def configure(m: Machine, build: QemuBuild, caps: dict[str, bool],
 
 async def _wait_heartbeats(m: Machine, hb: HeartbeatParser, count: int, timeout: float,
                            what: str) -> None:
+    await _wait_progress(m, lambda: (hb.heartbeats, f"{hb.heartbeats}/{count} heartbeats "
+                                     f"(banner seen: {hb.banner_seen})"), count, timeout, what)
+
+
+async def _wait_progress(m: Machine, progress: Callable[[], tuple[int, str]], count: int,
+                         timeout: float, what: str) -> None:
+    """Wait until the guest's progress (heartbeats, passes) reaches ``count``;
+    a dead QEMU or the timeout is a cell failure saying how far it got."""
     deadline = time.monotonic() + timeout
-    while hb.heartbeats < count:
+    while True:
+        done, said = progress()
+        if done >= count:
+            return
         if not m.alive:
             raise CellFailure(f"{what}: {m.role} QEMU died: {m.exit_reason()}", ERROR)
         if time.monotonic() > deadline:
-            raise CellFailure(f"{what}: {hb.heartbeats}/{count} heartbeats in {timeout:.0f} s "
-                              f"(banner seen: {hb.banner_seen})")
+            raise CellFailure(f"{what}: {said} after {timeout:.0f} s")
         await asyncio.sleep(0.01)
 
 

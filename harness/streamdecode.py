@@ -818,16 +818,9 @@ def decode_stream(path: str | os.PathLike[str], *, page_size: int | None = None,
         if hasattr(mmap, "MADV_SEQUENTIAL"):
             mm.madvise(mmap.MADV_SEQUENTIAL)      # one pass: let the kernel drop pages
         try:
-            walker = _Walker(mm, size, info)
-            try:
-                walker.find_vmdesc()
-                walker.walk()
-                _check_against_vmdesc(info, walker)
-            except StreamDecodeError as exc:
-                return _fail(info, exc, strict)
+            return _walk_all(_Walker(mm, size, info), info, strict)
         finally:
             mm.close()
-    return info
 
 
 def decode_bytes(data: bytes, *, page_size: int | None = None, strict: bool = True,
@@ -838,7 +831,11 @@ def decode_bytes(data: bytes, *, page_size: int | None = None, strict: bool = Tr
         info.page_size = page_size
     if not data:
         return _fail(info, StreamDecodeError("empty stream", 0), strict)
-    walker = _Walker(data, len(data), info)
+    return _walk_all(_Walker(data, len(data), info), info, strict)
+
+
+def _walk_all(walker: "_Walker", info: DecodedStream, strict: bool) -> DecodedStream:
+    """Find the trailing VM description, walk every section, check both agree."""
     try:
         walker.find_vmdesc()
         walker.walk()

@@ -33,7 +33,7 @@ __all__ = [
     "BANNER", "PAGE", "PARAM_OFFSET", "PARAM_MAGIC", "PARAM_FORMAT", "IMAGE_NAME",
     "DEFAULT_REGION_BASE", "DEFAULT_REGION_PAGES", "MIN_REGION_BASE", "MAX_REGION_END",
     "make_disk", "read_params", "Stall", "HeartbeatParser", "InvariantResult",
-    "check_invariant", "read_region_bytes", "heartbeat_agrees",
+    "check_invariant", "read_region_bytes", "heartbeat_agrees", "write_atomic",
 ]
 
 BANNER = b"MHDIRTIER\r\n"
@@ -89,13 +89,17 @@ def make_disk(dest: Path, region_base: int, region_size: int,
                            f"0x{PARAM_OFFSET:x} (found {magic!r})")
     struct.pack_into(PARAM_FORMAT, image, PARAM_OFFSET, PARAM_MAGIC,
                      region_base, region_size // PAGE)
-    dest = Path(dest)
+    return write_atomic(Path(dest), image)
+
+
+def write_atomic(dest: Path, data: bytes | bytearray) -> Path:
+    """Write ``dest`` whole or not at all, so a QEMU (or a retry) never sees a
+    half-written image."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    # Atomic so a QEMU (or a retry) never sees a half-written disk.
     fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(image)
+            f.write(data)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

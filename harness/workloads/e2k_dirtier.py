@@ -24,9 +24,7 @@ firmware may only use the low part, where RAM-file offset == address.
 """
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Union
 
@@ -34,7 +32,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.images import build_image
-from harness.workloads.dirtier import check_invariant, read_region_bytes
+from harness.workloads.dirtier import check_invariant, read_region_bytes, write_atomic
 
 __all__ = [
     "IMAGE_NAME", "PAGE", "LOAD_ADDR", "PARAM_OFFSET", "PARAM_MAGIC", "PARAM_VERSION",
@@ -103,18 +101,7 @@ def make_firmware(dest: Path, region_base: int = DEFAULT_REGION_BASE,
                            f"block at 0x{PARAM_OFFSET:x} (found {magic!r} v{version})")
     struct.pack_into(PARAM_FORMAT, image, PARAM_OFFSET, PARAM_MAGIC, PARAM_VERSION,
                      region_base, region_size // PAGE, marker_addr)
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # Atomic so a QEMU (or a retry) never sees a half-written image.
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(image)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    return write_atomic(Path(dest), image)
 
 
 def read_params(firmware: Path) -> tuple[int, int, int]:
