@@ -491,6 +491,53 @@ def test_id_formats(tmp_path: Path) -> None:
     assert cells[2].src_build.name == "sys" and cells[2].dst_build.name == "new"
 
 
+def test_mode_and_fault_in_ids_and_cells(tmp_path: Path) -> None:
+    text = BASE.replace("  rp: {return-path: true}",
+                        "  rp: {return-path: true}\n  pc: {postcopy-ram: true}\n"
+                        "  vu: {validate-uuid: true}")
+    text = text[: text.index("tiers:")] + textwrap.dedent("""\
+        tiers:
+          smoke:
+            cells:
+              - {target: t1, transport: unix, capset: pc, mode: postcopy-after-3}
+              - {target: t1, transport: unix, capset: precopy, mode: cancel-retry}
+              - {target: t1, transport: unix, capset: precopy, mode: precopy}
+              - {target: t1, transport: unix, capset: vu, fault: dst-uuid-differs,
+                 expect-fail: [converged]}
+            product: {target: [t1], transport: [tcp], capset: [precopy],
+                      mode: [precopy, cancel-retry]}
+        """)
+    cells = load_matrix(write(tmp_path, text)).cells("smoke")
+    assert [(c.id, c.mode, c.fault) for c in cells] == [
+        ("t1-unix-pc-postcopy-after-3", "postcopy-after-3", ""),
+        ("t1-unix-precopy-cancel-retry", "cancel-retry", ""),
+        ("t1-unix-precopy", "", ""),
+        ("t1-unix-vu-dst-uuid-differs", "", "dst-uuid-differs"),
+        ("t1-tcp-precopy", "", ""),
+        ("t1-tcp-precopy-cancel-retry", "cancel-retry", ""),
+    ]
+
+
+@pytest.mark.parametrize("cell,needle,key,reason", [
+    ("{target: t1, transport: unix, mode: sideways}", "sideways", "tiers.smoke.cells[0].mode",
+     "unknown mode 'sideways' (modes: precopy, postcopy-after-N, cancel-retry)"),
+    ("{target: t1, transport: unix, capset: precopy, mode: postcopy-after-1}",
+     "postcopy-after-1", "tiers.smoke.cells[0].mode",
+     "mode 'postcopy-after-1' needs capability postcopy-ram in the cell's capset"),
+    ("{target: t1, transport: unix, fault: gremlins}", "gremlins",
+     "tiers.smoke.cells[0].fault",
+     "unknown fault 'gremlins' (faults: dst-uuid-differs, dst-no-switchover-ack)"),
+])
+def test_mode_and_fault_errors(tmp_path: Path, cell: str, needle: str, key: str,
+                               reason: str) -> None:
+    text = with_tiers(f"""\
+        smoke:
+          cells:
+            - {cell}
+        """)
+    assert_error(tmp_path, text, needle, key, reason)
+
+
 def test_ids_and_seeds_are_stable(tmp_path: Path) -> None:
     path = write(tmp_path, BASE)
     a = load_matrix(path).cells("smoke")

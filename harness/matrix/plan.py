@@ -387,6 +387,8 @@ def dimensions(cell: Cell) -> dict[str, Any]:
         "dst_build": cell.dst_build.name,
         "capabilities": sorted(k for k, v in cell.capabilities if v),
         "parameters": dict(cell.parameters),
+        "mode": cell.mode or "precopy",
+        "fault": cell.fault or None,
     }
 
 
