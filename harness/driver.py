@@ -19,6 +19,7 @@ reported with its figures rather than as a hang.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,8 +91,22 @@ def save_restore_uris(transport: str, workdir: Path) -> tuple[str, str]:
     raise ValueError(f"transport '{transport}' is not a save/restore transport")
 
 
-async def incoming_uri(transport: str, dst: Machine, workdir: Path) -> str:
-    """Start the destination listening and return the URI the source must use."""
+async def incoming_uri(transport: str, dst: Machine, workdir: Path,
+                       src: Machine | None = None) -> str:
+    """Start the destination listening and return the URI the source must use
+    (``fd``: both ends of a socket pair are handed over now, so ``src`` is needed)."""
+    if transport == "fd":
+        # migration/fd.c: 'fd:NAME' names a descriptor given with getfd.  A
+        # connected socket pair is a full duplex channel, so the return path
+        # (and postcopy) work over it; it is one channel, so multifd does not.
+        if src is None:
+            raise ValueError("the fd transport needs the source machine")
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with a, b:   # QEMU holds its own copies once getfd returned
+            await dst.pass_fd(b.fileno(), "migin")
+            await dst.execute("migrate-incoming", {"uri": "fd:migin"})
+            await src.pass_fd(a.fileno(), "migout")
+        return "fd:migout"
     if transport == "unix":
         uri = f"unix:{workdir / 'migration.sock'}"
         await dst.execute("migrate-incoming", {"uri": uri})

@@ -682,7 +682,7 @@ async def _migrate(cell: Cell, src: Machine, dst: Machine, workdir: Path, ev: Ev
         if cell.transport in SAVE_RESTORE:
             uri, restore = save_restore_uris(cell.transport, workdir)
         else:
-            uri = await incoming_uri(cell.transport, dst, workdir)
+            uri = await incoming_uri(cell.transport, dst, workdir, src)
     except (ValueError, RuntimeError) as exc:
         raise CellFailure(str(exc), ERROR) from exc
     ev.figures["uri"] = uri
@@ -780,7 +780,7 @@ async def _cancel_first(cell: Cell, src: Machine, dst: Machine, workdir: Path) -
     if cell.transport in SAVE_RESTORE:
         raise CellFailure(f"mode cancel-retry needs a live transport, not {cell.transport}",
                           ERROR)
-    uri = await incoming_uri(cell.transport, dst, workdir)
+    uri = await incoming_uri(cell.transport, dst, workdir, src)
     await src.execute("migrate", {"uri": uri})
     deadline = time.monotonic() + CANCEL_AFTER_TIMEOUT
     info: dict[str, Any] = {}

@@ -369,6 +369,9 @@ def test_cli_seed_and_shard_change_the_listing(matrix_path: Path) -> None:
     ((10, 0), {"multifd": True}, "tcp", None),
     ((7, 2), {"multifd": True}, "exec", "migrate.transport.multifd-protocol"),
     ((7, 2), {"multifd": True}, "unix", None),
+    ((10, 0), {"multifd": True}, "fd", "migrate.transport.needs-multi-channel"),
+    ((7, 2), {"multifd": True}, "fd", "migrate.transport.multifd-protocol"),
+    ((10, 0), {"postcopy-ram": True, "return-path": True}, "fd", None),
 ])
 def test_transport_rules(version, caps, transport, rule) -> None:
     from harness.rules.transport import transport_refusal

@@ -91,7 +91,7 @@ FLOW_TRANSPORT_UNSUPPORTED: dict[tuple[str, str], str] = {
 }
 #: Transports the cell flow implements (driver.incoming_uri, driver.save_restore_uris);
 #: others are excluded.
-FLOW_TRANSPORTS = ("unix", "tcp", "exec", "file")
+FLOW_TRANSPORTS = ("unix", "tcp", "exec", "file", "fd")
 #: Transports that need a QEMU version on both sides (migration/file.c: 8.2).
 TRANSPORT_SINCE: dict[str, Version] = {"file": (8, 2)}
 KNOWN_TRANSPORTS = ("unix", "tcp", "exec", "file", "fd", "rdma", "vsock")

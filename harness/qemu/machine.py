@@ -166,6 +166,13 @@ class Machine:
         self._log({"dir": "<", "cmd": cmd, "return": reply})
         return reply
 
+    async def pass_fd(self, fd: int, name: str) -> None:
+        """Hand QEMU a file descriptor over the QMP socket (SCM_RIGHTS) and name
+        it with ``getfd`` (qapi/misc.json), for ``fd:NAME`` URIs."""
+        self._log({"dir": ">", "fd": fd, "scm_rights_for": name})
+        self.qmp.send_fd_scm(fd)
+        await self.execute("getfd", {"fdname": name})
+
     async def hmp(self, command_line: str) -> str:
         return str(await self.execute("human-monitor-command", {"command-line": command_line}))
 

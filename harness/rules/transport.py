@@ -24,7 +24,10 @@ from collections.abc import Mapping
 
 from harness.rules.model import Version
 
-#: Transports whose URI is a socket (tcp:, unix:, vsock:).
+#: Transports that open several channels (tcp:, unix:, vsock:).  ``fd:`` is a
+#: socket too, but one the caller gave: migration/migration.c,
+#: transport_supports_multi_channels lists inet, unix and vsock only (7.2:
+#: qmp_migrate allows multiple channels for tcp:, unix: and vsock: URIs).
 SOCKETS = frozenset({"unix", "tcp", "vsock"})
 
 
