@@ -162,7 +162,7 @@ targets:
   pc: {arch: x86_64, machine: pc, build: system}
   q35-72: {arch: x86_64, machine: pc-q35-7.2, build: system}
   kvm: {arch: x86_64, machine: q35, accel: kvm, build: system}
-transports: [unix, tcp, exec, file, fd]
+transports: [unix, tcp, exec, file, fd, rdma]
 paramsets:
   low: {downtime-limit: 100}
 tiers:
@@ -172,7 +172,7 @@ tiers:
     include: [smoke]
     covering:
       target: [q35, pc, kvm]
-      transport: [unix, tcp, fd]
+      transport: [unix, tcp, rdma]
       capabilities: [xbzrle, multifd, auto-converge, return-path, zero-copy-send,
                      switchover-ack, compress, background-snapshot]
       parameters: {multifd-channels: [null, 8], downtime-limit: [null, 100]}
@@ -207,7 +207,7 @@ def test_plan_lists_coverage_and_exclusions(matrix_path: Path) -> None:
     assert report.coverage.complete and report.coverage.describe().startswith("2-way: ")
     assert {c.transport for c in cov_cells} == {"unix", "tcp"}
     what = {(x.kind, x.what) for x in plan.exclusions}
-    assert ("unsupported", "transport fd") in what
+    assert ("unsupported", "transport rdma") in what
     assert ("unsupported", "background-snapshot=on") in what
     assert ("absent", "switchover-ack=on") in what          # 7.2 has none
     assert ("error-path", "multifd=on + compress=on") in what
@@ -283,9 +283,9 @@ def test_seed_changes_covering_cells_only(matrix_path: Path) -> None:
      "expected a list of values (null: QEMU's default)"),
     ("covering: {target: [nope], transport: [unix]}", "tiers.x.covering.target[0]",
      "unknown target 'nope' (defined: q35, pc, q35-72, kvm)"),
-    ("cells: [{target: q35, transport: fd}]", "tiers.x.cells[0].transport",
-     "transport 'fd' is not supported by the cell flow yet (supported: unix, tcp, exec, "
-     "file)"),
+    ("cells: [{target: q35, transport: rdma}]", "tiers.x.cells[0].transport",
+     "transport 'rdma' is not supported by the cell flow yet (supported: unix, tcp, exec, "
+     "file, fd)"),
     ("filter: 'not ('", "tiers.x.filter",
      "bad -k expression 'not (': expected a word, 'not' or '(' at column 6"),
 ])
