@@ -798,10 +798,17 @@ async def _cancel_first(cell: Cell, src: Machine, dst: Machine, workdir: Path) -
     figures = {"status_at_cancel": status_at_cancel, "bytes_sent_before_cancel": sent,
                "outcome": outcome, "source_status": run_state}
     ok = outcome == "cancelled" and run_state == "running" and status_at_cancel == "active"
+    why = ""
+    if outcome == "failed" and dict(cell.capabilities).get("return-path"):
+        # Seen on 10.0: migration_cancel (migration/migration.c) shuts the
+        # return path down before it sets 'cancelling'; on a shared socket
+        # that fails the outgoing stream first, and the migration ends failed.
+        why = (" (with return-path QEMU shuts the return path down before entering "
+               "'cancelling', so the stream can fail first)")
     return CheckResult("cancel-retry", ok,
                        f"cancelled after {sent >> 20} MiB; the source ran on" if ok else
                        f"first attempt: state {status_at_cancel} at cancel, ended "
-                       f"{outcome}, source {run_state}", figures)
+                       f"{outcome}, source {run_state}{why}", figures)
 
 
 def _postcopy_bytes(run: MigrationRun) -> int:
