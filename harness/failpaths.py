@@ -48,6 +48,7 @@ from harness.checks.guest import check_guest_invariant
 from harness.checks.ram import Explained, check_ram, x86_layout
 from harness.driver import POSTCOPY_AFTER_SYNCS
 from harness.errors import HarnessError
+from harness.driver import settled_status
 from harness.flow import BASE_CAPABILITIES, configure
 from harness.rundir import runtime_dir
 from harness.qemu.build import QemuBuild
@@ -356,6 +357,16 @@ class Rig:
         return dst
 
 
+async def judge_completed(rig: "Rig", src: Side, dst: Side, status: str,
+                          states: list[str]) -> None:
+    """The migration must have completed; then the paused destination's RAM
+    must equal the source's."""
+    rig.add(judge_state("migration", status, "completed", states))
+    if status == "completed":
+        await settle(dst)
+        rig.add(check_ram(src.paths.ram, dst.paths.ram, x86_layout(src.target.memory)))
+
+
 def _desc(exc: ExecuteError) -> str:
     return str(exc)  # qemu.qmp: the error's "desc"
 
@@ -445,20 +456,12 @@ def _states_since(m: Machine, since: int) -> list[str]:
 async def settle(dst: Side, timeout: float = STATE_TIMEOUT) -> str:
     """Wait for the destination to finish loading and sit paused (-S)."""
     await dst.m.wait_event(_is_state(TERMINAL), timeout)
-    deadline = time.monotonic() + timeout
-    while True:
-        status = await dst.m.status()
-        if status != "inmigrate" or time.monotonic() > deadline:
-            return status
-        await asyncio.sleep(0.01)
+    return await settled_status(dst.m, timeout)
 
 
 async def wait_exit(side: Side, timeout: float = 10.0) -> int | None:
     """Wait for a QEMU to exit on its own (a destination after a failed load)."""
-    deadline = time.monotonic() + timeout
-    while side.m.alive and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    return None if side.m.proc is None else side.m.proc.poll()
+    return await side.m.wait_exit(timeout)
 
 
 # --------------------------------------------------------------------------
@@ -747,10 +750,7 @@ async def refused_while_active(rig: Rig) -> None:
     # migrate-set-parameters is allowed while active: let it converge.
     await src.m.execute("migrate-set-parameters", {"max-bandwidth": FAST})
     status = await wait_state(src.m, TERMINAL, since)
-    rig.add(judge_state("migration", status, "completed", _states_since(src.m, since)))
-    if status == "completed":
-        await settle(dst)
-        rig.add(check_ram(src.paths.ram, dst.paths.ram, x86_layout(TARGET.memory)))
+    await judge_completed(rig, src, dst, status, _states_since(src.m, since))
 
 
 @scenario("postcopy-without-capability")
@@ -765,10 +765,7 @@ async def postcopy_without_cap(rig: Rig) -> None:
     check.name = "postcopy-disabled-while-active"
     await src.m.execute("migrate-set-parameters", {"max-bandwidth": FAST})
     status = await wait_state(src.m, TERMINAL, since)
-    rig.add(judge_state("migration", status, "completed", _states_since(src.m, since)))
-    if status == "completed":
-        await settle(dst)
-        rig.add(check_ram(src.paths.ram, dst.paths.ram, x86_layout(TARGET.memory)))
+    await judge_completed(rig, src, dst, status, _states_since(src.m, since))
 
 
 @scenario("destination-refusals")
@@ -782,11 +779,8 @@ async def destination_refusals(rig: Rig) -> None:
                              {"uri": f"unix:{rig.workdir / 'second.sock'}"})
     await rig.expect_refusal("migrate-from-inmigrate", dst.m, "migrate",
                              {"uri": f"unix:{rig.workdir / 'back.sock'}"})
-    status, info, states = await migrate(src, uri)
-    rig.add(judge_state("migration", status, "completed", states))
-    if status == "completed":
-        await settle(dst)
-        rig.add(check_ram(src.paths.ram, dst.paths.ram, x86_layout(TARGET.memory)))
+    status, _, states = await migrate(src, uri)
+    await judge_completed(rig, src, dst, status, states)
 
 
 @scenario("unknown-uri-scheme")

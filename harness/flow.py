@@ -53,7 +53,8 @@ from harness.tls import creds_args
 from harness.results import ERROR, FAILED, SKIPPED, CellResult, CheckResult, judge
 from harness.qemu.cmdline import firmware_args
 from harness.workloads.dirtier import HeartbeatParser, read_region_bytes
-from harness.workloads.e2k_dirtier import DEFAULT_MARKER_ADDR, make_firmware, read_marker
+from harness.workloads.e2k_dirtier import (DEFAULT_MARKER_ADDR, MARKER_SIZE, make_firmware,
+                                          read_marker)
 from harness.workloads.pattern import check_pattern, loader_args, make_pattern
 
 PAGE = 4096
@@ -303,8 +304,7 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
             with _Phase(ev, "warmup", progress):
                 if marker:
                     await _wait_marker(src, src_paths.ram, wl.warmup_passes, WARMUP_TIMEOUT)
-                    ev.figures["warmup_passes"] = read_marker(_marker_bytes(src_paths.ram),
-                                                              MARKER_ADDR)[1]
+                    ev.figures["warmup_passes"] = _read_marker(src_paths.ram)[1]
                 elif not pattern:
                     await _wait_heartbeats(src, src_hb, wl.warmup_passes, WARMUP_TIMEOUT,
                                            "source warm-up")
@@ -412,8 +412,7 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
                                                                cell, ev, workdir)))
 
             with _Phase(ev, "liveness", progress):
-                marker_before = read_marker(_marker_bytes(dst_paths.ram), MARKER_ADDR) \
-                    if marker else None
+                marker_before = _read_marker(dst_paths.ram) if marker else None
                 locked_before = image_locked(dst_paths.disk) if dst_paths.disk else None
                 t_cont = time.monotonic()
                 beats_before = dst_hb.heartbeats
@@ -501,16 +500,17 @@ def ram_layout(target: TargetSpec) -> list[RamRegion]:
 MARKER_ADDR = DEFAULT_MARKER_ADDR
 
 
-def _marker_bytes(ram: Path) -> bytes:
+def _read_marker(ram: Path) -> tuple[int, int]:
+    """(boots, passes) of the e2k dirtier, read straight from its RAM file."""
     with open(ram, "rb") as f:
         f.seek(MARKER_ADDR)
-        return bytes(MARKER_ADDR) + f.read(16)
+        return read_marker(f.read(MARKER_SIZE), 0)
 
 
 async def _wait_marker(m: Machine, ram: Path, count: int, timeout: float) -> None:
     """Warm-up for a guest without serial output: its pass counter in RAM."""
     def progress() -> tuple[int, str]:
-        boots, passes = read_marker(_marker_bytes(ram), MARKER_ADDR)
+        boots, passes = _read_marker(ram)
         return passes, f"guest marker shows {passes}/{count} passes (boots {boots})"
 
     await _wait_progress(m, progress, count, timeout, "source warm-up")
@@ -525,7 +525,7 @@ async def _marker_liveness(dst: Machine, ram: Path, before: tuple[int, int] | No
     deadline = time.monotonic() + LIVENESS_TIMEOUT
     boots, passes = before
     while time.monotonic() < deadline and dst.alive:
-        boots, passes = read_marker(_marker_bytes(ram), MARKER_ADDR)
+        boots, passes = _read_marker(ram)
         if boots != before[0] or passes >= before[1] + LIVENESS_HEARTBEATS:
             break
         await asyncio.sleep(0.01)
@@ -730,10 +730,7 @@ async def _migrate(cell: Cell, src: Machine, dst: Machine, workdir: Path, ev: Ev
         # way the source must run on.  A destination that refused the stream
         # exits (migration/migration.c, process_incoming_migration_co): give it
         # a moment, so its own error (e.g. the UUID mismatch) is in the reason.
-        for _ in range(100):
-            if not dst.alive:
-                break
-            await asyncio.sleep(0.02)
+        await dst.wait_exit(2.0)
         reason = f"migration {run.status}: {run.error}" + (
             "" if dst.alive else f"; destination {dst.exit_reason()}")
         ev.checks.append(_expect(cell, CheckResult("converged", False, reason,

@@ -26,7 +26,6 @@ than the whole budget still runs, alone.
 """
 from __future__ import annotations
 
-import ctypes
 import datetime as _dt
 import json
 import os
@@ -42,7 +41,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from harness.cell import Cell
 from harness.flow import run_cell
-from harness.qemu.process import kill_all
+from harness.qemu.process import die_with_parent, kill_all
 from harness.report.files import FLAKY, read_results_json, write_junit, write_results_json
 from harness.results import ERROR, FAILED, PASSED, SKIPPED, CellResult
 
@@ -50,7 +49,6 @@ Listener = Callable[[str, "RunState"], None]
 
 #: How long a worker gets to tear its cell down after SIGTERM before SIGKILL.
 WORKER_GRACE = 15.0
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -313,19 +311,6 @@ def _fits(cell: Cell, busy: list[_Worker], budget: Budget) -> bool:
     return used_cpus + cpus <= budget.cpus + 1e-9 and used_mem + mem <= budget.memory
 
 
-_libc = ctypes.CDLL(None, use_errno=True)   # loaded before any fork
-
-
-def _worker_setup(parent: int) -> None:
-    """In a freshly forked worker: own process group, die with the runner."""
-    os.setpgid(0, 0)
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    # The runner may have died between fork() and prctl(): then nobody will
-    # ever send the death signal, so leave now.
-    if os.getppid() != parent:
-        os._exit(1)
-
-
 class _ForkedProc:
     """The part of ``subprocess.Popen`` the runner uses, for a worker forked
     from the runner itself: it starts with the runner's imports and
@@ -373,7 +358,7 @@ def _spawn_worker(work: Path, n: int) -> _Worker:
     if pid == 0:  # the worker
         code = 1
         try:
-            _worker_setup(parent)
+            die_with_parent(parent)
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(r, 0)
             os.dup2(devnull, 1)

@@ -64,6 +64,8 @@ def _build(name: str, arch: str = "x86_64") -> QemuBuild:
     matrix = load_matrix(ROOT / "matrix.yaml")
     build = discover(build_for_arch(matrix.builds[name], arch))
     if build.missing:
+        if build.spec.required:   # the Debian QEMU the project requires
+            pytest.fail(f"required QEMU build '{name}' missing: {build.missing}")
         pytest.skip(f"QEMU build '{name}' unavailable: {build.missing}")
     return build
 

@@ -112,6 +112,13 @@ class Machine:
         self.qmp.register_listener(listener)
         self._tasks.append(asyncio.ensure_future(self._pump_events(listener)))
 
+    async def wait_exit(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` s for QEMU to exit on its own (a destination
+        after a failed load); its exit status, or None while it still runs."""
+        if self.proc is None:
+            return None
+        return await asyncio.to_thread(self.proc.wait, timeout)
+
     async def close(self) -> None:
         """End the process (politely if it answers, by PID if not) and free everything."""
         if self.proc is not None and self.proc.running:

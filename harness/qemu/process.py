@@ -34,8 +34,10 @@ _registry: dict[int, "QemuProcess"] = {}
 _registry_lock = threading.Lock()
 
 
-def _child_setup(parent_pid: int) -> None:
-    """Runs in the child between fork and exec (no allocation-heavy work here)."""
+def die_with_parent(parent_pid: int) -> None:
+    """In a fresh child (between fork and exec for QEMU, or a forked runner
+    worker): its own process group, and SIGKILL when the parent dies.  No
+    allocation-heavy work here."""
     os.setpgid(0, 0)
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     # The parent may have died between fork() and prctl(): then nobody will
@@ -61,7 +63,7 @@ class QemuProcess:
             self.popen = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=self._stderr,
                 stderr=self._stderr, env=full_env, close_fds=True,
-                preexec_fn=lambda: _child_setup(parent),
+                preexec_fn=lambda: die_with_parent(parent),
             )
         except BaseException:
             self._stderr.close()
