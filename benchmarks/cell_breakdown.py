@@ -7,7 +7,7 @@ For guests of 128 MiB and 1 GiB under TCG and KVM (KVM is skipped, with the
 reason printed, when this host cannot use it) it builds real cells as
 ``harness.cell.Cell`` objects -- the system QEMU build, q35, unix transport,
 ``max-bandwidth`` 10G, the dirtier guest -- runs each ``--reps`` times through
-``harness.flow.run_cell`` and prints, as min/median over the repetitions, the
+``harness.migration.flow.run_cell`` and prints, as min/median over the repetitions, the
 time of every phase of the cell, the cell's wall time, QEMU's own
 ``total-time`` and ``downtime``, and the throughput of the exact RAM
 comparison inside the cell.
@@ -57,7 +57,7 @@ import numpy as np  # noqa: E402
 
 from harness.cell import BuildSpec, Cell, MiB, TargetSpec, WorkloadSpec  # noqa: E402
 from harness.checks.ram import compare_files  # noqa: E402
-from harness.flow import run_cell  # noqa: E402
+from harness.migration.flow import run_cell  # noqa: E402
 from harness.qemu.build import QemuBuild, discover  # noqa: E402
 from harness.qemu.process import Interrupted, install_signal_handlers, kill_all  # noqa: E402
 from harness.results import PASSED, SKIPPED, CellResult  # noqa: E402

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-MiB = 1024 * 1024
+from harness.units import MiB  # noqa: F401  (re-exported: callers import it from here)
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Cell:
     tier: str = ""
     #: Where the cell was declared, "matrix.yaml:42", for error messages.
     origin: str = ""
-    #: How the harness migrates ("" = precopy; see harness.migmode).
+    #: How the harness migrates ("" = precopy; see harness.migration.modes).
     mode: str = ""
     #: A fault the harness injects so the cell is a negative control ("" = none).
     fault: str = ""

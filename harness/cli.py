@@ -39,7 +39,7 @@ def _add_matrix_args(p: argparse.ArgumentParser) -> None:
 
 def _plan(args: argparse.Namespace) -> tuple[Any, list[Cell]]:
     """The tier's plan and its cells after --qemu, -k and --shard."""
-    from harness.runner import parse_shard, shard
+    from harness.run.runner import parse_shard, shard
 
     if args.qemu and not shutil.which(args.qemu):
         raise HarnessError(f"--qemu {args.qemu}: no such executable")
@@ -67,7 +67,7 @@ def _validate_against_builds(cells: list[Cell]) -> None:
     """Bad input is refused before anything runs: a capability or parameter the
     cell's build does not have is an error naming the build and what it offers.
     (Missing builds and unusable accelerators are per-cell skips instead.)"""
-    from harness.flow import preflight
+    from harness.migration.flow import preflight
 
     errors = []
     for cell in cells:
@@ -81,7 +81,7 @@ def _validate_against_builds(cells: list[Cell]) -> None:
 
 def _jobs(text: str) -> int:
     if text == "auto":
-        from harness.runner import Budget
+        from harness.run.runner import Budget
 
         return max(1, int(Budget.of_this_machine().cpus))
     try:
@@ -95,7 +95,7 @@ def _jobs(text: str) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.report.console import Progress
-    from harness.runner import default_results_dir, failed_in, mark_flaky, run_cells
+    from harness.run.runner import default_results_dir, failed_in, mark_flaky, run_cells
 
     previous: dict[str, Any] = {}
     rerun_of = Path(args.rerun_failed) if args.rerun_failed else None
@@ -148,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _report(state: Any, results_dir: Path) -> int:
     from harness.report.console import summary, table
-    from harness.runner import exit_status
+    from harness.run.runner import exit_status
 
     print()
     print(table(state.results))
@@ -162,7 +162,7 @@ def _report(state: Any, results_dir: Path) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     """Combine results folders (e.g. the shards of a tier) into one report."""
-    from harness.runner import merge_results
+    from harness.run.runner import merge_results
 
     dirs = [Path(d) for d in args.dirs]
     for d in dirs:
@@ -250,7 +250,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     """Probe every build (or --qemu) against the rule oracle; exit 1 on any disagreement."""
     from harness.cell import BuildSpec
-    from harness.probe import conformance_table, probe_build
+    from harness.rules.prober import conformance_table, probe_build
 
     if args.qemu:
         if not shutil.which(args.qemu):
@@ -291,7 +291,7 @@ def _safe(name: str) -> str:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    from harness.images import build_image
+    from harness.guest.images import build_image
 
     path = build_image(args.name)
     print(path)

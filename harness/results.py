@@ -5,13 +5,31 @@ results.json can see how close a pass was, not only that it passed.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-PASSED = "passed"
-FAILED = "failed"
-SKIPPED = "skipped"
-ERROR = "error"  # the harness could not run the cell (QEMU died, timeout, ...)
+
+class Verdict(StrEnum):
+    """A cell's verdict.  A ``StrEnum`` so results.json and comparisons with
+    plain strings read the same as before."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    #: The harness could not run the cell (QEMU died, a watchdog, bad input).
+    ERROR = "error"
+    #: Failed in an earlier run and passed on rerun (``--rerun-failed``).
+    FLAKY = "flaky"
+
+
+PASSED = Verdict.PASSED
+FAILED = Verdict.FAILED
+SKIPPED = Verdict.SKIPPED
+ERROR = Verdict.ERROR
+FLAKY = Verdict.FLAKY
 
 
 @dataclass
@@ -71,3 +89,27 @@ def judge(checks: list[CheckResult]) -> tuple[str, str]:
         else:
             reasons.append(f"{c.name}: {c.summary}")
     return FAILED, "; ".join(reasons)
+
+
+@dataclass
+class RunState:
+    """The run as it goes: what is done, what runs now.  Plain data shared by
+    the runner (which fills it) and the report writers (which read it)."""
+
+    results_dir: Path
+    total: int
+    results: list[CellResult] = field(default_factory=list)
+    current: str = ""
+    phase: str = ""
+    started: float = field(default_factory=time.monotonic)
+    interrupted: bool = False
+    #: How the run was asked for (tier, seed, shard, jobs, ...), for results.json.
+    meta: dict[str, Any] = field(default_factory=dict)
+    #: Ids of the cells running now (several with jobs > 1).
+    running: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.results:
+            out[r.verdict] = out.get(r.verdict, 0) + 1
+        return out

@@ -1,5 +1,13 @@
-"""Parsing of human sizes ("256M", "10G") as used in matrix.yaml."""
+"""Sizes: the units the harness counts in, and parsing of human sizes ("256M",
+"10G") as used in matrix.yaml."""
 from __future__ import annotations
+
+#: The page size every RAM check, guest and stream decoder counts in (x86 and
+#: e2k targets both use 4 KiB target pages for migration's dirty tracking).
+PAGE = 4096
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
 
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 

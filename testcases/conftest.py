@@ -21,7 +21,7 @@ from harness.qemu.build import discover
 from harness.qemu.process import live_processes
 from harness.report.files import write_junit, write_results_json
 from harness.results import CellResult
-from harness.runner import RunState
+from harness.results import RunState
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.flow import run_cell
+from harness.migration.flow import run_cell
 from harness.results import PASSED, SKIPPED
-from harness.runner import cell_logdir
+from harness.run.runner import cell_logdir
 
 
 @pytest.mark.cell

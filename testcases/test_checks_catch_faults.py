@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from harness.cell import Cell
-from harness.flow import run_cell
+from harness.migration.flow import run_cell
 from harness.results import FAILED, PASSED, SKIPPED
-from harness.runner import cell_logdir
+from harness.run.runner import cell_logdir
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 The check runs where flow.py will call it (after ``_migrate`` returns with the
 source in ``postmigrate`` and the destination paused): until the lead wires it
-into ``_flow``, these tests wrap ``harness.flow._migrate`` to add it.  A pass
+into ``_flow``, these tests wrap ``harness.migration.flow._migrate`` to add it.  A pass
 on q35 and pc, then two faults made on the paused destination before the
 check: running it for a moment (registers move on: the check names them) and
 a ``system_reset`` (the e2k symptom: "CPU state not migrated").
@@ -14,11 +14,11 @@ import dataclasses
 
 import pytest
 
-import harness.flow as flow
+import harness.migration.flow as flow
 from harness.cell import Cell
 from harness.checks.cpustate import NOT_MIGRATED, collect_cpu_state
 from harness.results import SKIPPED
-from harness.runner import cell_logdir
+from harness.run.runner import cell_logdir
 
 
 def _smoke_cell(matrix, machine: str) -> Cell:

@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from harness import vmstate
+from harness.state import vmstate
 from harness.cell import Cell, TargetSpec
 from harness.checks import vmstate_static as vs
-from harness.flow import run_cell
+from harness.migration.flow import run_cell
 from harness.matrix import load_matrix
 from harness.matrix.expand import build_for_arch
 from harness.qemu.build import QemuBuild, discover
@@ -36,8 +36,8 @@ from harness.qemu.cmdline import MachinePaths, machine_argv
 from harness.qemu.machine import Machine
 from harness.qemu.machines import common_machine_type
 from harness.results import PASSED, SKIPPED, CellResult
-from harness.runner import cell_logdir
-from harness.workloads.dirtier import make_disk
+from harness.run.runner import cell_logdir
+from harness.guest.dirtier import make_disk
 
 ROOT = Path(__file__).resolve().parent.parent
 MACHINE = "pc-q35-7.2"

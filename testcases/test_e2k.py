@@ -14,10 +14,10 @@ import os
 import pytest
 
 from harness.checks.cpustate import NOT_MIGRATED
-from harness.flow import run_cell
+from harness.migration.flow import run_cell
 from harness.matrix import override_build
 from harness.results import PASSED
-from harness.runner import cell_logdir
+from harness.run.runner import cell_logdir
 
 E2K = os.environ.get("MHARNESS_E2K_QEMU")
 pytestmark = pytest.mark.skipif(

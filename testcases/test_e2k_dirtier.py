@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from harness.qemu.machine import Machine
-from harness.rundir import runtime_dir
-from harness.workloads import e2k_dirtier as e
+from harness.run.rundir import runtime_dir
+from harness.guest import e2k_dirtier as e
 
 E2K = os.environ.get("MHARNESS_E2K_QEMU")
 pytestmark = [

@@ -2,7 +2,7 @@
 with a reason when its private prefix is not set up).
 
 One test id per scenario and build, e.g. ``test_failure_path[cancel-in-active-qemu-7.2]``.
-Each runs :mod:`harness.failpaths` scenario and requires every check to pass:
+Each runs :mod:`harness.scenarios.failpaths` scenario and requires every check to pass:
 the right end state and error (pattern from QEMU's source), the source
 running with its guest heartbeating, and its RAM intact (exact comparison
 after a second migration, or the guest invariant on the stopped source).
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import failpaths
-from harness.rundir import runtime_dir
+from harness.scenarios import failpaths
+from harness.run.rundir import runtime_dir
 from harness.qemu.build import QemuBuild, discover
 from harness.results import PASSED, SKIPPED
-from harness.runner import cell_logdir
+from harness.run.runner import cell_logdir
 
 pytestmark = pytest.mark.qemu
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from harness.cell import BuildSpec, TargetSpec
-from harness.rundir import runtime_dir
+from harness.run.rundir import runtime_dir
 from harness.qemu.build import discover
 from harness.qemu.cmdline import MachinePaths, machine_argv
 from harness.qemu.machine import Machine
-from harness.workloads import dirtier as d
+from harness.guest import dirtier as d
 
 MiB = 1 << 20
 SYSTEM = BuildSpec("system", "/usr/bin/qemu-system-x86_64", required=True)

@@ -20,11 +20,11 @@ import pytest
 from harness.checks.modes import check_modes
 from harness.checks.sides import (check_late_block_activate, check_release_ram,
                                   check_switchover_ack)
-from harness.migmode import CANCEL_RETRY, postcopy_after
-from harness.driver import MigrationRun
-from harness.flow import run_cell
+from harness.migration.modes import CANCEL_RETRY, postcopy_after
+from harness.migration.driver import MigrationRun
+from harness.migration.flow import run_cell
 from harness.results import PASSED, SKIPPED
-from harness.runner import cell_logdir
+from harness.run.runner import cell_logdir
 
 FEATURES = ("xbzrle", "multifd", "postcopy-ram", "pause-before-switchover", "auto-converge",
             "compress", "dirty-limit", "zero-copy-send")

@@ -8,9 +8,9 @@ import mmap
 
 import pytest
 
-from harness.flow import run_cell
+from harness.migration.flow import run_cell
 from harness.results import FAILED, PASSED, SKIPPED
-from harness.runner import cell_logdir
+from harness.run.runner import cell_logdir
 
 MiB = 1 << 20
 

@@ -1,6 +1,6 @@
 """Every migration rule of every build, probed live against the oracle.
 
-One session-wide probe run per build (``harness.probe``: the same code as
+One session-wide probe run per build (``harness.rules.prober``: the same code as
 ``mharness probe``), then one test id per build and rule:
 ``test_rule[system-caps.postcopy-ram.conflicts-multifd]``.  A rule passes when
 every probe that should hit it is refused by QEMU with that rule's message and
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.matrix import load_matrix
-from harness.probe import BuildProbeReport, conformance_table, probe_build
+from harness.rules.prober import BuildProbeReport, conformance_table, probe_build
 from harness.qemu.build import QemuBuild, discover
 from harness.rules import rules_for
 

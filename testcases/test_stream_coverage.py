@@ -3,9 +3,9 @@ real QEMU: Debian's 7.2 and the 10.0 prefix (pc and q35, TCG, 64 MiB, two
 vCPUs, paused with -S, -nodefaults), and a porter's e2k build.
 
 Each machine saves its stream as the flow's save/restore transports do
-(harness.driver.save_restore_uris: ``exec:cat > FILE``; ``file:FILE`` and
-file + mapped-ram on 10.0); harness.streamdecode decodes it and
-harness.coverage maps its sections to the machine's QOM devices.  Negative
+(harness.migration.driver.save_restore_uris: ``exec:cat > FILE``; ``file:FILE`` and
+file + mapped-ram on 10.0); harness.state.streamdecode decodes it and
+harness.state.coverage maps its sections to the machine's QOM devices.  Negative
 controls: a stream cut in the middle, and a stream with the APIC sections cut
 out (and dropped from its VM description), are each reported.
 
@@ -28,15 +28,15 @@ import pytest
 
 from harness.cell import BuildSpec, TargetSpec
 from harness.checks.vmstate_static import cached_dump, walk_devices
-from harness.coverage import (CPU_COMMON_ONLY, IN_STREAM, NO_VMSTATE, NOT_SENT, UNSEEN, _types,
+from harness.state.coverage import (CPU_COMMON_ONLY, IN_STREAM, NO_VMSTATE, NOT_SENT, UNSEEN, _types,
                               coverage_report, stream_coverage)
-from harness.driver import save_restore_uris
+from harness.migration.driver import save_restore_uris
 from harness.matrix import load_matrix
 from harness.matrix.expand import build_for_arch
 from harness.qemu.build import QemuBuild, discover
 from harness.qemu.cmdline import RAM_BACKEND_ID, MachinePaths, firmware_args, machine_argv
 from harness.qemu.machine import Machine
-from harness.streamdecode import (DecodedStream, StreamDecodeError, decode_bytes,
+from harness.state.streamdecode import (DecodedStream, StreamDecodeError, decode_bytes,
                                   decode_stream)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.qemu.procfs import children, is_qemu, still_running
-from harness.rundir import sweep_stale
+from harness.run.rundir import sweep_stale
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,9 +93,9 @@ def test_aborting_qemu_fails_the_cell_with_signal_and_the_run_goes_on(matrix, ru
     """A QEMU that aborts mid-cell (as some porters' builds do on some commands)
     ends that cell as an error naming the signal; nothing is left running and
     the next cell runs normally."""
-    from harness.flow import run_cell
+    from harness.migration.flow import run_cell
     from harness.qemu.process import live_processes
-    from harness.runner import cell_logdir
+    from harness.run.runner import cell_logdir
 
     cell = next(c for c in matrix.cells("smoke") if c.target.accel == "tcg")
 

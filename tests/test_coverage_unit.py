@@ -1,7 +1,7 @@
 """The coverage classification, on the QOM types of real q35 and e2k machines."""
 from __future__ import annotations
 
-from harness.coverage import classify, summary_line
+from harness.state.coverage import classify, summary_line
 
 DUMP = {"vmschkmachine": {"Name": "pc-q35-7.2"},
         "isa-serial": {"Name": "isa-serial", "Description": {"name": "serial"}},

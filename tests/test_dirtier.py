@@ -1,4 +1,4 @@
-"""Unit tests for harness.workloads.dirtier (no QEMU needed)."""
+"""Unit tests for harness.guest.dirtier (no QEMU needed)."""
 from __future__ import annotations
 
 import mmap
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.images import build_image
-from harness.workloads import dirtier as d
-from harness.workloads.dirtier import BANNER, HeartbeatParser, check_invariant
+from harness.guest.images import build_image
+from harness.guest import dirtier as d
+from harness.guest.dirtier import BANNER, HeartbeatParser, check_invariant
 
 MIB = 1024 * 1024
 

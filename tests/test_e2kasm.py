@@ -1,4 +1,4 @@
-"""Unit tests of the e2k encoder (harness.e2kasm) and the e2k dirtier's host side.
+"""Unit tests of the e2k encoder (harness.guest.e2kasm) and the e2k dirtier's host side.
 
 Expected bit patterns are written out from the field layouts that
 OpenE2K/qemu-e2k (e2k-softmmu) decodes; "translate.c" is its
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import images
-from harness.e2kasm import (AsmError, Lit, Program, addd, b, bundle, cmpbdb, cmpedb, g, ldb,
+from harness.guest import images
+from harness.guest.e2kasm import (AsmError, Lit, Program, addd, b, bundle, cmpbdb, cmpedb, g, ldb,
                             ldd, pred, r, stb, std, subd, words)
-from harness.images import build_image
-from harness.workloads import e2k_dirtier as e
+from harness.guest.images import build_image
+from harness.guest import e2k_dirtier as e
 
 MIB = 1024 * 1024
 LISTING = Path(__file__).resolve().parent.parent / "images" / "e2k" / "dirtier.py"

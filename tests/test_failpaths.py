@@ -1,9 +1,9 @@
-"""Unit tests of harness.failpaths' verdicts and error patterns (no QEMU)."""
+"""Unit tests of harness.scenarios.failpaths' verdicts and error patterns (no QEMU)."""
 from __future__ import annotations
 
 import pytest
 
-from harness.failpaths import ERRORS, SCENARIOS, Expect, judge_error, judge_running, judge_state
+from harness.scenarios.failpaths import ERRORS, SCENARIOS, Expect, judge_error, judge_running, judge_state
 
 #: Texts QEMU 7.2.22 (Debian) and 10.0.2 (bookworm-backports) gave here.
 OBSERVED = {

@@ -1,4 +1,4 @@
-"""Tests for harness.images: building, caching by content hash, tool errors."""
+"""Tests for harness.guest.images: building, caching by content hash, tool errors."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import images
+from harness.guest import images
 from harness.errors import HarnessError
 
 REPO_IMAGES = Path(__file__).resolve().parent.parent / "images"
@@ -118,7 +118,7 @@ def test_assembler_error_is_reported(env: Path) -> None:
 def _build_in_child(args: tuple[str, str]) -> str:
     import os
     os.environ["MHARNESS_IMAGES_DIR"], os.environ["MHARNESS_CACHE_DIR"] = args
-    from harness import images as child_images
+    from harness.guest import images as child_images
     return str(child_images.build_image())
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import mmap
 
-from harness.workloads.pattern import check_pattern, loader_args, make_pattern, pattern_bytes
+from harness.guest.pattern import check_pattern, loader_args, make_pattern, pattern_bytes
 
 
 def test_pattern_is_seeded_and_stable(tmp_path):

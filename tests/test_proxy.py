@@ -1,4 +1,4 @@
-"""Unit tests of harness.proxy against a local echo server (no QEMU).
+"""Unit tests of harness.migration.proxy against a local echo server (no QEMU).
 
 Every wait is bounded (``asyncio.wait_for``) so a regression fails instead
 of hanging.
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from harness.proxy import Proxy
+from harness.migration.proxy import Proxy
 
 T = 5.0  # seconds: bound on every wait
 

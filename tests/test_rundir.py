@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from harness.rundir import OWNER_FILE, PREFIX, runtime_dir, sweep_stale
+from harness.run.rundir import OWNER_FILE, PREFIX, runtime_dir, sweep_stale
 
 
 def _dead_pid() -> int:

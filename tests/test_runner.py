@@ -11,7 +11,7 @@ from harness.cell import BuildSpec, Cell, TargetSpec
 from harness.matrix import load_matrix
 from harness.report.files import write_junit, write_results_json
 from harness.results import CellResult
-from harness.runner import (
+from harness.run.runner import (
     FLAKY,
     Budget,
     RunState,

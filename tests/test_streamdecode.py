@@ -1,7 +1,7 @@
-"""harness.streamdecode on synthetic streams built here from the documented
+"""harness.state.streamdecode on synthetic streams built here from the documented
 layout (migration/savevm.c save_section_header / save_section_footer /
 qemu_savevm_state_header, migration/ram.c ram_save_setup / save_page_header),
-and harness.coverage.stream_coverage on e2k- and x86-like machines."""
+and harness.state.coverage.stream_coverage on e2k- and x86-like machines."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ import struct
 
 import pytest
 
-from harness.coverage import (CARRIED, CPU_COMMON_ONLY, IN_STREAM, NO_VMSTATE, NOT_SENT,
+from harness.state.coverage import (CARRIED, CPU_COMMON_ONLY, IN_STREAM, NO_VMSTATE, NOT_SENT,
                               stream_coverage)
-from harness.streamdecode import (DecodedStream, StreamDecodeError, decode_bytes,
+from harness.state.streamdecode import (DecodedStream, StreamDecodeError, decode_bytes,
                                   decode_stream, section_vmsd_name)
 
 PAGE = 4096

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from cryptography import x509
 
-from harness.tls import creds_args, make_credentials
+from harness.migration.tls import creds_args, make_credentials
 
 
 def test_credentials_have_qemu_file_names_and_chain_to_the_ca(tmp_path):

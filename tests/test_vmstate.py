@@ -1,4 +1,4 @@
-"""Tests for harness.vmstate: the static VMState compatibility check.
+"""Tests for harness.state.vmstate: the static VMState compatibility check.
 
 The hand-made dumps in tests/data/vmstate/ follow the real ``-dump-vmstate``
 format; ``base.json`` is the reference and each other file is ``base.json``
@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from harness import vmstate
+from harness.state import vmstate
 from harness.errors import BuildError
-from harness.vmstate import ERROR, INFO, WARNING, compare_vmstate, dump_vmstate, load_dump
+from harness.state.vmstate import ERROR, INFO, WARNING, compare_vmstate, dump_vmstate, load_dump
 
 DATA = Path(__file__).resolve().parent / "data" / "vmstate"
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from harness import vmstate
+from harness.state import vmstate
 from harness.cell import BuildSpec
 from harness.checks import vmstate_static as vs
 from harness.qemu.build import MachineType, QemuBuild

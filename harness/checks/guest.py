@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.results import CheckResult
-from harness.workloads.dirtier import check_invariant, read_region_bytes
+from harness.guest.dirtier import check_invariant, read_region_bytes
 
 
 def check_guest_invariant(ram_file: Path, region_offset: int, pages: int,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.driver import MigrationRun
+from harness.migration.driver import MigrationRun
 from harness.results import CheckResult
 
 #: A transfer-rate measurement may exceed max-bandwidth by this fraction:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.results import CheckResult
+from harness.units import PAGE
 
-PAGE = 4096
 CHUNK = 16 * 1024 * 1024
 
 

@@ -11,7 +11,7 @@ import os
 import struct
 from pathlib import Path
 
-from harness.migmode import ACK_TRACE_DST, ACK_TRACE_SRC
+from harness.migration.modes import ACK_TRACE_DST, ACK_TRACE_SRC
 from harness.results import CheckResult
 
 #: QEMU locks bytes of an image file to publish the permissions it holds
@@ -57,7 +57,7 @@ def check_late_block_activate(locked_before_cont: bool, locked_after_cont: bool)
 def check_switchover_ack(src_stderr: Path, dst_stderr: Path) -> CheckResult:
     """The destination took part in the switchover-ack handshake and the
     source received its ack: the trace events the flow enabled with ``-trace``
-    (harness.migmode.side_args, ACK_TRACE_DST / ACK_TRACE_SRC) appear on each
+    (harness.migration.modes.side_args, ACK_TRACE_DST / ACK_TRACE_SRC) appear on each
     side's stderr."""
     def lines(path: Path, event: str) -> list[str]:
         try:

@@ -2,7 +2,7 @@
 
 For a cell whose source and destination are different QEMU builds, this asks
 both binaries for their VMState descriptions (``-dump-vmstate``, see
-``harness.vmstate``), restricts the comparison to the devices the cell's VM
+``harness.state.vmstate``), restricts the comparison to the devices the cell's VM
 really has (walked live over QMP), and reports what the descriptions predict
 for source -> destination.
 
@@ -23,7 +23,7 @@ the flow attaches it as ``figures["vmstate_static"]`` (``static_beside_live``).
 Costs (measured on the project's 2-CPU host, 7.2 and 10.0 on pc-q35-7.2): a
 cold dump takes 0.07-0.8 s per build, so dumps are cached per (binary path,
 mtime, size, machine type, data dirs, extra args, env) in this process and as
-JSON under ``harness.images.cache_dir()/vmstate/`` (a check then takes ~5 ms
+JSON under ``harness.guest.images.cache_dir()/vmstate/`` (a check then takes ~5 ms
 from memory, ~45 ms from disk); the comparison restricted to a VM's ~25
 device types takes < 10 ms; the device walk 50-230 ms per VM (more while the
 guest boots and the host is busy), ~40 ``qom-list`` calls.
@@ -36,17 +36,17 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Protocol, Sequence
 
 from harness.errors import BuildError, HarnessError
-from harness.images import cache_dir
+from harness.fileio import write_atomic
+from harness.guest.images import cache_dir
 from harness.qemu.build import QemuBuild
 from harness.results import ERROR, FAILED, SKIPPED, CellResult, CheckResult
-from harness.vmstate import INFO, MACHINE_KEY, compare_vmstate, dump_vmstate
+from harness.state.vmstate import INFO, MACHINE_KEY, compare_vmstate, dump_vmstate
 
 if TYPE_CHECKING:
     from harness.qemu.machine import Machine
@@ -399,16 +399,8 @@ def _read_cache(path: Path, key: DumpKey) -> dict[str, Any] | None:
 
 def _write_cache(path: Path, key: DumpKey, build: QemuBuild, dump: dict[str, Any]) -> bool:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"format": CACHE_FORMAT, "key": asdict(key),
-                           "qemu_version": build.version_text, "dump": dump}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_atomic(path, json.dumps({"format": CACHE_FORMAT, "key": asdict(key),
+                                       "qemu_version": build.version_text, "dump": dump}))
     except OSError:
         return False
     return True
@@ -573,7 +565,7 @@ def live_outcome(live: CellResult) -> LiveOutcome:
     return "inconclusive"
 
 
-#: Cell failure reasons that mean the state did not arrive (harness.flow wording).
+#: Cell failure reasons that mean the state did not arrive (harness.migration.flow wording).
 _LOAD_FAILURE = re.compile(r"migration failed|destination (QEMU )?died", re.IGNORECASE)
 
 

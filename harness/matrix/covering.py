@@ -62,7 +62,7 @@ from harness.rules import (
     expected,
 )
 from harness.rules.model import Version
-from harness.migmode import CANCEL_RETRY, mode_needs
+from harness.migration.modes import CANCEL_RETRY, mode_needs
 from harness.rules.transport import transport_refusal
 
 #: The harness turns this on for every cell (flow.BASE_CAPABILITIES).
@@ -80,7 +80,7 @@ FLOW_UNSUPPORTED_CAPS: dict[str, str] = {
     "x-ignore-shared": "skips shared RAM, and the harness backs guest RAM with a shared file",
 }
 #: Save/restore transports write the stream for a destination that reads it
-#: later (harness.driver.save_restore_uris): there is no live peer to answer.
+#: later (harness.migration.driver.save_restore_uris): there is no live peer to answer.
 SAVE_RESTORE_TRANSPORTS = ("exec", "file")
 #: (capability, transport) pairs the cell flow cannot run, and why.
 FLOW_TRANSPORT_UNSUPPORTED: dict[tuple[str, str], str] = {
@@ -139,7 +139,7 @@ def _v(version: Version) -> str:
 class Judge:
     """The rule oracle's verdict on one cell's capabilities and parameters.
 
-    Mirrors what ``harness.flow.configure`` does on each side: one
+    Mirrors what ``harness.migration.flow.configure`` does on each side: one
     ``migrate-set-capabilities`` with ``events`` plus the cell's capabilities,
     then (if any) one ``migrate-set-parameters``, then a read-back that must
     match.  The source is idle; the destination runs with ``-incoming defer``
@@ -156,7 +156,7 @@ class Judge:
                 transport: str | None = None, mode: str = "") -> Refusal | None:
         """``transport`` None: judged as if any transport would do (the
         capability and parameter rules only).  ``mode``: what the harness does
-        with the migration (harness.migmode; "" = precopy)."""
+        with the migration (harness.migration.modes; "" = precopy)."""
         caps = {k: True for k, v in caps.items() if v}
         key = frozenset([("c", k, v) for k, v in caps.items()] +
                         [("p", k, json.dumps(v, sort_keys=True)) for k, v in params.items()] +

@@ -203,7 +203,7 @@ def expand_covering(matrix: "Matrix", tier: str, cov: CoveringSpec, seed: int
     if cov.paramsets:
         setting_factors.append(Factor("paramset", "paramset", tuple(cov.paramsets)))
     if cov.modes:
-        # "" is precopy (harness.migmode); the oracle's judge knows what each
+        # "" is precopy (harness.migration.modes); the oracle's judge knows what each
         # mode needs (postcopy-after-N: postcopy-ram; cancel-retry: a live peer).
         setting_factors.append(Factor("mode", "mode", tuple(cov.modes)))
     for f in setting_factors:

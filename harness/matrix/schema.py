@@ -117,7 +117,7 @@ class CellDecl:
     downtime_tolerance_ms: float | None = None
     expect_fail: tuple[str, ...] = ()
     name: str | None = None
-    #: "" = precopy (harness.migmode).
+    #: "" = precopy (harness.migration.modes).
     mode: str = ""
     fault: str = ""
 
@@ -146,7 +146,7 @@ class CoveringSpec:
     capabilities: tuple[str, ...] = ()
     parameters: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     paramsets: tuple[str, ...] = ()
-    #: Migration modes (harness.migmode), "" for precopy; () = precopy only.
+    #: Migration modes (harness.migration.modes), "" for precopy; () = precopy only.
     modes: tuple[str, ...] = ()
     timeout: float | None = None
     downtime_tolerance_ms: float | None = None

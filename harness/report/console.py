@@ -6,8 +6,7 @@ import sys
 import time
 from typing import TextIO
 
-from harness.results import CellResult
-from harness.runner import RunState
+from harness.results import CellResult, RunState
 
 _MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "error": "ERROR",
          "flaky": "FLAKY"}

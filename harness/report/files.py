@@ -6,27 +6,16 @@ crashed run still leaves a readable file with every finished cell in it.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness import __version__
-from harness.results import ERROR, FAILED, SKIPPED, CellResult
-
-if TYPE_CHECKING:
-    from harness.runner import RunState
+from harness.fileio import write_atomic
+from harness.results import ERROR, FAILED, FLAKY, SKIPPED, CellResult, RunState
 
 SCHEMA = "mharness-results/1"
-#: A cell that failed in an earlier run and passed on rerun (``--rerun-failed``).
-FLAKY = "flaky"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_results_json(state: "RunState") -> Path:
@@ -42,7 +31,7 @@ def write_results_json(state: "RunState") -> Path:
         "cells": [r.to_json() for r in state.results],
     }
     path = state.results_dir / "results.json"
-    _atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
     return path
 
 
@@ -76,7 +65,7 @@ def write_junit(state: "RunState") -> Path:
             ET.SubElement(case, "system-err").text = f"flaky: {r.reason}"
         ET.SubElement(case, "system-out").text = json.dumps(r.figures, default=str)
     path = state.results_dir / "junit.xml"
-    _atomic_write(path, ET.tostring(suite, encoding="unicode") + "\n")
+    write_atomic(path, ET.tostring(suite, encoding="unicode") + "\n")
     return path
 
 

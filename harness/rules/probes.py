@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from harness.rules import caps as caps_data
+from harness.rules.book import default_book
 from harness.rules.model import (
     CAPS_COMMAND,
     INT_WIDTH,
@@ -249,7 +250,6 @@ def schema_migration_info(schema: Sequence[Mapping[str, Any]]) -> dict[str, Any]
     cmd = idx.get(PARAMS_COMMAND)
     if cmd:
         arg = idx[cmd["arg-type"]]
-        from harness.rules import default_book
         specs = {p.name: p for p in default_book().params}
         for m in arg.get("members", []):
             t = idx.get(m["type"], {})
@@ -290,7 +290,6 @@ def build_facts(version: Sequence[int], schema: Sequence[Mapping[str, Any]] | No
 def schema_mismatches(version: Sequence[int], schema: Sequence[Mapping[str, Any]],
                       book: RuleBook | None = None) -> list[str]:
     """Where the oracle's tables disagree with the build's own schema."""
-    from harness.rules import default_book
     book = book or default_book()
     v = normalize_version(version)
     info = schema_migration_info(schema)
@@ -417,7 +416,6 @@ def generate_probes(version: Sequence[int], capabilities: Iterable[str],
     setup the oracle itself expects to be refused in this state are dropped.
     In phase ACTIVE only non-disruptive probes are kept.
     """
-    from harness.rules import default_book
     book = book or default_book()
     v = normalize_version(version)
     caps = [c for c in book.cap_names(v) if c in set(capabilities)]
@@ -709,7 +707,6 @@ async def run_probes(execute: Execute, probes: Sequence[Probe], version: Sequenc
     capabilities and parameters are read from QEMU at the start and become the
     baseline every probe starts from.
     """
-    from harness.rules import default_book
     book = book or default_book()
     v = normalize_version(version)
     baseline = await read_state(execute)

@@ -1,7 +1,7 @@
 """dirtier.py - bare-metal e2k "dirtier" firmware for migration tests.
 
 The e2k twin of ``images/x86/dirtier.S``, written against the project's own
-encoder (:mod:`harness.e2kasm`) instead of an e2k toolchain.  qemu-e2k's
+encoder (:mod:`harness.guest.e2kasm`) instead of an e2k toolchain.  qemu-e2k's
 ``e2k`` machine copies ``-bios FILE`` to 0x100000000 and starts the boot CPU
 there (``firmware_init`` and ``e2k_cpu_reset`` in hw/e2k/e2k.c), with the
 MMU off, so addresses are physical and RAM starts at 0.  Only global
@@ -20,11 +20,11 @@ What it does::
 
 So at any instant the first bytes of the region's pages read
 v,...,v,v-1,...,v-1 (mod 256) in address order - the invariant
-``harness.workloads.dirtier.check_invariant`` checks.
+``harness.guest.dirtier.check_invariant`` checks.
 
 Parameter block, read at run time from the firmware's own copy at
 0x100000000 + PARAM_OFFSET, so the host patches a copy of the built image per
-cell (``harness.workloads.e2k_dirtier.make_firmware``); little-endian::
+cell (``harness.guest.e2k_dirtier.make_firmware``); little-endian::
 
     +0x00  magic        b"MHPB"
     +0x04  version      u32 (1)
@@ -41,7 +41,7 @@ from __future__ import annotations
 import struct
 import sys
 
-from harness.e2kasm import Program, addd, cmpedb, g, ldb, ldd, pred, stb, std, subd
+from harness.guest.e2kasm import Program, addd, cmpedb, g, ldb, ldd, pred, stb, std, subd
 
 LOAD_ADDR = 0x1_0000_0000      # E2K_BIOS_AREA_BASE (include/hw/e2k/memmap.h)
 PAGE = 4096

@@ -35,29 +35,29 @@ from harness.checks.ram import Explained, RamRegion, check_ram, x86_layout
 from harness.checks.vmstate_static import (
     FIGURE_KEY, builds_differ, cached_dump, static_beside_live, walk_devices,
 )
-from harness.coverage import coverage_report
+from harness.state.coverage import coverage_report
 from harness.errors import BuildError, HarnessError
 from harness.qemu.build import QemuBuild, discover
 from harness.qemu.cmdline import MachinePaths
 from harness.checks.sides import (allocated_bytes, check_late_block_activate,
                                   check_release_ram, check_switchover_ack, check_validate_uuid,
                                   image_locked)
-from harness.driver import (POSTCOPY_AFTER_SYNCS, SAVE_RESTORE, TERMINAL, MigrationRun, cancel,
+from harness.migration.driver import (POSTCOPY_AFTER_SYNCS, SAVE_RESTORE, TERMINAL, MigrationRun, cancel,
                             incoming_uri, run_migration, save_restore_uris, settled_status)
-from harness.migmode import CANCEL_RETRY, postcopy_after, side_args, side_caps
-from harness.launch import prepare_machine
+from harness.migration.modes import CANCEL_RETRY, postcopy_after, side_args, side_caps
+from harness.migration.launch import prepare_machine
 from harness.qemu.machine import Machine
 from harness.qemu.machines import common_machine_type
-from harness.rundir import runtime_dir
-from harness.tls import creds_args
+from harness.run.rundir import runtime_dir
+from harness.migration.tls import creds_args
 from harness.results import ERROR, FAILED, SKIPPED, CellResult, CheckResult, judge
 from harness.qemu.cmdline import firmware_args
-from harness.workloads.dirtier import HeartbeatParser, read_region_bytes
-from harness.workloads.e2k_dirtier import (DEFAULT_MARKER_ADDR, MARKER_SIZE, make_firmware,
+from harness.guest.dirtier import HeartbeatParser, read_region_bytes
+from harness.guest.e2k_dirtier import (DEFAULT_MARKER_ADDR, MARKER_SIZE, make_firmware,
                                           read_marker)
-from harness.workloads.pattern import check_pattern, loader_args, make_pattern
+from harness.guest.pattern import check_pattern, loader_args, make_pattern
+from harness.units import PAGE
 
-PAGE = 4096
 #: Capabilities the harness turns on for every cell: without ``events`` QEMU
 #: emits no MIGRATION events (migration/migration.c, migrate_set_state ->
 #: qapi_event_send_migration is gated by migrate_use_events() in 7.2).
@@ -237,7 +237,7 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
     # the source's RAM (any architecture); "pattern-paused" never runs a CPU.
     pattern = wl.kind in ("pattern", "pattern-paused")
     # The e2k dirtier has no serial output: its progress is a boots/passes
-    # marker in guest RAM (harness.workloads.e2k_dirtier).
+    # marker in guest RAM (harness.guest.e2k_dirtier).
     marker = wl.kind == "dirtier" and cell.target.arch == "e2k"
     shared = dict(cell.capabilities).get("x-ignore-shared", False)
     caps = {**BASE_CAPABILITIES, **dict(cell.capabilities)}
@@ -567,7 +567,7 @@ async def _coverage(src: Machine, build: QemuBuild, machine_type: str, cell: Cel
     QOM tree is the same for every cell of them), so it is computed once per
     run and the VMState dump comes from the shared dump cache.  A cell whose
     transport saved the stream to a file (``exec``/``file``: ``migration.stream``
-    in the cell's workdir, harness.driver.save_restore_uris) adds the evidence
+    in the cell's workdir, harness.migration.driver.save_restore_uris) adds the evidence
     of the stream itself, once per key: the first such cell's report replaces
     a cached one made without a stream."""
     key = (build.spec.binary, machine_type, cell.target.accel)

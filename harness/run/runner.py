@@ -4,8 +4,8 @@ A failing cell never stops the run; an interruption (Ctrl-C, SIGTERM) stops
 scheduling, lets running cells tear down their QEMUs, and still writes the
 results gathered so far.
 
-``jobs=1`` runs each cell in this process (``harness.flow.run_cell``).  With
-``jobs > 1`` up to ``jobs`` worker processes (``python -m harness.runner
+``jobs=1`` runs each cell in this process (``harness.migration.flow.run_cell``).  With
+``jobs > 1`` up to ``jobs`` worker processes (``python -m harness.run.runner
 serve``) each run one cell at a time, for the whole run (imports and build
 discovery are paid once per worker).  A cell is an asyncio program with its own
 QEMUs, and a process per running cell keeps the guarantees of
@@ -35,43 +35,20 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from harness.cell import Cell
-from harness.flow import run_cell
+from harness.migration.flow import run_cell
 from harness.qemu.process import die_with_parent, kill_all
-from harness.report.files import FLAKY, read_results_json, write_junit, write_results_json
-from harness.results import ERROR, FAILED, PASSED, SKIPPED, CellResult
+from harness.report.files import read_results_json, write_junit, write_results_json
+from harness.results import ERROR, FAILED, FLAKY, PASSED, SKIPPED, CellResult, RunState
 
 Listener = Callable[[str, "RunState"], None]
 
 #: How long a worker gets to tear its cell down after SIGTERM before SIGKILL.
 WORKER_GRACE = 15.0
-
-
-@dataclass
-class RunState:
-    """The run as it goes: what is done, what runs now."""
-
-    results_dir: Path
-    total: int
-    results: list[CellResult] = field(default_factory=list)
-    current: str = ""
-    phase: str = ""
-    started: float = field(default_factory=time.monotonic)
-    interrupted: bool = False
-    #: How the run was asked for (tier, seed, shard, jobs, ...), for results.json.
-    meta: dict[str, Any] = field(default_factory=dict)
-    #: Ids of the cells running now (several with jobs > 1).
-    running: list[str] = field(default_factory=list)
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.results:
-            out[r.verdict] = out.get(r.verdict, 0) + 1
-        return out
 
 
 @dataclass(frozen=True)
@@ -513,7 +490,7 @@ def merge_results(dirs: Sequence[Path], out: Path) -> RunState:
 
 
 def _serve() -> int:
-    """``python -m harness.runner serve``: run the cells the runner sends.
+    """``python -m harness.run.runner serve``: run the cells the runner sends.
 
     One JSON request a line on stdin (``cell``: a pickled Cell written by the
     runner, ``result``: where to write the CellResult JSON, ``logdir``); the
@@ -542,7 +519,7 @@ def _serve() -> int:
 if __name__ == "__main__":
     if sys.argv[1:] == ["serve"]:
         sys.exit(_serve())
-    sys.exit("usage: python -m harness.runner serve")
+    sys.exit("usage: python -m harness.run.runner serve")
 
 
 __all__ = ["Budget", "FLAKY", "RunState", "cell_needs", "default_results_dir", "exit_status",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from harness.rundir import runtime_dir
+from harness.run.rundir import runtime_dir
 from harness.qemu.build import QemuBuild
 from harness.qemu.machine import Machine
 from harness.rules import Phase, ProbeState, Side

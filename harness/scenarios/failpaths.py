@@ -46,20 +46,20 @@ from qemu.qmp import ExecuteError
 from harness.cell import MiB, TargetSpec, WorkloadSpec
 from harness.checks.guest import check_guest_invariant
 from harness.checks.ram import Explained, check_ram, x86_layout
-from harness.driver import POSTCOPY_AFTER_SYNCS
+from harness.migration.driver import POSTCOPY_AFTER_SYNCS
 from harness.errors import HarnessError
-from harness.driver import settled_status
-from harness.flow import BASE_CAPABILITIES, configure
-from harness.rundir import runtime_dir
+from harness.migration.driver import settled_status
+from harness.migration.flow import BASE_CAPABILITIES, configure
+from harness.run.rundir import runtime_dir
 from harness.qemu.build import QemuBuild
-from harness.launch import prepare_machine
+from harness.migration.launch import prepare_machine
 from harness.qemu.cmdline import MachinePaths
-from harness.proxy import Proxy
+from harness.migration.proxy import Proxy
 from harness.qemu.machine import Machine
 from harness.results import ERROR, SKIPPED, CellResult, CheckResult, judge
-from harness.workloads.dirtier import HeartbeatParser
+from harness.guest.dirtier import HeartbeatParser
+from harness.units import PAGE
 
-PAGE = 4096
 TERMINAL = ("completed", "failed", "cancelled")
 #: util/yank.c yank_register_instance (7.2, 10.0): "duplicate yank instance".
 YANK_BUSY = r"(?i)duplicate yank instance"

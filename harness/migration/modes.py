@@ -5,7 +5,7 @@ it, and is a matrix dimension of its own (``mode:`` on a cell or a product):
 
 * ``precopy`` (the default, written as no mode at all): migrate and wait.
   With ``postcopy-ram`` on, the driver switches to postcopy after
-  ``POSTCOPY_AFTER_SYNCS`` dirty-bitmap syncs (harness.driver).
+  ``POSTCOPY_AFTER_SYNCS`` dirty-bitmap syncs (harness.migration.driver).
 * ``postcopy-after-N``: switch to postcopy after N syncs instead, N in 1..9
   (N=1: as soon as the first pass began; later: after more precopy passes, so
   fewer pages are left to fault in).  Needs ``postcopy-ram``.

@@ -19,7 +19,6 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
@@ -27,17 +26,18 @@ from typing import Sequence, Union
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.images import build_image
+from harness.guest.images import build_image
+from harness.fileio import write_atomic
+from harness.units import PAGE
 
 __all__ = [
     "BANNER", "PAGE", "PARAM_OFFSET", "PARAM_MAGIC", "PARAM_FORMAT", "IMAGE_NAME",
     "DEFAULT_REGION_BASE", "DEFAULT_REGION_PAGES", "MIN_REGION_BASE", "MAX_REGION_END",
     "make_disk", "read_params", "Stall", "HeartbeatParser", "InvariantResult",
-    "check_invariant", "read_region_bytes", "heartbeat_agrees", "write_atomic",
+    "check_invariant", "read_region_bytes", "heartbeat_agrees",
 ]
 
 BANNER = b"MHDIRTIER\r\n"
-PAGE = 4096
 IMAGE_NAME = "dirtier-x86"
 
 #: Byte offset of the parameter block inside the boot sector (and the disk).
@@ -90,21 +90,6 @@ def make_disk(dest: Path, region_base: int, region_size: int,
     struct.pack_into(PARAM_FORMAT, image, PARAM_OFFSET, PARAM_MAGIC,
                      region_base, region_size // PAGE)
     return write_atomic(Path(dest), image)
-
-
-def write_atomic(dest: Path, data: bytes | bytearray) -> Path:
-    """Write ``dest`` whole or not at all, so a QEMU (or a retry) never sees a
-    half-written image."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
 
 
 def read_params(disk: Path) -> tuple[int, int]:

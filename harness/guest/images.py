@@ -7,7 +7,7 @@ everything that can change the output bytes: the recipe's input files, the
 recipe's own version string (bumped when its commands change) and the
 ``--version`` banner of every tool it runs.  One cached image serves every
 cell; per-cell parameters are patched into a copy (see
-:mod:`harness.workloads.dirtier`).
+:mod:`harness.guest.dirtier`).
 
 Builds are safe to run concurrently (xdist workers, several runners on one
 host): each build happens in a private temporary directory and lands in the
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.errors import HarnessError
+from harness.fileio import write_atomic
 
 __all__ = [
     "ImageError",
@@ -71,7 +72,7 @@ def images_dir() -> Path:
     env = os.environ.get("MHARNESS_IMAGES_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "images"
+    return Path(__file__).resolve().parents[2] / "images"
 
 
 def cache_dir() -> Path:
@@ -223,11 +224,5 @@ def build_image(name: str = "dirtier-x86") -> Path:
         data = recipe.build([root / rel for rel in recipe.inputs], work)
         if len(data) > recipe.pad_to:
             raise ImageError(f"image '{name}' is {len(data)} bytes, more than {recipe.pad_to}")
-        staged = work / "image.img"
-        with open(staged, "wb") as f:
-            f.write(data)
-            f.write(bytes(recipe.pad_to - len(data)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(staged, dest)
+        write_atomic(dest, bytes(data) + bytes(recipe.pad_to - len(data)), fsync=True)
     return dest

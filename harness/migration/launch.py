@@ -1,7 +1,7 @@
 """One QEMU of a cell, ready to start: its files, its command line, its Machine.
 
-Shared by the cell flow (harness.flow) and the failure-path scenarios
-(harness.failpaths), which both run QEMUs in a private runtime folder with
+Shared by the cell flow (harness.migration.flow) and the failure-path scenarios
+(harness.scenarios.failpaths), which both run QEMUs in a private runtime folder with
 RAM in a file there, so the same layout and command line serve both.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from harness.cell import TargetSpec
 from harness.qemu.build import QemuBuild
 from harness.qemu.cmdline import MachinePaths, machine_argv
 from harness.qemu.machine import Machine
-from harness.workloads.dirtier import make_disk
+from harness.guest.dirtier import make_disk
 
 
 def prepare_machine(name: str, build: QemuBuild, target: TargetSpec, workdir: Path,

@@ -10,8 +10,8 @@ It has no serial output, so progress is read from guest RAM:
   region and marker patched into its parameter block;
 * :func:`read_marker` - ``(boots, passes)`` from a RAM image;
 * the region invariant is the x86 dirtier's: use
-  :func:`harness.workloads.dirtier.read_region_bytes` and
-  :func:`~harness.workloads.dirtier.check_invariant` (re-exported here).
+  :func:`harness.guest.dirtier.read_region_bytes` and
+  :func:`~harness.guest.dirtier.check_invariant` (re-exported here).
 
 A fresh machine has zeroed RAM, so ``boots == 1``.  The firmware never
 clears the marker, so a CPU that starts again from the reset PC with RAM kept
@@ -31,8 +31,10 @@ from typing import Union
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.images import build_image
-from harness.workloads.dirtier import check_invariant, read_region_bytes, write_atomic
+from harness.guest.images import build_image
+from harness.fileio import write_atomic
+from harness.guest.dirtier import check_invariant, read_region_bytes
+from harness.units import PAGE
 
 __all__ = [
     "IMAGE_NAME", "PAGE", "LOAD_ADDR", "PARAM_OFFSET", "PARAM_MAGIC", "PARAM_VERSION",
@@ -42,7 +44,6 @@ __all__ = [
 ]
 
 IMAGE_NAME = "dirtier-e2k"
-PAGE = 4096
 #: Where qemu-e2k copies ``-bios`` and where the boot CPU starts (E2K_BIOS_AREA_BASE).
 LOAD_ADDR = 0x1_0000_0000
 

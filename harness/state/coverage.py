@@ -35,7 +35,7 @@ have no state of their own and are only counted.
 
 Stream evidence (optional): a migration stream the cell saved to a file
 (``exec:cat > FILE`` or ``file:FILE``), decoded by
-:mod:`harness.streamdecode`, says which state was really sent.  Sections are
+:mod:`harness.state.streamdecode`, says which state was really sent.  Sections are
 named ``<qdev path>/<vmsd name>`` or just ``<vmsd name>`` with an instance id
 (``vmstate_register_with_alias_id``, migration/savevm.c), never by QOM path,
 so :func:`stream_coverage` maps them to devices by these rules, in order:
@@ -78,8 +78,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from harness.checks.vmstate_static import DeviceWalkError, walk_devices
-from harness.streamdecode import DecodedStream, Section, decode_stream
-from harness.vmstate import MACHINE_KEY, dump_vmstate
+from harness.state.streamdecode import DecodedStream, Section, decode_stream
+from harness.state.vmstate import MACHINE_KEY, dump_vmstate
 
 if TYPE_CHECKING:
     from harness.qemu.build import QemuBuild
@@ -409,7 +409,7 @@ async def coverage_report(m: "Machine", build: "QemuBuild", machine_type: str,
     (non-device objects by type), ``truncated``, ``passed`` and ``summary``.
 
     ``stream``: a migration stream of this machine saved to a file.  It is
-    decoded (:func:`harness.streamdecode.decode_stream`) and mapped to the
+    decoded (:func:`harness.state.streamdecode.decode_stream`) and mapped to the
     devices (:func:`stream_coverage`): the result then also has ``stream``
     (that mapping), each device entry ``in_stream`` and ``stream_sections``,
     ``passed`` also needs the stream part to pass, and the summary says which
