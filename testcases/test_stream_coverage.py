@@ -30,7 +30,7 @@ from harness.cell import BuildSpec, TargetSpec
 from harness.checks.vmstate_static import cached_dump, walk_devices
 from harness.state.coverage import (CPU_COMMON_ONLY, IN_STREAM, NO_VMSTATE, NOT_SENT, UNSEEN, _types,
                               coverage_report, stream_coverage)
-from harness.migration.driver import save_restore_uris
+from harness.migration.transports import save_restore_uris
 from harness.matrix import load_matrix
 from harness.matrix.expand import build_for_arch
 from harness.qemu.build import QemuBuild, discover

@@ -374,7 +374,7 @@ def test_cli_seed_and_shard_change_the_listing(matrix_path: Path) -> None:
     ((10, 0), {"postcopy-ram": True, "return-path": True}, "fd", None),
 ])
 def test_transport_rules(version, caps, transport, rule) -> None:
-    from harness.rules.transport import transport_refusal
+    from harness.migration.transports import transport_refusal
 
     got = transport_refusal(version, caps, transport)
     assert (got[0] if got else None) == rule

@@ -1,9 +1,8 @@
 """The package's modules import each other in one direction only.
 
 Every ``import`` of a ``harness`` module counts, including the ones inside
-functions: a deferred import still ties two modules together, it only hides
-the cycle from the interpreter.  Imports under ``if TYPE_CHECKING:`` do not
-count (they never run).
+functions and under ``if TYPE_CHECKING:``: a deferred or type-only import still
+ties two modules together, it only hides the cycle from the interpreter.
 """
 from __future__ import annotations
 
@@ -46,15 +45,6 @@ class _Imports(ast.NodeVisitor):
     def __init__(self, module: str, is_package: bool) -> None:
         self.module, self.is_package = module, is_package
         self.found: set[str] = set()
-
-    def visit_If(self, node: ast.If) -> None:
-        test = node.test
-        if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-                (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"):
-            for child in node.orelse:
-                self.visit(child)
-            return
-        self.generic_visit(node)
 
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:

@@ -63,9 +63,10 @@ from harness.rules import (
 )
 from harness.rules.model import Version
 from harness.migration.modes import CANCEL_RETRY, mode_needs
-from harness.rules.transport import transport_refusal
+from harness.migration.transports import (FLOW_TRANSPORT_UNSUPPORTED, SAVE_RESTORE,
+                                         transport_refusal)
 
-#: The harness turns this on for every cell (flow.BASE_CAPABILITIES).
+#: The harness turns this on for every cell (driver.BASE_CAPABILITIES).
 ALWAYS_ON = ("events",)
 
 #: Capabilities the cell flow cannot run meaningfully, and why.  A covering
@@ -79,23 +80,6 @@ FLOW_UNSUPPORTED_CAPS: dict[str, str] = {
     "release-ram": "discards source RAM as it is sent, which the exact RAM comparison reads",
     "x-ignore-shared": "skips shared RAM, and the harness backs guest RAM with a shared file",
 }
-#: Save/restore transports write the stream for a destination that reads it
-#: later (harness.migration.driver.save_restore_uris): there is no live peer to answer.
-SAVE_RESTORE_TRANSPORTS = ("exec", "file")
-#: (capability, transport) pairs the cell flow cannot run, and why.
-FLOW_TRANSPORT_UNSUPPORTED: dict[tuple[str, str], str] = {
-    (cap, t): f"{cap} needs a live destination answering on the return path; {t} saves "
-              "the stream for a destination that reads it later"
-    for cap in ("return-path", "postcopy-ram", "postcopy-preempt", "switchover-ack")
-    for t in SAVE_RESTORE_TRANSPORTS
-}
-#: Transports the cell flow implements (driver.incoming_uri, driver.save_restore_uris);
-#: others are excluded.
-FLOW_TRANSPORTS = ("unix", "tcp", "exec", "file", "fd")
-#: Transports that need a QEMU version on both sides (migration/file.c: 8.2).
-TRANSPORT_SINCE: dict[str, Version] = {"file": (8, 2)}
-KNOWN_TRANSPORTS = ("unix", "tcp", "exec", "file", "fd", "rdma", "vsock")
-
 #: Above this many required tuples covertable's greedy criterion is too slow
 #: (it rescans every uncovered tuple for every value it places); the simple
 #: criterion is used instead (a few more rows, much faster).
@@ -139,7 +123,7 @@ def _v(version: Version) -> str:
 class Judge:
     """The rule oracle's verdict on one cell's capabilities and parameters.
 
-    Mirrors what ``harness.migration.flow.configure`` does on each side: one
+    Mirrors what ``harness.migration.driver.configure`` does on each side: one
     ``migrate-set-capabilities`` with ``events`` plus the cell's capabilities,
     then (if any) one ``migrate-set-parameters``, then a read-back that must
     match.  The source is idle; the destination runs with ``-incoming defer``
@@ -174,7 +158,7 @@ class Judge:
             needs = mode_needs(mode, caps)
             if needs:
                 return Refusal(f"unsupported.mode.{mode}", needs)
-            if mode == CANCEL_RETRY and transport in SAVE_RESTORE_TRANSPORTS:
+            if mode == CANCEL_RETRY and transport in SAVE_RESTORE:
                 return Refusal(f"unsupported.mode.{mode}.{transport}",
                                f"mode {mode} needs a live transport, not {transport}")
         if transport is None:
@@ -923,7 +907,7 @@ def version_of(text: str) -> Version:
 
 __all__ = [
     "ALWAYS_ON", "Analysis", "Context", "ContextPart", "Coverage", "Exclusion", "Factor",
-    "FLOW_TRANSPORTS", "FLOW_UNSUPPORTED_CAPS", "Generated", "Judge", "KNOWN_TRANSPORTS",
+    "FLOW_UNSUPPORTED_CAPS", "Generated", "Judge",
     "Refusal", "SettingsModel", "analyse", "coverage", "feasible", "fmt_setting", "generate",
     "neutral", "settings_digest", "version_of",
 ]

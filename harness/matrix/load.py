@@ -29,7 +29,7 @@ from harness.matrix.expand import (
 )
 from harness.matrix.schema import CellDecl, Defaults, TierSpec, Where
 from harness.matrix.yamlpos import YEntry, YMap, YNode, YScalar, load_yaml
-from harness.matrix.covering import FLOW_TRANSPORTS, KNOWN_TRANSPORTS
+from harness.migration.transports import FLOW_TRANSPORTS, KNOWN_TRANSPORTS
 from harness.migration.modes import PRECOPY, fault_problem, mode_needs, mode_problem
 from harness.units import format_size
 

@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from harness.cell import BuildSpec, Cell
 from harness.errors import MatrixError
+from harness.migration.transports import FLOW_TRANSPORTS, TRANSPORT_SINCE
 from harness.matrix.covering import (
-    FLOW_TRANSPORTS,
-    TRANSPORT_SINCE,
     FLOW_UNSUPPORTED_CAPS,
     Context,
     ContextPart,

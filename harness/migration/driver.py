@@ -19,7 +19,6 @@ reported with its figures rather than as a hang.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +26,20 @@ from typing import Any, Awaitable, Callable
 
 from qemu.qmp import ExecuteError
 
+from harness.errors import BuildError
+from harness.qemu.build import QemuBuild
 from harness.qemu.machine import Event, Machine
 
 SAMPLE_PERIOD = 0.1
 POSTCOPY_AFTER_SYNCS = 2
 DEST_SETTLE_TIMEOUT = 30.0
 TERMINAL = ("completed", "failed", "cancelled")
+
+#: Capabilities the harness turns on for every cell: without ``events`` QEMU
+#: emits no MIGRATION events (migration/migration.c, migrate_set_state ->
+#: qapi_event_send_migration is gated by migrate_use_events() in 7.2).
+BASE_CAPABILITIES = {"events": True}
+
 
 
 def is_migration(ev: Event, *states: str) -> bool:
@@ -69,60 +76,6 @@ class MigrationRun:
     @property
     def completed(self) -> bool:
         return self.status == "completed"
-
-
-#: Transports that save the whole stream before the destination reads it:
-#: the destination starts its incoming side only after the source finished.
-SAVE_RESTORE = ("file", "exec")
-
-
-def save_restore_uris(transport: str, workdir: Path) -> tuple[str, str]:
-    """(source URI, destination URI) for a save-then-restore transport.
-
-    ``file:`` is QEMU's own file transport (migration/file.c, QEMU >= 8.2;
-    the one mapped-ram needs); ``exec:`` pipes the stream through ``cat`` into
-    a file and back, which every version has (migration/exec.c).
-    """
-    path = workdir / "migration.stream"
-    if transport == "file":
-        return f"file:{path}", f"file:{path}"
-    if transport == "exec":
-        return f"exec:cat > {path}", f"exec:cat {path}"
-    raise ValueError(f"transport '{transport}' is not a save/restore transport")
-
-
-async def incoming_uri(transport: str, dst: Machine, workdir: Path,
-                       src: Machine | None = None) -> str:
-    """Start the destination listening and return the URI the source must use
-    (``fd``: both ends of a socket pair are handed over now, so ``src`` is needed)."""
-    if transport == "fd":
-        # migration/fd.c: 'fd:NAME' names a descriptor given with getfd.  A
-        # connected socket pair is a full duplex channel, so the return path
-        # (and postcopy) work over it; it is one channel, so multifd does not.
-        if src is None:
-            raise ValueError("the fd transport needs the source machine")
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        with a, b:   # QEMU holds its own copies once getfd returned
-            await dst.pass_fd(b.fileno(), "migin")
-            await dst.execute("migrate-incoming", {"uri": "fd:migin"})
-            await src.pass_fd(a.fileno(), "migout")
-        return "fd:migout"
-    if transport == "unix":
-        uri = f"unix:{workdir / 'migration.sock'}"
-        await dst.execute("migrate-incoming", {"uri": uri})
-        return uri
-    if transport == "tcp":
-        # Port 0: the kernel picks a free port and query-migrate on the
-        # destination reports it (MigrationInfo.socket-address, QEMU >= 4.0:
-        # migration/migration.c fill_destination_migration_info), so two cells
-        # can never race for a port.
-        await dst.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
-        info = await dst.execute("query-migrate")
-        for addr in info.get("socket-address", []):
-            if addr.get("type") == "inet":
-                return f"tcp:127.0.0.1:{addr['port']}"
-        raise RuntimeError("destination did not report its listening port")
-    raise ValueError(f"transport '{transport}' is not supported by the flow")
 
 
 def _sample(info: dict[str, Any], t: float) -> dict[str, Any]:
@@ -283,3 +236,30 @@ async def cancel(src: Machine) -> str | None:
         return None
     got = await src.wait_event(lambda e: is_migration(e, *TERMINAL), 10.0, since)
     return None if got is None else str(got[1]["data"]["status"])
+
+
+async def configure(m: Machine, build: QemuBuild, caps: dict[str, bool],
+                     params: dict[str, Any]) -> None:
+    """Apply capabilities and parameters, then read them back: a silent mismatch
+    would make every later verdict meaningless."""
+    side = "source" if m.role == "src" else "destination"
+    try:
+        await m.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": k, "state": v} for k, v in caps.items()]})
+    except ExecuteError as exc:
+        raise BuildError(build.name, f"{build.version_text} refused capabilities {caps} on the "
+                         f"{side}: {exc}") from exc
+    if params:
+        try:
+            await m.execute("migrate-set-parameters", params)
+        except ExecuteError as exc:
+            raise BuildError(build.name, f"{build.version_text} refused parameters {params} on "
+                             f"the {side}: {exc}") from exc
+    got_caps = {c["capability"]: c["state"] for c in await m.execute("query-migrate-capabilities")}
+    got_params = await m.execute("query-migrate-parameters")
+    wrong = [f"capability {k}={got_caps.get(k)!r} (set {v!r})" for k, v in caps.items()
+             if got_caps.get(k) != v]
+    wrong += [f"parameter {k}={got_params.get(k)!r} (set {v!r})" for k, v in params.items()
+              if got_params.get(k) != v]
+    if wrong:
+        raise BuildError(build.name, f"read-back mismatch on the {side}: {'; '.join(wrong)}")

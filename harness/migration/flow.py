@@ -42,8 +42,9 @@ from harness.qemu.cmdline import MachinePaths
 from harness.checks.sides import (allocated_bytes, check_late_block_activate,
                                   check_release_ram, check_switchover_ack, check_validate_uuid,
                                   image_locked)
-from harness.migration.driver import (POSTCOPY_AFTER_SYNCS, SAVE_RESTORE, TERMINAL, MigrationRun, cancel,
-                            incoming_uri, run_migration, save_restore_uris, settled_status)
+from harness.migration.driver import (BASE_CAPABILITIES, POSTCOPY_AFTER_SYNCS, TERMINAL, MigrationRun, cancel,
+                                      configure, run_migration, settled_status)
+from harness.migration.transports import SAVE_RESTORE, incoming_uri, save_restore_uris
 from harness.migration.modes import CANCEL_RETRY, postcopy_after, side_args, side_caps
 from harness.migration.launch import prepare_machine
 from harness.qemu.machine import Machine
@@ -58,10 +59,6 @@ from harness.guest.e2k_dirtier import (DEFAULT_MARKER_ADDR, MARKER_SIZE, make_fi
 from harness.guest.pattern import check_pattern, loader_args, make_pattern
 from harness.units import PAGE
 
-#: Capabilities the harness turns on for every cell: without ``events`` QEMU
-#: emits no MIGRATION events (migration/migration.c, migrate_set_state ->
-#: qapi_event_send_migration is gated by migrate_use_events() in 7.2).
-BASE_CAPABILITIES = {"events": True}
 WARMUP_TIMEOUT = 60.0
 LIVENESS_HEARTBEATS = 3
 LIVENESS_TIMEOUT = 20.0
@@ -620,33 +617,6 @@ def _common_machine_type(cell: Cell, src: QemuBuild, dst: QemuBuild) -> str:
                           f"'{dst.name}', and they share no versioned type of that family: "
                           f"name a versioned machine type both know", ERROR)
     return common
-
-
-async def configure(m: Machine, build: QemuBuild, caps: dict[str, bool],
-                     params: dict[str, Any]) -> None:
-    """Apply capabilities and parameters, then read them back: a silent mismatch
-    would make every later verdict meaningless."""
-    side = "source" if m.role == "src" else "destination"
-    try:
-        await m.execute("migrate-set-capabilities", {"capabilities": [
-            {"capability": k, "state": v} for k, v in caps.items()]})
-    except ExecuteError as exc:
-        raise BuildError(build.name, f"{build.version_text} refused capabilities {caps} on the "
-                         f"{side}: {exc}") from exc
-    if params:
-        try:
-            await m.execute("migrate-set-parameters", params)
-        except ExecuteError as exc:
-            raise BuildError(build.name, f"{build.version_text} refused parameters {params} on "
-                             f"the {side}: {exc}") from exc
-    got_caps = {c["capability"]: c["state"] for c in await m.execute("query-migrate-capabilities")}
-    got_params = await m.execute("query-migrate-parameters")
-    wrong = [f"capability {k}={got_caps.get(k)!r} (set {v!r})" for k, v in caps.items()
-             if got_caps.get(k) != v]
-    wrong += [f"parameter {k}={got_params.get(k)!r} (set {v!r})" for k, v in params.items()
-              if got_params.get(k) != v]
-    if wrong:
-        raise BuildError(build.name, f"read-back mismatch on the {side}: {'; '.join(wrong)}")
 
 
 async def _wait_heartbeats(m: Machine, hb: HeartbeatParser, count: int, timeout: float,

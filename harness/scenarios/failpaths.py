@@ -49,7 +49,7 @@ from harness.checks.ram import Explained, check_ram, x86_layout
 from harness.migration.driver import POSTCOPY_AFTER_SYNCS
 from harness.errors import HarnessError
 from harness.migration.driver import settled_status
-from harness.migration.flow import BASE_CAPABILITIES, configure
+from harness.migration.driver import BASE_CAPABILITIES, configure
 from harness.run.rundir import runtime_dir
 from harness.qemu.build import QemuBuild
 from harness.migration.launch import prepare_machine
