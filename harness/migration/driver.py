@@ -69,6 +69,14 @@ class MigrationRun:
     ram_at_switchover: Path | None = None
     ram_allocated_at_switchover: int = 0
     t_pre_switchover: float | None = None
+    #: Seconds the harness itself kept the source in ``pre-switchover``: from
+    #: the event's arrival to the reply to ``migrate-continue`` (the
+    #: ``at_pre_switchover`` work, e.g. release-ram's copy of the source RAM,
+    #: plus one QMP round trip).  QEMU counts this wait in its ``downtime``
+    #: (the VM is already stopped: migration/migration.c, migration_maybe_pause
+    #: runs after the stop in postcopy_start and migration_completion), so the
+    #: downtime check takes it off QEMU's figure rather than blaming QEMU.
+    source_held_s: float = 0.0
     #: When the source reported its terminal state (host monotonic time).
     t_source_done: float | None = None
     error: str = ""
@@ -137,6 +145,7 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
                 if at_pre_switchover is not None:
                     await at_pre_switchover()
                 await src.execute("migrate-continue", {"state": "pre-switchover"})
+                run.source_held_s += time.monotonic() - got[0]
                 continue
             run.status = status
             run.t_source_done = got[0]

@@ -442,7 +442,8 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
             # read back, which is not a live-migration downtime.
             if cell.transport not in SAVE_RESTORE and src_hb.last_heartbeat_t is not None \
                     and dst_hb.first_heartbeat_t is not None:
-                gap = (dst_hb.first_heartbeat_t - src_hb.last_heartbeat_t - t_held) * 1000
+                gap = (dst_hb.first_heartbeat_t - src_hb.last_heartbeat_t - t_held
+                       - run.source_held_s) * 1000
             # Resolution of the gap: a pass may have been under way on either
             # side.  On the source that is at least the last pass interval, and
             # when the guest was slowed (auto-converge throttling) the pass in
@@ -457,7 +458,8 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
             ev.checks.append(_expect(cell, check_downtime(DowntimeEvidence(
                 qemu_downtime_ms=float(info.get("downtime", 0)), limit_ms=limit_ms,
                 tolerance_ms=cell.downtime_tolerance_ms, guest_gap_ms=gap,
-                heartbeat_interval_ms=slack * 1000 if slack else None))))
+                heartbeat_interval_ms=slack * 1000 if slack else None,
+                harness_hold_ms=run.source_held_s * 1000))))
             with _Phase(ev, "teardown", progress):
                 await stack.aclose()
     finally:
