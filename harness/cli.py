@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from harness.cell import Cell
 from harness.errors import HarnessError
-from harness.matrix import load_matrix, override_build, select
+from harness.matrix import load_matrix, override_build, plan_tier, select
 from harness.qemu.build import discover, kvm_host_problem
 from harness.qemu.process import Interrupted, install_signal_handlers
 
@@ -46,7 +46,7 @@ def _plan(args: argparse.Namespace) -> tuple[Any, list[Cell]]:
     matrix = load_matrix(Path(args.matrix))
     if args.qemu:
         matrix = override_build(matrix, args.qemu)
-    plan = matrix.plan(args.tier or "smoke", args.seed or 0)
+    plan = plan_tier(matrix, args.tier or "smoke", args.seed or 0, resolve=discover)
     cells = list(plan.cells)
     if args.select:
         cells = select(cells, args.select)

@@ -16,7 +16,7 @@ import pytest
 
 from harness.cell import Cell
 from harness.errors import HarnessError
-from harness.matrix import load_matrix
+from harness.matrix import load_matrix, tier_cells
 from harness.qemu.build import discover
 from harness.qemu.process import live_processes
 from harness.report.files import write_junit, write_results_json
@@ -102,7 +102,7 @@ def no_leaked_qemu():
 
 
 def cells_of(config: pytest.Config, tier: str) -> list[Cell]:
-    return load_matrix(Path(config.getoption("--matrix"))).cells(tier)
+    return tier_cells(load_matrix(Path(config.getoption("--matrix"))), tier, resolve=discover)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from harness.cell import Cell
+from harness.matrix import tier_cells
 from harness.migration.flow import run_cell
+from harness.qemu.build import discover
 from harness.results import FAILED, PASSED, SKIPPED
 from harness.run.runner import cell_logdir
 
@@ -22,7 +24,7 @@ from harness.run.runner import cell_logdir
 @pytest.fixture
 def base_cell(matrix) -> Cell:
     """The first smoke cell that runs under TCG over a unix socket."""
-    for cell in matrix.cells("smoke"):
+    for cell in tier_cells(matrix, "smoke", resolve=discover):
         if cell.target.accel == "tcg" and cell.transport == "unix" and not cell.expect_fail:
             return cell
     pytest.fail("matrix.yaml's smoke tier has no TCG unix cell")

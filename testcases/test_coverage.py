@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from harness.matrix import tier_cells
 from harness.migration.flow import run_cell
+from harness.qemu.build import discover
 from harness.results import PASSED, SKIPPED
 from harness.run.runner import cell_logdir
 
 
 @pytest.mark.parametrize("kind", ["pattern", "pattern-paused"], ids=["q35", "pc"])
 def test_x86_coverage_passes(kind, matrix, run_state, record):
-    cell = next(c for c in matrix.cells("pattern") if c.target.workload.kind == kind)
+    cell = next(c for c in tier_cells(matrix, "pattern", resolve=discover)
+                if c.target.workload.kind == kind)
     result = record(run_cell(cell, cell_logdir(run_state.results_dir, cell.id + "-coverage")))
     if result.verdict == SKIPPED:
         pytest.skip(result.reason)

@@ -17,12 +17,14 @@ import pytest
 import harness.migration.flow as flow
 from harness.cell import Cell
 from harness.checks.cpustate import NOT_MIGRATED, collect_cpu_state
+from harness.matrix import tier_cells
+from harness.qemu.build import discover
 from harness.results import SKIPPED
 from harness.run.runner import cell_logdir
 
 
 def _smoke_cell(matrix, machine: str) -> Cell:
-    cells = [c for c in matrix.cells("smoke") if c.target.accel == "tcg"
+    cells = [c for c in tier_cells(matrix, "smoke", resolve=discover) if c.target.accel == "tcg"
              and c.transport == "unix" and not c.expect_fail and c.target.machine == machine]
     if cells:
         return min(cells, key=lambda c: len(c.id))  # the plainest: no paramset

@@ -29,7 +29,7 @@ from harness.state import vmstate
 from harness.cell import Cell, TargetSpec
 from harness.checks import vmstate_static as vs
 from harness.migration.flow import run_cell
-from harness.matrix import load_matrix
+from harness.matrix import load_matrix, tier_cells
 from harness.matrix.expand import build_for_arch
 from harness.qemu.build import QemuBuild, discover
 from harness.qemu.cmdline import MachinePaths, machine_argv
@@ -47,7 +47,7 @@ pytestmark = [pytest.mark.qemu]
 
 
 def _cross_cells() -> list[Cell]:
-    return load_matrix(ROOT / "matrix.yaml").cells("cross-version")
+    return tier_cells(load_matrix(ROOT / "matrix.yaml"), "cross-version", resolve=discover)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ import pytest
 
 from harness.checks.cpustate import NOT_MIGRATED
 from harness.migration.flow import run_cell
-from harness.matrix import override_build
+from harness.matrix import override_build, tier_cells
+from harness.qemu.build import discover
 from harness.results import PASSED
 from harness.run.runner import cell_logdir
 
@@ -27,7 +28,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def e2k_cells(matrix):
-    return {c.target.workload.kind: c for c in override_build(matrix.cells("e2k"), E2K)}
+    cells = tier_cells(matrix, "e2k", resolve=discover)
+    return {c.target.workload.kind: c for c in override_build(cells, E2K)}
 
 
 def test_e2k_paused_pattern_and_coverage(e2k_cells, run_state, record):

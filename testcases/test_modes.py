@@ -20,9 +20,11 @@ import pytest
 from harness.checks.modes import check_modes
 from harness.checks.sides import (check_late_block_activate, check_release_ram,
                                   check_switchover_ack)
+from harness.matrix import tier_cells
 from harness.migration.modes import CANCEL_RETRY, postcopy_after
 from harness.migration.driver import MigrationRun
 from harness.migration.flow import run_cell
+from harness.qemu.build import discover
 from harness.results import PASSED, SKIPPED
 from harness.run.runner import cell_logdir
 
@@ -65,7 +67,7 @@ def test_mode_cell(mode_cell, run_state, record):
 @pytest.fixture(scope="module")
 def plain_result(matrix, run_state, record):
     """A plain precopy migration of the same guest."""
-    cell = next(c for c in matrix.cells("smoke")
+    cell = next(c for c in tier_cells(matrix, "smoke", resolve=discover)
                 if c.target.accel == "tcg" and c.transport == "unix" and not c.expect_fail)
     result = record(run_cell(cell, cell_logdir(run_state.results_dir, cell.id + "-plain-control")))
     assert result.verdict == PASSED, result.reason
@@ -92,7 +94,7 @@ def test_behaviour_check_fails_without_its_feature(plain_run, feature):
 def test_bandwidth_check_fails_when_the_limit_was_not_kept(matrix, run_state, record):
     """A real migration limited to 128 MiB/s passes its bandwidth check; judged
     against a 1 MiB/s limit the same evidence must fail."""
-    cell = next(c for c in matrix.cells("modes")
+    cell = next(c for c in tier_cells(matrix, "modes", resolve=discover)
                 if dict(c.parameters).get("max-bandwidth") == 128 << 20
                 and c.src_build.name == "system")
     result = record(run_cell(cell, cell_logdir(run_state.results_dir, cell.id + "-bw-control")))
@@ -163,7 +165,8 @@ def test_release_ram_check_fails_when_the_source_kept_its_ram(plain_result):
 def test_destination_with_another_uuid_refuses_the_stream(matrix, run_state, record):
     """validate-uuid's negative control: the destination names the mismatch
     (migration/savevm.c, vmstate_uuid_post_load) and the source runs on."""
-    cell = next(c for c in matrix.cells("controls") if c.fault == "dst-uuid-differs")
+    cell = next(c for c in tier_cells(matrix, "controls", resolve=discover)
+                if c.fault == "dst-uuid-differs")
     result = record(run_cell(cell, cell_logdir(run_state.results_dir, cell.id + "-why")))
     assert result.verdict == PASSED, result.reason
     converged = result.check("converged")

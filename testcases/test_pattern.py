@@ -8,7 +8,9 @@ import mmap
 
 import pytest
 
+from harness.matrix import tier_cells
 from harness.migration.flow import run_cell
+from harness.qemu.build import discover
 from harness.results import FAILED, PASSED, SKIPPED
 from harness.run.runner import cell_logdir
 
@@ -18,7 +20,8 @@ MiB = 1 << 20
 @pytest.fixture(params=["x86_64-q35-tcg-pattern-unix-precopy",
                         "x86_64-pc-tcg-pattern-paused-tcp-precopy"])
 def pattern_cell(request, matrix):
-    return next(c for c in matrix.cells("pattern") if c.id == request.param)
+    return next(c for c in tier_cells(matrix, "pattern", resolve=discover)
+                if c.id == request.param)
 
 
 def test_pattern_survives_migration(pattern_cell, run_state, record):
@@ -30,7 +33,8 @@ def test_pattern_survives_migration(pattern_cell, run_state, record):
 
 
 def test_flipped_pattern_byte_is_found_at_its_address(matrix, run_state, record):
-    cell = next(c for c in matrix.cells("pattern") if c.target.workload.kind == "pattern")
+    cell = next(c for c in tier_cells(matrix, "pattern", resolve=discover)
+                if c.target.workload.kind == "pattern")
     wl = cell.target.workload
     target = wl.region_base + 0x12345
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.matrix import tier_cells
+from harness.qemu.build import discover
 from harness.qemu.procfs import children, is_qemu, still_running
 from harness.run.rundir import sweep_stale
 
@@ -52,7 +54,7 @@ def _start_run(tmp_path: Path, cell_id: str) -> tuple[subprocess.Popen, set[int]
 
 @pytest.fixture
 def cell_id(matrix) -> str:
-    for cell in matrix.cells("smoke"):
+    for cell in tier_cells(matrix, "smoke", resolve=discover):
         if cell.target.accel == "tcg":
             return cell.id
     pytest.fail("no TCG cell in the smoke tier")
@@ -97,7 +99,8 @@ def test_aborting_qemu_fails_the_cell_with_signal_and_the_run_goes_on(matrix, ru
     from harness.qemu.process import live_processes
     from harness.run.runner import cell_logdir
 
-    cell = next(c for c in matrix.cells("smoke") if c.target.accel == "tcg")
+    cell = next(c for c in tier_cells(matrix, "smoke", resolve=discover)
+                if c.target.accel == "tcg")
 
     def abort_destination(src, dst):
         (proc,) = [p for p in live_processes() if p.name == "dst"]

@@ -13,19 +13,23 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
+from harness.cell import BuildSpec, Cell
 from harness.errors import MatrixError
-from harness.matrix import load_matrix
+from harness.matrix import Matrix, Planner, TierPlan, load_matrix, override_build, plan_tier
 from harness.matrix.covering import (
     ALWAYS_ON,
     Context,
     ContextPart,
     Factor,
     Judge,
+    Refusal,
     SettingsModel,
     coverage,
     generate,
@@ -34,6 +38,20 @@ from harness.rules import default_book
 
 REPO = Path(__file__).resolve().parent.parent
 BOOK = default_book()
+
+
+def no_binary(spec: BuildSpec) -> NoReturn:
+    """The build resolver of these tests: every build here declares ``version:``,
+    so planning must not ask a binary."""
+    raise AssertionError(f"planning asked the binary {spec.binary} for its version")
+
+
+def plan_of(matrix: Matrix, tier: str, seed: int = 0) -> TierPlan:
+    return plan_tier(matrix, tier, seed, resolve=no_binary)
+
+
+def cells_of(matrix: Matrix, tier: str, seed: int = 0) -> list[Cell]:
+    return plan_of(matrix, tier, seed).cells
 
 
 def cap_factors(version: tuple[int, int], extra: tuple[Factor, ...] = ()) -> list[Factor]:
@@ -199,7 +217,7 @@ def matrix_path(tmp_path: Path) -> Path:
 
 
 def test_plan_lists_coverage_and_exclusions(matrix_path: Path) -> None:
-    plan = load_matrix(matrix_path).plan("nightly")
+    plan = plan_of(load_matrix(matrix_path), "nightly")
     assert plan.cells[0].id == "q35-unix-default"   # included tier first
     cov_cells = plan.cells[1:]
     assert cov_cells and all("-cov-" in c.id for c in cov_cells)
@@ -222,7 +240,7 @@ def test_plan_lists_coverage_and_exclusions(matrix_path: Path) -> None:
 
 
 def test_cross_builds_need_a_versioned_machine(matrix_path: Path) -> None:
-    plan = load_matrix(matrix_path).plan("cross")
+    plan = plan_of(load_matrix(matrix_path), "cross")
     for cell in plan.cells:
         if cell.src_build.name != cell.dst_build.name:
             assert cell.target.machine == "pc-q35-7.2", cell.id
@@ -245,17 +263,19 @@ def test_cross_builds_need_a_versioned_machine(matrix_path: Path) -> None:
 
 def test_filter_applies_to_included_cells(matrix_path: Path) -> None:
     m = load_matrix(matrix_path)
-    plan = m.plan("tcg-only")
+    plan = plan_of(m, "tcg-only")
     assert plan.cells and not any("kvm" in c.id for c in plan.cells)
-    assert plan.filtered_out == sum("kvm" in c.id for c in m.cells("nightly"))
+    assert plan.filtered_out == sum("kvm" in c.id for c in cells_of(m, "nightly"))
 
 
 def test_ids_are_unique_readable_and_stable_across_processes(matrix_path: Path) -> None:
-    ids = [c.id for c in load_matrix(matrix_path).cells("nightly")]
+    ids = [c.id for c in cells_of(load_matrix(matrix_path), "nightly")]
     assert len(ids) == len(set(ids))
     assert any("+" in i for i in ids)          # capabilities are spelled out
-    code = ("import sys; from harness.matrix import load_matrix; "
-            "print('\\n'.join(c.id for c in load_matrix(sys.argv[1]).cells('nightly')))")
+    code = ("import sys; from harness.matrix import load_matrix, tier_cells; "
+            "from harness.qemu.build import discover; "
+            "m = load_matrix(sys.argv[1]); "
+            "print('\\n'.join(c.id for c in tier_cells(m, 'nightly', resolve=discover)))")
     for hashseed in ("1", "12345"):
         out = subprocess.run([sys.executable, "-c", code, str(matrix_path)], cwd=REPO,
                              capture_output=True, text=True, check=True,
@@ -265,10 +285,10 @@ def test_ids_are_unique_readable_and_stable_across_processes(matrix_path: Path) 
 
 def test_seed_changes_covering_cells_only(matrix_path: Path) -> None:
     m = load_matrix(matrix_path)
-    a, b = m.cells("nightly", seed=0), m.cells("nightly", seed=7)
+    a, b = cells_of(m, "nightly", seed=0), cells_of(m, "nightly", seed=7)
     assert a[0] == b[0]                         # explicit cells do not move
     assert [c.id for c in a] != [c.id for c in b]
-    assert m.plan("nightly", 7).coverings[0].coverage.complete
+    assert plan_of(m, "nightly", 7).coverings[0].coverage.complete
 
 
 @pytest.mark.parametrize("snippet,key,reason", [
@@ -322,8 +342,6 @@ class TripleRule(Judge):
     """A made-up oracle: a, b and c may not all be on (every pair is fine)."""
 
     def verdict(self, caps, params, transport=None, mode=""):  # type: ignore[override]
-        from harness.matrix.covering import Refusal
-
         if {"a", "b", "c"} <= {k for k, v in caps.items() if v}:
             return Refusal("test.triple", "a, b and c together")
         return None
@@ -354,6 +372,66 @@ def test_cli_seed_and_shard_change_the_listing(matrix_path: Path) -> None:
     assert ids("--seed", "0") == base and ids("--seed", "5") != base
     halves = ids("--shard", "1/2") + ids("--shard", "2/2")
     assert sorted(halves) == sorted(base) and len(set(halves)) == len(base)
+
+
+# --- the build resolver ----------------------------------------------------------
+
+
+@dataclass
+class FakeBuild:
+    version: tuple[int, ...] = (0, 0, 0)
+    missing: str | None = None
+
+
+def test_planning_asks_the_resolver_only_for_builds_without_a_version(matrix_path: Path
+                                                                     ) -> None:
+    """With --qemu every build is the given binary: its version comes from the
+    resolver (the CLI passes harness.qemu.build.discover) and names the context."""
+    asked: list[BuildSpec] = []
+
+    def resolve(spec: BuildSpec) -> FakeBuild:
+        asked.append(spec)
+        return FakeBuild((10, 0, 2))
+
+    matrix = override_build(load_matrix(matrix_path), "/opt/qemu/bin/qemu-system-x86_64")
+    plan = plan_tier(matrix, "nightly", resolve=resolve)
+    assert asked and {s.binary for s in asked} == {"/opt/qemu/bin/qemu-system-x86_64"}
+    (report,) = plan.coverings
+    assert report.coverage.complete
+    assert all("QEMU 10.0" in c for c in report.contexts), report.contexts
+    # The same matrix without --qemu declares every version: nobody is asked.
+    assert plan_of(load_matrix(matrix_path), "nightly").coverings
+
+
+def test_a_build_the_resolver_cannot_find_is_excluded_with_the_reason(matrix_path: Path
+                                                                      ) -> None:
+    matrix = override_build(load_matrix(matrix_path), "/nonexistent/qemu")
+    plan = plan_tier(matrix, "nightly",
+                     resolve=lambda spec: FakeBuild(missing=f"binary not found: {spec.binary}"))
+    assert [c.id for c in plan.cells] == ["q35-unix-default"]   # explicit cells stay
+    unavailable = [x for x in plan.exclusions if x.kind == "unavailable"]
+    assert unavailable and all("binary not found: /nonexistent/qemu" in x.reason
+                               for x in unavailable)
+
+
+def test_one_planner_plans_an_included_tier_once(matrix_path: Path) -> None:
+    planner = Planner(load_matrix(matrix_path), resolve=no_binary)
+    nightly = planner.plan("nightly")
+    assert planner.plan("tcg-only").coverings[0] is nightly.coverings[0]
+    assert planner.cells("nightly") == nightly.cells
+
+
+def test_the_matrix_package_plans_without_qemu_discovery() -> None:
+    """Loading and planning the project's matrix imports nothing from
+    harness.qemu: the version of a build comes through the resolver argument."""
+    code = ("import sys; from harness.matrix import load_matrix, plan_tier; "
+            "m = load_matrix(sys.argv[1]); "
+            "[plan_tier(m, t, resolve=lambda s: 1 / 0) for t in ('nightly', 'release')]; "
+            "print(sorted(n for n in sys.modules if n.startswith('harness.qemu')))")
+    out = subprocess.run([sys.executable, "-c", code, str(REPO / "matrix.yaml")], cwd=REPO,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert not hasattr(Matrix, "plan") and not hasattr(Matrix, "cells")
 
 
 # --- transport rules -------------------------------------------------------------

@@ -3,21 +3,33 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
-from harness.cell import Cell
+from harness.cell import BuildSpec, Cell
 from harness.errors import MatrixError
 from harness.matrix import (
     Matrix,
     load_matrix,
     override_build,
     select,
+    tier_cells,
     unknown_capabilities,
     unknown_parameters,
 )
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def no_binary(spec: BuildSpec) -> NoReturn:
+    """The build resolver of these tests: nothing here may need a binary's
+    version (explicit cells never do; covering builds declare ``version:``)."""
+    raise AssertionError(f"planning asked the binary {spec.binary} for its version")
+
+
+def cells_of(matrix: Matrix, tier: str, seed: int = 0) -> list[Cell]:
+    return tier_cells(matrix, tier, seed, resolve=no_binary)
 
 BASE = """\
 version: 1
@@ -395,7 +407,7 @@ def test_empty_tier_is_an_error(tmp_path: Path) -> None:
 def test_unknown_tier_in_cells_lists_defined(tmp_path: Path) -> None:
     matrix = load_matrix(write(tmp_path, BASE))
     with pytest.raises(MatrixError) as info:
-        matrix.cells("nightly")
+        cells_of(matrix, "nightly")
     assert str(info.value) == f"unknown tier 'nightly' in {matrix.path} (defined: smoke)"
 
 
@@ -435,7 +447,7 @@ def test_name_resolves_a_duplicate(tmp_path: Path) -> None:
             - {target: t1, transport: unix}
             - {target: t1, transport: unix, timeout: 5, name: t1-unix-quick}
         """)
-    cells = load_matrix(write(tmp_path, text)).cells("smoke")
+    cells = cells_of(load_matrix(write(tmp_path, text)), "smoke")
     assert [c.id for c in cells] == ["t1-unix-default", "t1-unix-quick"]
     assert cells[1].timeout == 5.0
 
@@ -479,7 +491,7 @@ def test_id_formats(tmp_path: Path) -> None:
             - {target: t2, transport: tcp, name: my-own-id}
             - {target: t2, transport: tcp}
         """)
-    cells = load_matrix(write(tmp_path, text)).cells("smoke")
+    cells = cells_of(load_matrix(write(tmp_path, text)), "smoke")
     assert [c.id for c in cells] == [
         "t1-unix-precopy",
         "t1-tcp-rp-fast",
@@ -507,7 +519,7 @@ def test_mode_and_fault_in_ids_and_cells(tmp_path: Path) -> None:
             product: {target: [t1], transport: [tcp], capset: [precopy],
                       mode: [precopy, cancel-retry]}
         """)
-    cells = load_matrix(write(tmp_path, text)).cells("smoke")
+    cells = cells_of(load_matrix(write(tmp_path, text)), "smoke")
     assert [(c.id, c.mode, c.fault) for c in cells] == [
         ("t1-unix-pc-postcopy-after-3", "postcopy-after-3", ""),
         ("t1-unix-precopy-cancel-retry", "cancel-retry", ""),
@@ -540,8 +552,8 @@ def test_mode_and_fault_errors(tmp_path: Path, cell: str, needle: str, key: str,
 
 def test_ids_and_seeds_are_stable(tmp_path: Path) -> None:
     path = write(tmp_path, BASE)
-    a = load_matrix(path).cells("smoke")
-    b = load_matrix(path).cells("smoke")
+    a = cells_of(load_matrix(path), "smoke")
+    b = cells_of(load_matrix(path), "smoke")
     assert a == b
     assert [c.seed for c in a] == [c.seed for c in b]
     assert a[0].origin == f"{path}:{line_of(BASE, '- {target: t1')}"
@@ -561,7 +573,7 @@ def test_product_expands_in_order(tmp_path: Path) -> None:
             timeout: 30
             expect-fail: [ram]
         """)
-    cells = load_matrix(write(tmp_path, text)).cells("smoke")
+    cells = cells_of(load_matrix(write(tmp_path, text)), "smoke")
     assert [c.id for c in cells] == [
         f"{t}-{tr}-{c}-fast" for t in ("t1", "t2") for tr in ("unix", "tcp")
         for c in ("precopy", "rp")]
@@ -576,7 +588,7 @@ def test_product_list_and_cross_builds(tmp_path: Path) -> None:
             - {target: t1, transport: unix, src-build: [sys, new], dst-build: [sys, new]}
             - {target: t2, transport: tcp}
         """)
-    cells = load_matrix(write(tmp_path, text)).cells("cross")
+    cells = cells_of(load_matrix(write(tmp_path, text)), "cross")
     assert [c.id for c in cells] == [
         "t1-unix-default", "t1-unix-default-sys-to-new",
         "t1-unix-default-new-to-sys", "t1-unix-default-new", "t2-tcp-default"]
@@ -599,7 +611,7 @@ def test_declaration_order_include_first_and_dedup(tmp_path: Path) -> None:
           include: [smoke, kvm]
         """)
     matrix = load_matrix(write(tmp_path, text))
-    cells = matrix.cells("nightly")
+    cells = cells_of(matrix, "nightly")
     assert [c.id for c in cells] == [
         "t1-unix-default", "t2-unix-default", "t2-tcp-rp", "t1-tcp-default"]
     assert [c.tier for c in cells] == ["smoke", "kvm", "nightly", "nightly"]
@@ -616,7 +628,7 @@ def test_own_cell_identical_to_included_is_deduplicated(tmp_path: Path) -> None:
           include: [smoke]
           product: {target: [t1, t2], transport: unix}
         """)
-    cells = load_matrix(write(tmp_path, text)).cells("nightly")
+    cells = cells_of(load_matrix(write(tmp_path, text)), "nightly")
     assert [(c.id, c.tier) for c in cells] == [
         ("t1-unix-default", "smoke"), ("t2-unix-default", "nightly")]
 
@@ -636,7 +648,7 @@ builds:""", 1).replace("rp: {return-path: true}", "rp: {return-path: true, xbzrl
         "- {target: t1, transport: unix, capset: precopy, paramset: fast}",
         "- {target: t1, transport: unix, capset: rp, paramset: fast}\n"
         "      - {target: t1, transport: tcp, timeout: 7, downtime-tolerance-ms: 0}")
-    a, b = load_matrix(write(tmp_path, text)).cells("smoke")
+    a, b = cells_of(load_matrix(write(tmp_path, text)), "smoke")
     assert a.capabilities == (("events", True), ("return-path", True), ("xbzrle", False))
     assert a.parameters == (("block-incremental", False), ("downtime-limit", 300),
                             ("max-bandwidth", 10 << 30), ("tls-creds", "tls0"),
@@ -736,7 +748,7 @@ def test_cells_get_arch_substituted(tmp_path: Path) -> None:
     text = text.replace("- {target: t1, transport: unix, capset: precopy, paramset: fast}",
                         "- {target: t2, transport: unix, dst-build: new}")
     matrix = load_matrix(write(tmp_path, text))
-    (cell,) = matrix.cells("smoke")
+    (cell,) = cells_of(matrix, "smoke")
     assert cell.src_build.binary == "/usr/bin/qemu-system-aarch64"
     assert cell.dst_build.binary.endswith("/qemu-10.0/usr/bin/qemu-system-aarch64")
     assert [b.binary for b in matrix.build_specs()] == [
@@ -751,16 +763,16 @@ def test_override_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
             - {target: t2, transport: tcp}
         """)
     matrix = load_matrix(write(tmp_path, text))
-    cells = matrix.cells("smoke")
+    cells = cells_of(matrix, "smoke")
     monkeypatch.chdir(tmp_path)
     for result in (override_build(cells, "my/qemu"),
-                   override_build(matrix, "my/qemu").cells("smoke")):
+                   cells_of(override_build(matrix, "my/qemu"), "smoke")):
         assert [c.id for c in result] == [c.id for c in cells]
         for cell in result:
             assert cell.src_build == cell.dst_build
             assert cell.src_build.name == cell.src_build.binary == str(tmp_path / "my/qemu")
             assert cell.src_build.required
-    assert matrix.cells("smoke") == cells   # the original is untouched
+    assert cells_of(matrix, "smoke") == cells   # the original is untouched
     assert override_build(matrix, "/q").build_specs()[0].binary == "/q"
 
 
@@ -770,7 +782,7 @@ def test_override_build_looks_up_bare_names(tmp_path: Path,
     exe.write_text("#!/bin/sh\n")
     exe.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    cells = load_matrix(write(tmp_path, BASE)).cells("smoke")
+    cells = cells_of(load_matrix(write(tmp_path, BASE)), "smoke")
     (cell,) = override_build(cells, "qemu-system-x86_64")
     assert cell.src_build.binary == str(exe)
 
@@ -778,7 +790,7 @@ def test_override_build_looks_up_bare_names(tmp_path: Path,
 def test_unknown_capabilities_and_parameters(tmp_path: Path) -> None:
     text = BASE.replace("rp: {return-path: true}", "rp: {return-path: true, compress: false}")
     text = text.replace("capset: precopy, paramset: fast", "capset: rp, paramset: fast")
-    (cell,) = load_matrix(write(tmp_path, text)).cells("smoke")
+    (cell,) = cells_of(load_matrix(write(tmp_path, text)), "smoke")
     assert unknown_capabilities(cell, {"return-path", "events"}) == ["compress"]
     assert unknown_capabilities(cell, {"return-path", "compress"}) == []
     assert unknown_parameters(cell, {"downtime-limit"}) == ["max-bandwidth"]
@@ -844,14 +856,14 @@ def project() -> Matrix:
 
 def test_project_matrix_loads_with_unique_ids(project: Matrix) -> None:
     for tier in project.tiers:
-        ids = [c.id for c in project.cells(tier)]
+        ids = [c.id for c in cells_of(project, tier)]
         assert ids and len(ids) == len({i.lower() for i in ids}), tier
     assert project.builds["system"].required
     assert not project.builds["debian-10.0"].required
 
 
 def test_project_smoke_tier_covers_the_basics(project: Matrix) -> None:
-    cells = project.cells("smoke")
+    cells = cells_of(project, "smoke")
     assert len(cells) >= 8
     assert {c.transport for c in cells} >= {"unix", "tcp"}
     assert {c.target.accel for c in cells} >= {"tcg", "kvm"}
@@ -873,7 +885,7 @@ def test_project_smoke_tier_covers_the_basics(project: Matrix) -> None:
 
 
 def test_project_controls_have_a_downtime_negative_control(project: Matrix) -> None:
-    controls = project.cells("controls")
+    controls = cells_of(project, "controls")
     assert controls and all(c.expect_fail for c in controls)
     (neg,) = [c for c in controls if c.expect_fail == ("downtime",)]
     assert dict(neg.parameters)["downtime-limit"] == 1
@@ -882,7 +894,7 @@ def test_project_controls_have_a_downtime_negative_control(project: Matrix) -> N
 
 
 def test_project_cross_version_pins_the_machine(project: Matrix) -> None:
-    for cell in project.cells("cross-version"):
+    for cell in cells_of(project, "cross-version"):
         assert cell.src_build.name != cell.dst_build.name
         assert cell.target.machine not in ("q35", "pc")
 

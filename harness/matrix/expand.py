@@ -9,6 +9,7 @@ are keyed by it).
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -17,6 +18,8 @@ from typing import Any, NoReturn, Protocol
 from harness.cell import BuildSpec, Cell, TargetSpec
 from harness.errors import MatrixError
 from harness.matrix.schema import DEFAULT_SET, CellDecl, Defaults, TierSpec
+
+log = logging.getLogger(__name__)
 
 ARCH_PLACEHOLDER = "{arch}"
 

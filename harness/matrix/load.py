@@ -13,13 +13,14 @@ error or a reason to skip).
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
+from typing import Any, Callable, TypeVar, overload
 
 from harness.cell import BuildSpec, Cell, TargetSpec, WorkloadSpec
 from harness.errors import MatrixError
@@ -33,8 +34,7 @@ from harness.migration.transports import FLOW_TRANSPORTS, KNOWN_TRANSPORTS
 from harness.migration.modes import PRECOPY, fault_problem, mode_needs, mode_problem
 from harness.units import format_size
 
-if TYPE_CHECKING:
-    from harness.matrix.plan import TierPlan
+log = logging.getLogger(__name__)
 
 _PLACEHOLDER_RE = re.compile(r"\{[^}]*\}")
 _ACCEL_KEY_RE = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -55,7 +55,9 @@ class Matrix:
     ``builds`` hold paths already resolved; a binary or data dir may still
     contain ``{arch}``, which each cell gets substituted for its target.
     ``capsets``/``paramsets`` always contain ``default`` (empty unless the file
-    defines it).  ``cells()`` is the way to get runnable cells.
+    defines it).  Plain loaded data: it does not plan.  A tier's runnable cells
+    come from ``harness.matrix.plan`` (``tier_cells(matrix, tier,
+    resolve=discover)``), which may need to ask a QEMU binary its version.
     """
 
     path: str
@@ -73,29 +75,6 @@ class Matrix:
     build_override: BuildSpec | None = None
     #: Build name -> the ``version:`` the file declares for it.
     build_versions: dict[str, str] = field(default_factory=dict)
-    _plans: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False,
-                                               compare=False)
-
-    def cells(self, tier: str, seed: int = 0) -> list[Cell]:
-        """The cells of ``tier``: included tiers' first, then its explicit and
-        product cells in file order, then its covering arrays' (``seed``
-        salts those), all passed through the tier's ``filter``."""
-        return list(self.plan(tier, seed).cells)
-
-    def plan(self, tier: str, seed: int = 0) -> "TierPlan":
-        """The cells of ``tier`` with the coverage achieved and what was
-        excluded, and why (``mharness list``).  Computed on first use: a
-        covering array asks the rule oracle (and, for a build without
-        ``version:``, the binary for its version)."""
-        from harness.matrix.plan import plan_tier
-
-        if tier not in self.expanded:
-            raise MatrixError(f"unknown tier '{tier}' in {self.path} "
-                              f"(defined: {', '.join(self.tiers)})")
-        key = (tier, seed)
-        if key not in self._plans:
-            self._plans[key] = plan_tier(self, tier, seed)
-        return self._plans[key]
 
     def build_specs(self) -> list[BuildSpec]:
         """Concrete builds to probe (``doctor``): ``{arch}`` substituted.
@@ -172,7 +151,10 @@ def load_matrix(path: str | Path) -> Matrix:
         build_versions=build_versions)
     tiers = _Tiers(matrix, where.key("tiers")).parse(entries["tiers"].value)
     matrix = replace(matrix, tiers=tiers)
-    return replace(matrix, expanded=expand_tiers(tiers, matrix), _plans={})
+    matrix = replace(matrix, expanded=expand_tiers(tiers, matrix))
+    log.debug("loaded %s: %d builds, %d targets, tiers %s", file, len(builds), len(targets),
+              ", ".join(tiers))
+    return matrix
 
 
 @overload
@@ -196,7 +178,7 @@ def override_build(matrix_or_cells: Matrix | Iterable[Cell], binary: str
     path = os.path.abspath(path) if os.sep in path else path
     build = BuildSpec(name=path, binary=path, required=True)
     if isinstance(matrix_or_cells, Matrix):
-        return replace(matrix_or_cells, build_override=build, _plans={})
+        return replace(matrix_or_cells, build_override=build)
     return with_build(matrix_or_cells, build)
 
 

@@ -1,9 +1,21 @@
 """A tier's final cells: included tiers, explicit cells, covering arrays, filter.
 
-``Matrix.plan(tier, seed)`` builds a :class:`TierPlan` on first use: the cells,
-the coverage each covering array achieved, and every value or combination that
-was excluded, with the reason (the flow cannot run it, the build lacks it, or
-the rule oracle says QEMU refuses it -- the error path).
+    planner = Planner(matrix, resolve=discover)     # harness.qemu.build.discover
+    plan = planner.plan("nightly", seed=0)          # cells, coverage, exclusions
+    cells = tier_cells(matrix, "smoke", resolve=discover)
+
+A :class:`TierPlan` holds the cells, the coverage each covering array
+achieved, and every value or combination that was excluded, with the reason
+(the flow cannot run it, the build lacks it, or the rule oracle says QEMU
+refuses it -- the error path).
+
+Planning needs one fact from outside the file: the QEMU version of a build
+that declares no ``version:`` (or of the ``--qemu`` binary), which only the
+binary can tell.  The caller passes that knowledge in as ``resolve`` (a
+:data:`Resolve`: ``BuildSpec`` -> its version, or why it is missing), so the
+matrix package never reaches into QEMU discovery and a test can plan with a
+stub.  ``resolve`` is only called for such builds, and only by a tier with a
+covering array.
 
 A covering strategy is split into *contexts* -- (source build, destination
 build, accelerator) -- because that is what the oracle's verdicts depend on;
@@ -13,15 +25,17 @@ strategy: a tuple is required when some context can hold it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from harness.cell import BuildSpec, Cell
 from harness.errors import MatrixError
-from harness.migration.transports import FLOW_TRANSPORTS, TRANSPORT_SINCE
 from harness.matrix.covering import (
     FLOW_UNSUPPORTED_CAPS,
     Context,
@@ -32,19 +46,35 @@ from harness.matrix.covering import (
     Judge,
     SettingsModel,
     coverage,
-    fmt_setting,
+    exclusions_of,
     generate,
-    settings_digest,
+    merge_exclusions,
     version_of,
 )
 from harness.matrix.expand import build_for_arch, select, with_build
+from harness.matrix.load import Matrix
 from harness.matrix.schema import CoveringSpec
+from harness.migration.transports import FLOW_TRANSPORTS, TRANSPORT_SINCE
 
-if TYPE_CHECKING:
-    from harness.matrix.load import Matrix
+log = logging.getLogger(__name__)
 
 #: A machine type with a version in its name resolves the same in every build.
 VERSIONED_MACHINE_RE = re.compile(r"-\d+\.\d+$")
+
+
+class ResolvedBuild(Protocol):
+    """What planning needs to know about a build (``harness.qemu.build.QemuBuild``
+    has it): its version, or why it cannot be had."""
+
+    @property
+    def version(self) -> tuple[int, ...]: ...
+
+    @property
+    def missing(self) -> str | None: ...
+
+
+#: Gives the facts of a build: ``harness.qemu.build.discover`` in the harness.
+Resolve = Callable[[BuildSpec], ResolvedBuild]
 
 
 @dataclass
@@ -86,65 +116,99 @@ class TierPlan:
     filtered_out: int = 0
 
 
-def plan_tier(matrix: "Matrix", tier: str, seed: int) -> TierPlan:
-    spec = matrix.tiers[tier]
-    cells: dict[str, Cell] = {}
-    reports: list[CoveringReport] = []
-    exclusions: list[Exclusion] = []
-    filtered = 0
+class Planner:
+    """Plans the tiers of one matrix, each (tier, seed) once.
 
-    def add(cell: Cell) -> None:
-        key = cell.id.lower()
-        if key in cells and cells[key].fingerprint() != cell.fingerprint():
-            raise MatrixError(f"cell id '{cell.id}' names different cells "
-                              f"({cells[key].origin} and {cell.origin})", matrix.path,
-                              spec.line, f"tiers.{tier}")
-        cells.setdefault(key, cell)
+    Included tiers are planned through the same planner, so a tier included
+    by several others (nightly in release) costs its covering arrays once.
+    """
 
-    for inc in spec.include:
-        sub = matrix.plan(inc, seed)
-        for cell in sub.cells:
+    def __init__(self, matrix: Matrix, *, resolve: Resolve) -> None:
+        self.matrix = matrix
+        self.resolve = resolve
+        self._plans: dict[tuple[str, int], TierPlan] = {}
+
+    def plan(self, tier: str, seed: int = 0) -> "TierPlan":
+        """The cells of ``tier`` with the coverage achieved and what was
+        excluded, and why (``mharness list``)."""
+        if tier not in self.matrix.expanded:
+            raise MatrixError(f"unknown tier '{tier}' in {self.matrix.path} "
+                              f"(defined: {', '.join(self.matrix.tiers)})")
+        key = (tier, seed)
+        if key not in self._plans:
+            self._plans[key] = self._plan(tier, seed)
+        return self._plans[key]
+
+    def cells(self, tier: str, seed: int = 0) -> list[Cell]:
+        """The cells of ``tier``: included tiers' first, then its explicit and
+        product cells in file order, then its covering arrays' (``seed``
+        salts those), all passed through the tier's ``filter``."""
+        return list(self.plan(tier, seed).cells)
+
+    def _plan(self, tier: str, seed: int) -> "TierPlan":
+        matrix = self.matrix
+        spec = matrix.tiers[tier]
+        cells: dict[str, Cell] = {}
+        reports: list[CoveringReport] = []
+        exclusions: list[Exclusion] = []
+        filtered = 0
+
+        def add(cell: Cell) -> None:
+            key = cell.id.lower()
+            if key in cells and cells[key].fingerprint() != cell.fingerprint():
+                raise MatrixError(f"cell id '{cell.id}' names different cells "
+                                  f"({cells[key].origin} and {cell.origin})", matrix.path,
+                                  spec.line, f"tiers.{tier}")
+            cells.setdefault(key, cell)
+
+        for inc in spec.include:
+            sub = self.plan(inc, seed)
+            for cell in sub.cells:
+                add(cell)
+            reports += sub.coverings
+            exclusions += [x for x in sub.exclusions if x not in exclusions]
+            filtered += sub.filtered_out
+        own = [c for c in matrix.expanded[tier] if c.tier == tier]
+        if matrix.build_override is not None:
+            own = with_build(own, matrix.build_override)
+        for cell in own:
             add(cell)
-        reports += sub.coverings
-        exclusions += [x for x in sub.exclusions if x not in exclusions]
-        filtered += sub.filtered_out
-    own = [c for c in matrix.expanded[tier] if c.tier == tier]
-    if matrix.build_override is not None:
-        own = with_build(own, matrix.build_override)
-    for cell in own:
-        add(cell)
-    for cov in spec.coverings:
-        made, report, excluded = expand_covering(matrix, tier, cov, seed)
-        for cell in made:
-            add(cell)
-        reports.append(report)
-        exclusions += [x for x in excluded if x not in exclusions]
-    result = list(cells.values())
-    exclusions = merge_exclusions(exclusions)
-    if spec.filter:
-        kept = select(result, spec.filter)
-        filtered += len(result) - len(kept)
-        result = kept
-    return TierPlan(tier, seed, result, reports, exclusions, filtered)
+        for cov in spec.coverings:
+            made, report, excluded = expand_covering(matrix, tier, cov, seed, self.resolve)
+            for cell in made:
+                add(cell)
+            reports.append(report)
+            exclusions += [x for x in excluded if x not in exclusions]
+        result = list(cells.values())
+        exclusions = merge_exclusions(exclusions)
+        if spec.filter:
+            kept = select(result, spec.filter)
+            filtered += len(result) - len(kept)
+            result = kept
+        log.debug("tier %s (seed %d): %d cells, %d covering arrays, %d exclusions, "
+                  "%d filtered out", tier, seed, len(result), len(reports), len(exclusions),
+                  filtered)
+        return TierPlan(tier, seed, result, reports, exclusions, filtered)
 
 
-def merge_exclusions(items: Sequence[Exclusion]) -> list[Exclusion]:
-    """One entry per exclusion, naming every context it holds in."""
-    merged: dict[tuple[str, str, str | None, str], list[str]] = {}
-    for x in items:
-        contexts = merged.setdefault((x.kind, x.what, x.rule, x.reason), [])
-        for c in x.context.split("; "):
-            if c and c not in contexts:
-                contexts.append(c)
-    return [Exclusion(kind, what, "; ".join(ctx), rule, reason)
-            for (kind, what, rule, reason), ctx in merged.items()]
+def plan_tier(matrix: Matrix, tier: str, seed: int = 0, *, resolve: Resolve) -> "TierPlan":
+    """``tier``'s plan (see :class:`Planner`; plan several tiers of one matrix
+    with one planner to compute shared tiers once)."""
+    return Planner(matrix, resolve=resolve).plan(tier, seed)
+
+
+def tier_cells(matrix: Matrix, tier: str, seed: int = 0, *, resolve: Resolve) -> list[Cell]:
+    """``tier``'s cells (see :meth:`Planner.cells`)."""
+    return Planner(matrix, resolve=resolve).cells(tier, seed)
 
 
 # --- one covering strategy ---------------------------------------------------------
 
 
-def expand_covering(matrix: "Matrix", tier: str, cov: CoveringSpec, seed: int
+def expand_covering(matrix: Matrix, tier: str, cov: CoveringSpec, seed: int, resolve: Resolve
                     ) -> tuple[list[Cell], CoveringReport, list[Exclusion]]:
+    """One covering strategy of ``tier``: its cells, its coverage report and
+    what it excluded."""
     t0 = time.perf_counter()
     origin = f"{matrix.path}:{cov.line}"
     exclusions: list[Exclusion] = []
@@ -222,7 +286,8 @@ def expand_covering(matrix: "Matrix", tier: str, cov: CoveringSpec, seed: int
         versions = []
         problem = None
         for name in (src, dst):
-            version, problem = _version(matrix, name, matrix.targets[targets[0]].arch)
+            version, problem = _version(matrix, name, matrix.targets[targets[0]].arch,
+                                        resolve)
             if problem:
                 break
             versions.append(version)
@@ -262,11 +327,12 @@ def expand_covering(matrix: "Matrix", tier: str, cov: CoveringSpec, seed: int
                               matrix.path, cov.line, cov.where) from None
         rows += gen.rows
         parts.append(ContextPart(ctx, factors, gen.analysis))
-        exclusions += _exclusions(gen.analysis, label, factors)
+        exclusions += exclusions_of(gen.analysis, label)
     cov_report = coverage(rows, [all_factors[n] for n in factor_names], parts, cov.order)
     cells = [_cell(matrix, tier, cov, row, caps, origin) for row in rows]
     report = CoveringReport(tier, origin, cov.order, seed, len(cells), cov_report,
                             time.perf_counter() - t0, contexts)
+    log.debug("covering %s: %s", origin, report.describe())
     return cells, report, exclusions
 
 
@@ -279,56 +345,21 @@ def _judge(ctx: Context) -> Judge:
     return _JUDGES[ctx]
 
 
-def _version(matrix: "Matrix", build: str, arch: str) -> tuple[Any, str | None]:
+def _version(matrix: Matrix, build: str, arch: str, resolve: Resolve
+             ) -> tuple[Any, str | None]:
     """The version the oracle assumes for a build: declared, or asked of the binary."""
     if matrix.build_override is None and build in matrix.build_versions:
         return version_of(matrix.build_versions[build]), None
-    from harness.qemu.build import discover
-
     spec: BuildSpec = matrix.build_override or build_for_arch(matrix.builds[build], arch)
-    found = discover(spec)
+    found = resolve(spec)
     if found.missing:
         return None, (f"build '{build}' unavailable ({found.missing}) and the matrix "
                       "declares no 'version:' for it, so the rule oracle cannot be asked")
+    log.debug("build %s (%s): version %s from the binary", build, spec.binary, found.version)
     return found.version[:2], None
 
 
-def _exclusions(analysis: Any, context: str, factors: Sequence[Factor]) -> list[Exclusion]:
-    out = []
-    for s, refusal in analysis.unusable.items():
-        kind = _kind(refusal.rule)
-        out.append(Exclusion(kind, fmt_setting(s), context, refusal.rule, refusal.reason))
-    for s, need in analysis.requires.items():
-        out.append(Exclusion(_kind(_alone_rule(s, analysis) or ""), f"{fmt_setting(s)} without "
-                             f"{' or '.join(fmt_setting(r) for r in need)}", context,
-                             _alone_rule(s, analysis),
-                             "refused alone; every cell with it has one of those"))
-    for (a, b), refusal in analysis.conflicts.items():
-        kind = _kind(refusal.rule)
-        out.append(Exclusion(kind, f"{fmt_setting(a)} + {fmt_setting(b)}", context,
-                             refusal.rule, refusal.reason))
-    for group, refusal in analysis.nogoods.items():
-        out.append(Exclusion("error-path", " + ".join(fmt_setting(x) for x in group), context,
-                             refusal.rule, refusal.reason))
-    return out
-
-
-def _kind(rule: str) -> str:
-    """Exclusion kind of a refusal: the build lacks it, the cell flow cannot run
-    it, or QEMU refuses it (then the probe suite tests the refusal)."""
-    if rule.startswith(("absent.", "ignored.")):
-        return "absent"
-    if rule.startswith(("unsupported.", "via.")):
-        return "unsupported"
-    return "error-path"
-
-
-def _alone_rule(s: Any, analysis: Any) -> str | None:
-    refusal = analysis.alone.get(s)
-    return refusal.rule if refusal else None
-
-
-def _cell(matrix: "Matrix", tier: str, cov: CoveringSpec, row: Mapping[str, Any],
+def _cell(matrix: Matrix, tier: str, cov: CoveringSpec, row: Mapping[str, Any],
           caps: Sequence[str], origin: str) -> Cell:
     target_name = row["target"]
     target = matrix.targets[target_name]
@@ -377,6 +408,13 @@ def _cell(matrix: "Matrix", tier: str, cov: CoveringSpec, row: Mapping[str, Any]
     )
 
 
+def settings_digest(params: Mapping[str, Any]) -> str:
+    """Six hex digits naming a parameter assignment in a cell id (stable
+    across machines and Python hash seeds)."""
+    text = json.dumps(dict(sorted(params.items())), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
 def dimensions(cell: Cell) -> dict[str, Any]:
     """A cell's dimension values, for ``mharness list --json``."""
     return {
@@ -391,4 +429,6 @@ def dimensions(cell: Cell) -> dict[str, Any]:
     }
 
 
-__all__ = ["CoveringReport", "TierPlan", "dimensions", "expand_covering", "plan_tier"]
+__all__ = ["CoveringReport", "Planner", "Resolve", "ResolvedBuild", "TierPlan",
+           "dimensions", "expand_covering", "plan_tier", "settings_digest",
+           "tier_cells"]

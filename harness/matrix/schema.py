@@ -8,6 +8,7 @@ the file reads the same way.
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from harness.matrix.yamlpos import (
     YEntry, YMap, YNode, YScalar, YSeq, describe, join_index, join_key,
 )
 from harness.units import parse_size
+
+log = logging.getLogger(__name__)
 
 VERSION = 1
 

@@ -10,6 +10,7 @@ Merge keys (``<<: *anchor``) are honoured, with explicit keys taking precedence.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -19,6 +20,8 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from harness.errors import MatrixError
+
+log = logging.getLogger(__name__)
 
 Scalar = Union[str, int, float, bool, None]
 
