@@ -2,7 +2,7 @@
 with a reason when its private prefix is not set up).
 
 One test id per scenario and build, e.g. ``test_failure_path[cancel-in-active-qemu-7.2]``.
-Each runs :mod:`harness.scenarios.failpaths` scenario and requires every check to pass:
+Each runs one scenario of the :mod:`harness.scenarios` registry and requires every check to pass:
 the right end state and error (pattern from QEMU's source), the source
 running with its guest heartbeating, and its RAM intact (exact comparison
 after a second migration, or the guest invariant on the stopped source).
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.scenarios import failpaths
+from harness.scenarios import SCENARIOS, run_scenario
+from harness.scenarios.rig import Rig, source_running
 from harness.run.rundir import runtime_dir
 from harness.qemu.build import QemuBuild, discover
 from harness.results import PASSED, SKIPPED
@@ -54,13 +55,12 @@ def _build(builds: dict[str, QemuBuild], name: str) -> QemuBuild:
 
 
 @pytest.mark.parametrize("build_name", list(BUILDS), ids=list(BUILDS.values()))
-@pytest.mark.parametrize("scenario", list(failpaths.SCENARIOS))
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_failure_path(scenario: str, build_name: str, builds, run_state, record) -> None:
     build = _build(builds, build_name)
-    result_id = f"failpath-{scenario}-{BUILDS[build_name]}"
-    result = failpaths.run_scenario(scenario, build,
-                                    cell_logdir(run_state.results_dir, result_id))
-    result.id = result_id
+    result_id = SCENARIOS[scenario].result_id(BUILDS[build_name])
+    result = run_scenario(scenario, build, cell_logdir(run_state.results_dir, result_id),
+                          result_id)
     record(result)
     assert result.verdict != SKIPPED, result.reason
     bad = [f"{c.name}: {c.summary}" for c in result.checks if not c.passed]
@@ -110,34 +110,20 @@ async def _with_source(build: QemuBuild, logdir: Path, body):
     workdir = runtime_dir()
     try:
         async with AsyncExitStack() as stack:
-            rig = failpaths.Rig(build, logdir, workdir, stack)
+            rig = Rig(build, logdir, workdir, stack)
             src = await rig.source()
             return await body(rig, src)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_recovery_sequence_check_fails() -> None:
-    """``judge_sequence`` (the recovered-states check) fails on a run that
-    paused and never recovered, and on states out of order."""
-    want = ["postcopy-active", "postcopy-paused", "postcopy-recover", "postcopy-active",
-            "completed"]
-    assert failpaths.judge_sequence("x", ["active", *want], want).passed
-    unrecovered = failpaths.judge_sequence("x", ["active", "postcopy-active",
-                                                 "postcopy-paused"], want)
-    assert not unrecovered.passed and "postcopy-recover" in unrecovered.summary
-    assert not failpaths.judge_sequence("x", ["postcopy-active", "completed",
-                                              "postcopy-paused", "postcopy-recover",
-                                              "postcopy-active"], want).passed
-
-
 def test_source_running_check_fails_on_stopped_source(builds, run_state) -> None:
     build = _build(builds, REQUIRED)
 
     async def body(rig, src):
-        running = await failpaths.source_running(src)
+        running = await source_running(src)
         await src.m.execute("stop")
-        stopped = await failpaths.source_running(src, timeout=1.0)
+        stopped = await source_running(src, timeout=1.0)
         return running, stopped
 
     running, stopped = asyncio.run(_with_source(

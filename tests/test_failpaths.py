@@ -1,9 +1,17 @@
-"""Unit tests of harness.scenarios.failpaths' verdicts and error patterns (no QEMU)."""
+"""Unit tests of the failure scenarios' catalogue, verdicts and registry (no QEMU)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
-from harness.scenarios.failpaths import ERRORS, SCENARIOS, Expect, judge_error, judge_running, judge_state
+from harness.cell import BuildSpec
+from harness.qemu.build import MachineType, QemuBuild
+from harness.results import SKIPPED
+from harness.scenarios import SCENARIOS, get, run_scenario
+from harness.scenarios.postcopy import RECOVERED
+from harness.scenarios.catalogue import CHECKED_ON, ERRORS, Expect
+from harness.scenarios.verdicts import judge_error, judge_running, judge_sequence, judge_state
 
 #: Texts QEMU 7.2.22 (Debian) and 10.0.2 (bookworm-backports) gave here.
 OBSERVED = {
@@ -86,6 +94,89 @@ def test_judge_running() -> None:
     assert not stalled.passed and "stalled" in stalled.summary
 
 
-def test_scenarios_have_docstrings() -> None:
-    for name, fn in SCENARIOS.items():
-        assert fn.__doc__ and fn.__doc__.strip(), name
+def test_judge_sequence() -> None:
+    want = ["a", "b", "c"]
+    assert judge_sequence("x", ["z", "a", "y", "b", "c"], want).passed
+    missing = judge_sequence("x", ["a", "c"], want)
+    assert not missing.passed and "b" in missing.summary
+    assert not judge_sequence("x", ["b", "a", "c"], want).passed
+
+
+def test_recovery_sequence_check_fails() -> None:
+    """The recovered-states check of postcopy-recover fails on a run that
+    paused and never recovered, and on states out of order."""
+    assert judge_sequence("x", ["active", *RECOVERED], RECOVERED).passed
+    unrecovered = judge_sequence("x", ["active", "postcopy-active", "postcopy-paused"],
+                                 RECOVERED)
+    assert not unrecovered.passed and "postcopy-recover" in unrecovered.summary
+    assert not judge_sequence("x", ["postcopy-active", "completed", "postcopy-paused",
+                                    "postcopy-recover", "postcopy-active"], RECOVERED).passed
+
+
+def test_every_error_names_checked_versions() -> None:
+    for name, expect in ERRORS.items():
+        assert expect.versions and set(expect.versions) <= set(CHECKED_ON), name
+
+
+# -- the registry ---------------------------------------------------------------
+
+#: The ids tests and results use: changing one breaks history and test ids.
+STABLE_IDS = [
+    "bad-destination-tcp-refused", "bad-destination-unix-missing", "destination-killed",
+    "cancel-in-setup", "cancel-in-active", "cancel-in-pre-switchover",
+    "uuid-mismatch", "uuid-source-only", "uuid-destination-only", "ram-size-mismatch",
+    "machine-type-mismatch",
+    "refused-while-active", "postcopy-without-capability", "destination-refusals",
+    "unknown-uri-scheme",
+    "postcopy-recover", "postcopy-break-unrecovered",
+]
+
+
+def test_registry_ids_are_stable() -> None:
+    assert list(SCENARIOS) == STABLE_IDS
+
+
+def test_scenarios_describe_themselves() -> None:
+    for sid, sc in SCENARIOS.items():
+        assert sc.id == sid
+        assert sc.description and "\n" not in sc.description and len(sc.description) <= 100, sid
+        assert sc.doc, sid
+        assert sc.theme in {"destination", "cancel", "mismatch", "refusals", "postcopy"}, sid
+        info = sc.describe()
+        assert info["id"] == sid and info["versions"] == ">= 7.2"
+    assert get("cancel-in-active") is SCENARIOS["cancel-in-active"]
+    with pytest.raises(KeyError, match="known: bad-destination"):
+        get("no-such-scenario")
+
+
+def _build(**kw) -> QemuBuild:
+    args = dict(spec=BuildSpec(name="b", binary="/opt/qemu-system-x86_64"), version=(7, 2, 22),
+                arch="x86_64",
+                capabilities=("events", "return-path", "postcopy-ram", "validate-uuid",
+                              "pause-before-switchover"),
+                machines={"pc-q35-7.2": MachineType("pc-q35-7.2", alias="q35"),
+                          "pc-i440fx-7.2": MachineType("pc-i440fx-7.2", alias="pc")})
+    args.update(kw)
+    return QemuBuild(**args)
+
+
+def test_applies_to_says_why_not() -> None:
+    recover, tcp = SCENARIOS["postcopy-recover"], SCENARIOS["bad-destination-tcp-refused"]
+    assert recover.applies_to(_build()) is None
+    assert "missing" in recover.applies_to(_build(missing="no binary"))
+    assert "x86_64" in recover.applies_to(_build(arch="aarch64"))
+    assert "7.1" in recover.applies_to(_build(version=(7, 1, 0)))
+    assert "postcopy-ram" in recover.applies_to(_build(capabilities=("events",)))
+    assert tcp.applies_to(_build(capabilities=("events",))) is None
+    q35_only = {"pc-q35-7.2": MachineType("pc-q35-7.2", alias="q35")}
+    assert "pc" in SCENARIOS["machine-type-mismatch"].applies_to(_build(machines=q35_only))
+    assert tcp.applies_to(_build(machines=q35_only)) is None
+
+
+def test_run_skips_with_reason_where_it_does_not_apply(tmp_path: Path) -> None:
+    result = run_scenario("postcopy-recover", _build(capabilities=("events",)), tmp_path)
+    assert result.verdict == SKIPPED and "postcopy-ram" in result.reason
+    assert result.id == "failpath-postcopy-recover-b"
+    assert result.inputs["theme"] == "postcopy"
+    named = run_scenario("postcopy-recover", _build(missing="gone"), tmp_path, "failpath-x")
+    assert named.id == "failpath-x" and named.verdict == SKIPPED

@@ -1,4 +1,9 @@
-"""Driving one migration from ``migrate`` to a terminal state.
+"""Driving migrations: configure both sides, start, follow, cancel, settle.
+
+The one place that acts on a migration, for the cell flow
+(:mod:`harness.migration.flow`) and the failure-path scenarios
+(:mod:`harness.scenarios`) alike; the waits it builds on (migration states,
+resume, run state, guest progress) are in :mod:`harness.migration.waits`.
 
 What a migration needs from the host depends on its capabilities, so the
 driver acts on them rather than on a separate "mode" setting:
@@ -19,6 +24,8 @@ reported with its figures rather than as a hang.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,23 +34,37 @@ from typing import Any, Awaitable, Callable
 from qemu.qmp import ExecuteError
 
 from harness.errors import BuildError
+from harness.migration.waits import (DEST_SETTLE_TIMEOUT, STATE_TIMEOUT, TERMINAL, final_info,
+                                     is_migration, settled_status, states_since, wait_info,
+                                     wait_state)
 from harness.qemu.build import QemuBuild
-from harness.qemu.machine import Event, Machine
+from harness.qemu.machine import Machine
+from harness.waiting import WaitTimeout, poll_until
+
+__all__ = ["BASE_CAPABILITIES", "DEST_SETTLE_TIMEOUT", "POSTCOPY_AFTER_SYNCS", "SAMPLE_PERIOD",
+           "STATE_TIMEOUT", "TERMINAL", "MigrationRun", "PostcopyResume", "cancel", "configure",
+           "final_info", "is_migration", "postcopy_due", "resume_in_postcopy", "run_migration",
+           "settle_destination", "settled_status", "start", "start_postcopy_when_due",
+           "start_until"]
+
+log = logging.getLogger(__name__)
 
 SAMPLE_PERIOD = 0.1
 POSTCOPY_AFTER_SYNCS = 2
-DEST_SETTLE_TIMEOUT = 30.0
-TERMINAL = ("completed", "failed", "cancelled")
+#: How long ``cancel`` waits for the state ``migrate_cancel`` leads to.
+CANCEL_TIMEOUT = 10.0
 
 #: Capabilities the harness turns on for every cell: without ``events`` QEMU
 #: emits no MIGRATION events (migration/migration.c, migrate_set_state ->
 #: qapi_event_send_migration is gated by migrate_use_events() in 7.2).
 BASE_CAPABILITIES = {"events": True}
 
-
-
-def is_migration(ev: Event, *states: str) -> bool:
-    return ev.get("event") == "MIGRATION" and ev["data"]["status"] in states
+#: ``migrate`` refusals that only mean an earlier attempt has not let go yet.
+#: util/yank.c yank_register_instance (7.2, 10.0), called from qmp_migrate:
+#: "duplicate yank instance" while the previous migration's instance is
+#: registered; migration/migration.c migrate_prepare (7.2, 10.0):
+#: QERR_MIGRATION_ACTIVE "There's a migration process in progress".
+BUSY_REFUSALS = (r"(?i)duplicate yank instance", r"(?i)migration process in progress")
 
 
 @dataclass
@@ -72,14 +93,26 @@ class MigrationRun:
     #: Seconds the harness itself kept the source in ``pre-switchover``: from
     #: the event's arrival to the reply to ``migrate-continue`` (the
     #: ``at_pre_switchover`` work, e.g. release-ram's copy of the source RAM,
-    #: plus one QMP round trip).  QEMU counts this wait in its ``downtime``
-    #: (the VM is already stopped: migration/migration.c, migration_maybe_pause
-    #: runs after the stop in postcopy_start and migration_completion), so the
-    #: downtime check takes it off QEMU's figure rather than blaming QEMU.
+    #: plus one QMP round trip).  QEMU counts this wait in its ``downtime``,
+    #: the VM being stopped before the pause (migration/migration.c):
+    #: 7.2: migration_completion sets downtime_start, stops the VM, then
+    #: migration_maybe_pause waits; migration_calculate_complete ends it.
+    #: postcopy_start takes time_at_stop on entry, migration_maybe_pause
+    #: waits after the stop, ms->downtime is set once the device state is sent.
+    #: 10.0: migration_stop_vm -> migration_downtime_start, then
+    #: migration_switchover_start -> migration_switchover_prepare waits
+    #: (migration_completion_precopy and postcopy_start alike);
+    #: migration_downtime_end ends it (migration_completion_end, or the end
+    #: of postcopy_start).  So the downtime check takes it off QEMU's figure.
     source_held_s: float = 0.0
     #: When the source reported its terminal state (host monotonic time).
     t_source_done: float | None = None
     error: str = ""
+    #: Index in the source's event list where this migration began, and the
+    #: MIGRATION states of this migration alone (``source_states`` holds every
+    #: state the source reported, earlier attempts included).
+    since: int = 0
+    states: list[str] = field(default_factory=list)
 
     @property
     def completed(self) -> bool:
@@ -105,10 +138,61 @@ def _sample(info: dict[str, Any], t: float) -> dict[str, Any]:
     return out
 
 
+async def start(src: Machine, uri: str, *, resume: bool = False,
+                refusals: list[dict[str, Any]] | None = None,
+                retry_for: float = STATE_TIMEOUT) -> int:
+    """``migrate`` to ``uri`` (``resume``: a paused postcopy's recovery);
+    returns the index in ``src.events`` this migration's events start at.
+
+    A refusal raises :class:`ExecuteError`, except, when ``refusals`` is given
+    (a list the refusals are recorded in), one of ``BUSY_REFUSALS``: that is
+    retried for up to ``retry_for`` seconds.  QEMU 10.0 reports a migration
+    cancelled in ``setup`` as ``cancelled`` while its connection attempt is
+    still pending, and the migration's yank instance (util/yank.c
+    yank_register_instance, called from qmp_migrate) is only released when
+    that attempt ends; the refused ``migrate`` leaves the state ``setup`` (so
+    the next one is refused as "in progress") until the stale attempt ends
+    and cancels it.  Between attempts ``query-migrate`` is polled for the
+    stale attempt's end: it may end without a MIGRATION event (state ``none``).
+    """
+    args: dict[str, Any] = {"uri": uri, **({"resume": True} if resume else {})}
+    t = time.monotonic()
+    while True:
+        since = len(src.events)
+        try:
+            await src.execute("migrate", args)
+        except ExecuteError as exc:
+            if (refusals is None or not any(re.search(p, str(exc)) for p in BUSY_REFUSALS)
+                    or time.monotonic() - t > retry_for):
+                log.info("%s: migrate to %s refused: %s", src.role, uri, exc)
+                raise
+            state = (await src.execute("query-migrate")).get("status")
+            refusals.append({"after_s": round(time.monotonic() - t, 3), "class": exc.error_class,
+                             "text": str(exc), "state_after": state})
+            log.warning("%s: migrate refused while an earlier attempt lets go (%s; state %s): "
+                        "retrying once it has ended", src.role, exc, state)
+            await wait_info(src, lambda i: i.get("status") in (None, "none"),
+                            max(0.0, retry_for - (time.monotonic() - t)),
+                            "the stale migration attempt to end")
+            continue
+        log.info("%s: migrate%s to %s", src.role, " (resume)" if resume else "", uri)
+        return since
+
+
+async def start_until(src: Machine, uri: str, state: str, timeout: float = STATE_TIMEOUT
+                      ) -> tuple[int, str | None]:
+    """``migrate`` and wait until the source reaches ``state`` (or ends).
+    Returns the event index the migration started at and the state reached
+    (None: neither within ``timeout``)."""
+    since = await start(src, uri)
+    return since, await wait_state(src, (state,) + TERMINAL, since, timeout)
+
+
 async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bool],
                         timeout: float, t0: float, restore_uri: str | None = None,
                         postcopy_after: int = POSTCOPY_AFTER_SYNCS,
-                        at_pre_switchover: Callable[[], Awaitable[None]] | None = None
+                        at_pre_switchover: Callable[[], Awaitable[None]] | None = None,
+                        refusals: list[dict[str, Any]] | None = None
                         ) -> MigrationRun:
     """Migrate ``src`` to ``dst`` (already listening on ``uri``, or, with
     ``restore_uri``, told to read the saved stream from there once the source
@@ -119,14 +203,15 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
     cancels).  The destination is left paused when the migration completed.
     ``postcopy_after`` is the switch-over point (dirty-bitmap syncs) with
     postcopy-ram; ``at_pre_switchover`` runs while the source is held in
-    ``pre-switchover`` (its RAM still and not yet sent in full).
+    ``pre-switchover`` (its RAM still and not yet sent in full);
+    ``refusals``: see :func:`start`.
     """
     run = MigrationRun(uri=uri, caps=caps)
-    src_since, dst_since = len(src.events), len(dst.events)
+    dst_since = len(dst.events)
     postcopy = caps.get("postcopy-ram", False)
     pause = caps.get("pause-before-switchover", False)
-    await src.execute("migrate", {"uri": uri})
-    tasks = [asyncio.ensure_future(_sampler(src, run, postcopy, t0, postcopy_after))]
+    run.since = src_since = await start(src, uri, refusals=refusals)
+    tasks = [asyncio.ensure_future(_sampler(src, run, postcopy, t0, postcopy_after, timeout))]
     if postcopy:
         tasks.append(asyncio.ensure_future(_resume_in_postcopy(dst, run, dst_since, timeout)))
     deadline = time.monotonic() + timeout
@@ -146,6 +231,8 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
                     await at_pre_switchover()
                 await src.execute("migrate-continue", {"state": "pre-switchover"})
                 run.source_held_s += time.monotonic() - got[0]
+                log.info("%s: held in pre-switchover %.3f s, continued", src.role,
+                         run.source_held_s)
                 continue
             run.status = status
             run.t_source_done = got[0]
@@ -155,14 +242,19 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     run.source_states = src.migration_states()
+    run.states = states_since(src, src_since)
     if not run.status:
         run.info = await src.execute("query-migrate") if src.alive else {}
         run.status = str(run.info.get("status", "unknown"))
+        log.warning("%s: migration still '%s' after %.0f s (states %s)", src.role, run.status,
+                    timeout, run.states)
         return run
     if not run.completed:
         run.info = await src.execute("query-migrate")
         run.error = str(run.info.get("error-desc", "no error given"))
+        log.warning("%s: migration %s: %s", src.role, run.status, run.error)
         return run
+    log.info("%s: migration completed (states %s)", src.role, run.states)
     if restore_uri is not None:
         await dst.execute("migrate-incoming", {"uri": restore_uri})
     # The destination finishes loading after the source says completed; wait
@@ -174,6 +266,7 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
         run.status = "destination-failed"
         run.error = f"destination did not reach 'completed' (states {run.destination_states}; " \
                     f"{dst.exit_reason()})"
+        log.warning("%s: %s", dst.role, run.error)
         return run
     if run.t_dst_ready is None:
         run.t_dst_ready = dst_done[0]
@@ -181,70 +274,121 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
     return run
 
 
+def postcopy_due(info: dict[str, Any], after: int = POSTCOPY_AFTER_SYNCS) -> bool:
+    """Time to switch to postcopy: precopy is ``active`` and has made ``after``
+    dirty-bitmap syncs (so the guest has dirtied pages already sent)."""
+    return info.get("status") == "active" \
+        and info.get("ram", {}).get("dirty-sync-count", 0) >= after
+
+
 async def _sampler(src: Machine, run: MigrationRun, postcopy: bool, t0: float,
-                   postcopy_after: int = POSTCOPY_AFTER_SYNCS) -> None:
-    while True:
+                   postcopy_after: int, timeout: float) -> None:
+    """Sample ``query-migrate`` every ``SAMPLE_PERIOD`` until a terminal
+    state, starting postcopy when it is due."""
+
+    async def look() -> dict[str, Any] | None:
         try:
             info = await src.execute("query-migrate")
         except ExecuteError:
-            return
+            return None
         run.samples.append(_sample(info, time.monotonic() - t0))
-        status = info.get("status")
-        if status in TERMINAL:
-            return
-        syncs = info.get("ram", {}).get("dirty-sync-count", 0)
-        if postcopy and run.t_postcopy_started is None and status == "active" \
-                and syncs >= postcopy_after:
-            run.postcopy_after_syncs = syncs
+        if postcopy and run.t_postcopy_started is None and postcopy_due(info, postcopy_after):
+            run.postcopy_after_syncs = info.get("ram", {}).get("dirty-sync-count", 0)
             run.t_postcopy_started = time.monotonic()
+            log.info("%s: migrate-start-postcopy after %d dirty syncs", src.role,
+                     run.postcopy_after_syncs)
             await src.execute("migrate-start-postcopy")
-        await asyncio.sleep(SAMPLE_PERIOD)
+        return info
+
+    try:
+        await poll_until(look, lambda i: i is None or i.get("status") in TERMINAL,
+                         timeout=timeout, interval=SAMPLE_PERIOD, what="migration samples")
+    except WaitTimeout:
+        pass  # run_migration reports the state it was left in
+
+
+async def start_postcopy_when_due(src: Machine, after: int = POSTCOPY_AFTER_SYNCS,
+                                  timeout: float = STATE_TIMEOUT
+                                  ) -> tuple[dict[str, Any], float | None]:
+    """Wait (polling ``query-migrate``: dirty syncs raise no event) until
+    postcopy is due, then ``migrate-start-postcopy``.  Returns the reply
+    judged on and when postcopy was started (None: the migration ended or
+    ``timeout`` passed first; nothing was started)."""
+    info = await wait_info(src, lambda i: postcopy_due(i, after), timeout,
+                           f"{after} dirty syncs in 'active'")
+    if not postcopy_due(info, after):
+        log.warning("%s: postcopy never due (status %s, syncs %s)", src.role,
+                    info.get("status"), info.get("ram", {}).get("dirty-sync-count"))
+        return info, None
+    t = time.monotonic()
+    log.info("%s: migrate-start-postcopy after %s dirty syncs", src.role,
+             info.get("ram", {}).get("dirty-sync-count"))
+    await src.execute("migrate-start-postcopy")
+    return info, t
+
+
+@dataclass
+class PostcopyResume:
+    """A destination resumed during postcopy."""
+
+    #: When it reported ``postcopy-active`` (host monotonic time).
+    t_active: float
+    #: When ``cont`` was sent.
+    t_cont: float
+    #: Its event index before ``cont``: a ``RESUME`` from there on means the
+    #: guest runs (see :func:`harness.migration.waits.wait_resumed`).
+    cont_since: int
+
+
+async def resume_in_postcopy(dst: Machine, since: int, timeout: float
+                             ) -> PostcopyResume | None:
+    """On the destination's ``postcopy-active`` (event index >= ``since``),
+    ``cont`` it: it was started with ``-S``.  None when it ended or
+    ``timeout`` passed without reaching postcopy-active."""
+    got = await dst.wait_event(lambda e: is_migration(e, "postcopy-active", *TERMINAL),
+                               timeout, since)
+    if got is None or not is_migration(got[1], "postcopy-active"):
+        return None
+    cont_since = len(dst.events)
+    t_cont = time.monotonic()
+    log.info("%s: postcopy-active; cont", dst.role)
+    await dst.execute("cont")
+    return PostcopyResume(got[0], t_cont, cont_since)
 
 
 async def _resume_in_postcopy(dst: Machine, run: MigrationRun, since: int,
                               timeout: float) -> None:
-    got = await dst.wait_event(lambda e: is_migration(e, "postcopy-active"), timeout, since)
-    if got is None:
-        return
-    run.t_dst_ready = got[0]
-    run.t_dst_resumed = time.monotonic()
-    await dst.execute("cont")
+    resumed = await resume_in_postcopy(dst, since, timeout)
+    if resumed is not None:
+        run.t_dst_ready, run.t_dst_resumed = resumed.t_active, resumed.t_cont
 
 
-async def settled_status(m: Machine, timeout: float = DEST_SETTLE_TIMEOUT,
-                         leaving: str = "inmigrate") -> str:
-    """The run state once it has left ``leaving`` (a transitional state)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status = await m.status()
-        if status != leaving or time.monotonic() > deadline:
-            return status
-        await asyncio.sleep(0.01)
+async def settle_destination(dst: Machine, since: int = 0,
+                             timeout: float = DEST_SETTLE_TIMEOUT) -> tuple[str | None, str]:
+    """Wait for the destination's own terminal MIGRATION state (it finishes
+    loading after the source says completed), then for its run state to
+    leave ``inmigrate`` (``paused`` with ``-S``).  Returns both."""
+    status = await wait_state(dst, TERMINAL, since, timeout)
+    return status, await settled_status(dst, timeout)
 
 
-async def final_info(src: Machine) -> dict[str, Any]:
-    """query-migrate once its figures are filled in: QEMU can report
-    'completed' while downtime and total-time are still 0 for a moment
-    (migration/migration.c: the figures are computed in migration_calculate_complete
-    after the state change)."""
-    info: dict[str, Any] = {}
-    for _ in range(50):
-        info = await src.execute("query-migrate")
-        if info.get("total-time") and "downtime" in info:
-            break
-        await asyncio.sleep(0.02)
-    return info
+async def cancel(src: Machine, since: int | None = None,
+                 timeout: float = CANCEL_TIMEOUT) -> str | None:
+    """``migrate_cancel`` and wait for the terminal state it leads to.
 
-
-async def cancel(src: Machine) -> str | None:
-    """``migrate_cancel`` and wait for the terminal state it leads to."""
-    since = len(src.events)
+    ``since`` (default: now) is where to look for that state; pass the
+    migration's start index to also see a state it reached before the cancel
+    (a migration can complete or fail while the cancel is on its way).
+    None: the cancel was refused, or no terminal state within ``timeout``."""
+    since = len(src.events) if since is None else since
     try:
         await src.execute("migrate_cancel")
-    except ExecuteError:
+    except ExecuteError as exc:
+        log.warning("%s: migrate_cancel refused: %s", src.role, exc)
         return None
-    got = await src.wait_event(lambda e: is_migration(e, *TERMINAL), 10.0, since)
-    return None if got is None else str(got[1]["data"]["status"])
+    status = await wait_state(src, TERMINAL, since, timeout)
+    log.info("%s: migrate_cancel -> %s", src.role, status)
+    return status
 
 
 async def configure(m: Machine, build: QemuBuild, caps: dict[str, bool],
@@ -256,12 +400,14 @@ async def configure(m: Machine, build: QemuBuild, caps: dict[str, bool],
         await m.execute("migrate-set-capabilities", {"capabilities": [
             {"capability": k, "state": v} for k, v in caps.items()]})
     except ExecuteError as exc:
+        log.warning("%s: capabilities %s refused: %s", m.role, caps, exc)
         raise BuildError(build.name, f"{build.version_text} refused capabilities {caps} on the "
                          f"{side}: {exc}") from exc
     if params:
         try:
             await m.execute("migrate-set-parameters", params)
         except ExecuteError as exc:
+            log.warning("%s: parameters %s refused: %s", m.role, params, exc)
             raise BuildError(build.name, f"{build.version_text} refused parameters {params} on "
                              f"the {side}: {exc}") from exc
     got_caps = {c["capability"]: c["state"] for c in await m.execute("query-migrate-capabilities")}
@@ -271,4 +417,6 @@ async def configure(m: Machine, build: QemuBuild, caps: dict[str, bool],
     wrong += [f"parameter {k}={got_params.get(k)!r} (set {v!r})" for k, v in params.items()
               if got_params.get(k) != v]
     if wrong:
+        log.error("%s: read-back mismatch: %s", m.role, "; ".join(wrong))
         raise BuildError(build.name, f"read-back mismatch on the {side}: {'; '.join(wrong)}")
+    log.debug("%s: capabilities %s, parameters %s applied and read back", m.role, caps, params)

@@ -1,0 +1,176 @@
+"""Unit tests of the migration driver and its waits against a scripted QMP peer
+(no QEMU): the retry of a busy ``migrate``, cancel, postcopy steps, settling,
+late figures, guest progress."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+import pytest
+from qemu.qmp import ExecuteError
+from qemu.qmp.message import Message
+from qemu.qmp.models import ErrorResponse
+
+from harness.migration import driver, waits
+from harness.waiting import WaitAborted, WaitTimeout
+
+
+def _error(desc: str) -> ExecuteError:
+    raw = Message({"error": {"class": "GenericError", "desc": desc}, "id": 1})
+    return ExecuteError(ErrorResponse(raw), Message({"execute": "x"}), raw)
+
+
+class FakeMachine:
+    """What the driver uses of :class:`harness.qemu.machine.Machine`; each
+    command's answer comes from ``handlers`` (a value, or a callable that
+    may raise), and handlers may append events."""
+
+    def __init__(self, handlers: dict[str, Any], role: str = "src") -> None:
+        self.role = role
+        self.handlers = handlers
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self.commands: list[str] = []
+        self.alive = True
+
+    def emit(self, status: str, event: str = "MIGRATION") -> None:
+        data = {"status": status} if event == "MIGRATION" else {}
+        self.events.append((float(len(self.events)), {"event": event, "data": data}))
+
+    async def execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        self.commands.append(cmd)
+        answer = self.handlers[cmd]
+        return answer(args) if callable(answer) else answer
+
+    async def status(self) -> str:
+        return str((await self.execute("query-status"))["status"])
+
+    async def wait_event(self, match: Callable[[dict[str, Any]], bool], timeout: float,
+                         since: int = 0) -> tuple[float, dict[str, Any]] | None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for t, ev in self.events[since:]:
+                if match(ev):
+                    return t, ev
+            if asyncio.get_running_loop().time() >= deadline or not self.alive:
+                return None
+            await asyncio.sleep(0.001)
+
+    def exit_reason(self) -> str:
+        return "killed"
+
+
+def _sequence(*answers: Any) -> Callable[[Any], Any]:
+    """Answers in turn, the last one repeated."""
+    it = list(answers)
+
+    def answer(_args: Any) -> Any:
+        value = it.pop(0) if len(it) > 1 else it[0]
+        if isinstance(value, Exception):
+            raise value
+        return value
+    return answer
+
+
+def test_start_retries_a_busy_migrate_only_when_asked() -> None:
+    busy = _error("duplicate yank instance")
+    m = FakeMachine({"migrate": _sequence(busy, None),
+                     "query-migrate": _sequence({"status": "setup"}, {"status": "cancelled"})})
+    refusals: list[dict[str, Any]] = []
+    since = asyncio.run(driver.start(m, "unix:/x", refusals=refusals))  # type: ignore[arg-type]
+    assert since == 0 and m.commands.count("migrate") == 2
+    assert refusals and refusals[0]["state_after"] == "setup"
+    m = FakeMachine({"migrate": _sequence(busy, None)})
+    with pytest.raises(ExecuteError):
+        asyncio.run(driver.start(m, "unix:/x"))  # type: ignore[arg-type]
+    other = FakeMachine({"migrate": _sequence(_error("unknown migration protocol"), None)})
+    with pytest.raises(ExecuteError):
+        asyncio.run(driver.start(other, "bogus:1", refusals=[]))  # type: ignore[arg-type]
+
+
+def test_start_sends_resume() -> None:
+    seen: list[Any] = []
+    m = FakeMachine({"migrate": lambda args: seen.append(args)})
+    asyncio.run(driver.start(m, "tcp:h:1", resume=True))  # type: ignore[arg-type]
+    assert seen == [{"uri": "tcp:h:1", "resume": True}]
+
+
+def test_cancel_sees_a_state_reached_before_it() -> None:
+    m = FakeMachine({"migrate_cancel": None})
+    m.emit("setup")
+    m.emit("completed")  # the migration ended while the cancel was on its way
+    assert asyncio.run(driver.cancel(m, since=0, timeout=0.05)) == "completed"  # type: ignore[arg-type]
+    assert asyncio.run(driver.cancel(m, timeout=0.05)) is None  # type: ignore[arg-type]
+    refused = FakeMachine({"migrate_cancel": _sequence(_error("no"), None)})
+    assert asyncio.run(driver.cancel(refused)) is None  # type: ignore[arg-type]
+
+
+def test_postcopy_starts_only_when_due() -> None:
+    active = {"status": "active", "ram": {"dirty-sync-count": 1}}
+    due = {"status": "active", "ram": {"dirty-sync-count": 2}}
+    assert not driver.postcopy_due(active) and driver.postcopy_due(due)
+    m = FakeMachine({"query-migrate": _sequence(active, due), "migrate-start-postcopy": None})
+    info, t = asyncio.run(driver.start_postcopy_when_due(m, 2, 5.0))  # type: ignore[arg-type]
+    assert info == due and t is not None and "migrate-start-postcopy" in m.commands
+    failed = FakeMachine({"query-migrate": {"status": "failed"}})
+    info, t = asyncio.run(driver.start_postcopy_when_due(failed, 2, 5.0))  # type: ignore[arg-type]
+    assert t is None and "migrate-start-postcopy" not in failed.commands
+
+
+def test_resume_in_postcopy_conts_on_postcopy_active_only() -> None:
+    dst = FakeMachine({"cont": None}, role="dst")
+    dst.emit("active")
+    dst.emit("postcopy-active")
+    resumed = asyncio.run(driver.resume_in_postcopy(dst, 0, 1.0))  # type: ignore[arg-type]
+    assert resumed is not None and resumed.cont_since == 2 and dst.commands == ["cont"]
+    dst.emit("RESUME", event="RESUME")
+    assert asyncio.run(waits.wait_resumed(dst, resumed.cont_since, 0.1)) is not None  # type: ignore[arg-type]
+    failed = FakeMachine({"cont": None}, role="dst")
+    failed.emit("failed")
+    assert asyncio.run(driver.resume_in_postcopy(failed, 0, 1.0)) is None  # type: ignore[arg-type]
+    assert failed.commands == []
+
+
+def test_settled_status_returns_the_state_it_was_left_in() -> None:
+    m = FakeMachine({"query-status": _sequence({"status": "inmigrate"}, {"status": "paused"})})
+    assert asyncio.run(waits.settled_status(m, 1.0)) == "paused"  # type: ignore[arg-type]
+    stuck = FakeMachine({"query-status": {"status": "inmigrate"}})
+    assert asyncio.run(waits.settled_status(stuck, 0.05)) == "inmigrate"  # type: ignore[arg-type]
+
+
+def test_final_info_waits_for_late_figures() -> None:
+    early = {"status": "completed", "total-time": 0}
+    full = {"status": "completed", "total-time": 812, "downtime": 31}
+    m = FakeMachine({"query-migrate": _sequence(early, early, full)})
+    assert asyncio.run(waits.final_info(m)) == full  # type: ignore[arg-type]
+    never = FakeMachine({"query-migrate": early})
+    assert asyncio.run(waits.final_info(never)) == early  # type: ignore[arg-type]
+
+
+def test_wait_progress_stops_at_once_on_a_dead_qemu() -> None:
+    m = FakeMachine({})
+    count = iter(range(100))
+    assert asyncio.run(waits.wait_progress(m, lambda: next(count), 3, 1.0, "beats")) == 3  # type: ignore[arg-type]
+    m.alive = False
+    with pytest.raises(WaitAborted, match="died"):
+        asyncio.run(waits.wait_progress(m, lambda: 0, 3, 5.0, "beats"))  # type: ignore[arg-type]
+    m.alive = True
+    with pytest.raises(WaitTimeout):
+        asyncio.run(waits.wait_progress(m, lambda: 0, 3, 0.03, "beats"))  # type: ignore[arg-type]
+
+
+def test_states_and_event_time() -> None:
+    m = FakeMachine({})
+    for s in ("setup", "active", "completed"):
+        m.emit(s)
+    assert waits.states_since(m, 1) == ["active", "completed"]  # type: ignore[arg-type]
+    assert waits.event_time(m, "completed") == 2.0  # type: ignore[arg-type]
+    assert asyncio.run(waits.wait_state(m, waits.TERMINAL, 0, 0.01)) == "completed"  # type: ignore[arg-type]
+    assert asyncio.run(waits.wait_state(m, ("failed",), 0, 0.01)) is None  # type: ignore[arg-type]
+
+
+def test_driver_keeps_the_names_the_flow_imports() -> None:
+    for name in ("run_migration", "MigrationRun", "TERMINAL", "POSTCOPY_AFTER_SYNCS", "cancel",
+                 "settled_status", "configure", "BASE_CAPABILITIES", "final_info",
+                 "is_migration"):
+        assert hasattr(driver, name), name
+    assert "source_held_s" in driver.MigrationRun.__dataclass_fields__
