@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from harness import packaged
 from harness.cell import Cell
 from harness.errors import HarnessError
 from harness.matrix import load_matrix, override_build, plan_tier, select
@@ -22,8 +24,23 @@ from harness.qemu.process import Interrupted, install_signal_handlers
 EXIT_BAD_INPUT = 2
 
 
+MATRIX_HELP = "matrix file (default: ./matrix.yaml, else the one shipped with the package)"
+
+
+def _matrix_file(args: argparse.Namespace) -> Path:
+    """``--matrix``, else ``./matrix.yaml``, else the packaged matrix: then the
+    command's first line says so, since the user named no file.  ``args.matrix``
+    becomes the file used (results.json and the run's summary name it)."""
+    path, default = packaged.find_matrix(args.matrix)
+    if default:
+        print(f"using the packaged matrix {path} (no --matrix and no ./matrix.yaml; "
+              f"'mharness init' copies it here to edit)", file=sys.stderr)
+    args.matrix = str(path)
+    return path
+
+
 def _add_matrix_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--matrix", default="matrix.yaml", help="matrix file (default: ./matrix.yaml)")
+    p.add_argument("--matrix", default=None, help=MATRIX_HELP)
     p.add_argument("--tier", default=None, help="tier to run (default: smoke)")
     p.add_argument("-k", dest="select", default=None, metavar="EXPR",
                    help="select cells by id, as pytest -k does (e.g. 'unix and not kvm')")
@@ -43,7 +60,7 @@ def _plan(args: argparse.Namespace) -> tuple[Any, list[Cell]]:
 
     if args.qemu and not shutil.which(args.qemu):
         raise HarnessError(f"--qemu {args.qemu}: no such executable")
-    matrix = load_matrix(Path(args.matrix))
+    matrix = load_matrix(_matrix_file(args))
     if args.qemu:
         matrix = override_build(matrix, args.qemu)
     plan = plan_tier(matrix, args.tier or "smoke", args.seed or 0, resolve=discover)
@@ -217,7 +234,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.qemu:
         specs = [BuildSpec(name=args.qemu, binary=args.qemu)]
     else:
-        specs = list(load_matrix(Path(args.matrix)).build_specs())
+        specs = list(load_matrix(_matrix_file(args)).build_specs())
     problems = 0
     reports = []
     kvm = kvm_host_problem()
@@ -257,7 +274,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
             raise HarnessError(f"--qemu {args.qemu}: no such executable")
         specs = [BuildSpec(name=args.qemu, binary=shutil.which(args.qemu) or args.qemu)]
     else:
-        specs = list(load_matrix(Path(args.matrix)).build_specs())
+        specs = list(load_matrix(_matrix_file(args)).build_specs())
     results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
     probes, builds = [], []
@@ -298,8 +315,40 @@ def cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write the packaged matrix to ./matrix.yaml, the file to edit for this machine."""
+    from harness.fileio import write_atomic
+
+    dest = Path(packaged.MATRIX_NAME)
+    if dest.exists() and not args.force:
+        raise HarnessError(f"{dest} exists: not overwritten (--force replaces it)")
+    write_atomic(dest, packaged.default_matrix().read_bytes())
+    umask = os.umask(0)
+    os.umask(umask)
+    dest.chmod(0o666 & ~umask)  # a file for the user to edit, not a private temp file
+    print(f"wrote {dest}: a copy of the packaged matrix; edit it, then 'mharness run' uses it")
+    return 0
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the package version and the QEMU builds found, then exit
+    (like argparse's own version action, which prints a fixed string)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from harness.about import version_report
+
+        print(version_report(*packaged.find_matrix(None)))
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mharness", description="QEMU live-migration test harness")
+    p.add_argument("--version", action=_VersionAction,
+                   help="print the package version and the QEMU builds found, and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the cells of a tier")
@@ -327,13 +376,13 @@ def parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_list)
 
     doc = sub.add_parser("doctor", help="describe the QEMU builds and what is missing")
-    doc.add_argument("--matrix", default="matrix.yaml")
+    doc.add_argument("--matrix", default=None, help=MATRIX_HELP)
     doc.add_argument("--qemu", default=None, metavar="PATH")
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(func=cmd_doctor)
 
     probe = sub.add_parser("probe", help="probe builds' migration rules against the oracle")
-    probe.add_argument("--matrix", default="matrix.yaml")
+    probe.add_argument("--matrix", default=None, help=MATRIX_HELP)
     probe.add_argument("--qemu", default=None, metavar="PATH")
     probe.add_argument("--results", required=True, metavar="DIR")
     probe.set_defaults(func=cmd_probe)
@@ -341,6 +390,10 @@ def parser() -> argparse.ArgumentParser:
     img = sub.add_parser("images", help="build (or find cached) guest images")
     img.add_argument("name", nargs="?", default="dirtier-x86")
     img.set_defaults(func=cmd_images)
+
+    init = sub.add_parser("init", help="write the packaged matrix to ./matrix.yaml for editing")
+    init.add_argument("--force", action="store_true", help="overwrite an existing ./matrix.yaml")
+    init.set_defaults(func=cmd_init)
     return p
 
 

@@ -2,7 +2,8 @@
 # Set up everything the harness needs on a Debian 12 machine, idempotently:
 #   - Debian packages: qemu-system-x86 (the system QEMU 7.2 build), binutils
 #     (assembles the guest boot code in images/);
-#   - the Python package and its test dependencies (pip, editable);
+#   - the Python package (pip, editable) with its `dev` extra: the `test` extra
+#     (pytest, pytest-xdist, build for testcases/test_install.py, ruff) and tox;
 #   - QEMU 10.0 from bookworm-backports unpacked into a private prefix
 #     (scripts/setup-qemu-backports.sh; the system QEMU is never touched).
 # Safe to run again: each step is skipped when already done.
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-packages=(qemu-system-x86 binutils)
+packages=(qemu-system-x86 qemu-system-arm binutils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,8 +23,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -i 'running pip as the .root. user' >&2 || true
-python3 -c 'import harness, qemu.qmp, yaml, numpy' || { echo "setup: Python dependencies failed to install" >&2; exit 1; }
+python3 -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v -i 'running pip as the .root. user' >&2 || true
+python3 -c 'import harness, qemu.qmp, yaml, numpy, build, tox' || { echo "setup: Python dependencies failed to install" >&2; exit 1; }
+python3 -m ruff --version >/dev/null || { echo "setup: ruff failed to install" >&2; exit 1; }
 
 if [ -x scripts/setup-qemu-backports.sh ] || [ -f scripts/setup-qemu-backports.sh ]; then
   bash scripts/setup-qemu-backports.sh

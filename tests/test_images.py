@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import harness
 from harness.guest import images
 from harness.errors import HarnessError
 
@@ -28,9 +29,19 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return src
 
 
+def _files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts)
+
+
 def test_dirs_default_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("MHARNESS_IMAGES_DIR", raising=False)
-    assert images.images_dir() == REPO_IMAGES
+    # The default is package data inside the harness package (whether that is
+    # the checkout or an installed copy, as under tox), never a path relative
+    # to a checkout.
+    default = images.images_dir()
+    assert isinstance(default, Path)
+    assert default == Path(harness.__file__).parent / "data" / "images"
     monkeypatch.setenv("MHARNESS_IMAGES_DIR", str(tmp_path))
     assert images.images_dir() == tmp_path
 
@@ -42,6 +53,28 @@ def test_dirs_default_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert images.cache_dir() == tmp_path / "home" / ".cache" / "mharness"
     monkeypatch.setenv("MHARNESS_CACHE_DIR", str(tmp_path / "c"))
     assert images.cache_dir() == tmp_path / "c"
+
+
+def test_packaged_recipes_are_the_repository_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file of images/ is in the package, byte for byte (under tox the
+    package is installed from the sdist: this checks what it carries)."""
+    monkeypatch.delenv("MHARNESS_IMAGES_DIR", raising=False)
+    packaged = Path(images.images_dir()).resolve()
+    assert _files(packaged) == _files(REPO_IMAGES)
+    for rel in _files(REPO_IMAGES):
+        assert (packaged / rel).read_bytes() == (REPO_IMAGES / rel).read_bytes(), rel
+
+
+@pytest.mark.parametrize("name", sorted(images.RECIPES))
+def test_key_does_not_depend_on_where_recipes_are(name: str, env: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same recipe bytes, same key: a cached image serves a checkout, an
+    installed package and an MHARNESS_IMAGES_DIR copy alike."""
+    if any(shutil.which(t) is None for t in images.RECIPES[name].tools):
+        pytest.skip("binutils not installed")
+    copied = images.recipe_key(name)
+    monkeypatch.delenv("MHARNESS_IMAGES_DIR")
+    assert images.recipe_key(name) == copied
 
 
 @needs_binutils

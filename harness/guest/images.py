@@ -1,5 +1,9 @@
 """Guest images built from the recipes in ``images/``, cached by content hash.
 
+The recipes are package data (:mod:`harness.packaged`), so an installed harness
+builds its images from any directory; ``$MHARNESS_IMAGES_DIR`` points it at
+another folder of recipes (a porter's edited copy).
+
 Images are built from source on the machine that runs the harness rather than
 shipped as binaries, so a reviewer can read exactly what the guest does and a
 porter can rebuild it with their own toolchain.  The cache key covers
@@ -16,6 +20,7 @@ reader sees either no file or a complete one.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -24,9 +29,12 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Callable
 
+from harness import packaged
 from harness.errors import HarnessError
 from harness.fileio import write_atomic
 
@@ -64,15 +72,21 @@ class Recipe:
     version: str                     # bump when the build commands change
     build: Callable[[list[Path], Path], bytes]
     pad_to: int = MIB                # SeaBIOS on q35 does not boot a bare 512-byte disk
-    key_sources: tuple[str, ...] = ()  # paths relative to the harness package
+    key_sources: tuple[str, ...] = ()  # paths relative to the harness.guest package
 
 
-def images_dir() -> Path:
-    """The folder with image recipes: ``$MHARNESS_IMAGES_DIR`` or the repo's ``images/``."""
+def images_dir() -> Traversable:
+    """The folder with image recipes: ``$MHARNESS_IMAGES_DIR``, else the packaged
+    recipes (the repository's ``images/``, shipped in the package)."""
     env = os.environ.get("MHARNESS_IMAGES_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "images"
+    return packaged.recipes()
+
+
+def _input(root: Traversable, rel: str) -> Traversable:
+    """A recipe input; ``rel`` uses ``/`` whatever the kind of ``root``."""
+    return root.joinpath(*rel.split("/"))
 
 
 def cache_dir() -> Path:
@@ -175,19 +189,23 @@ def recipe_key(name: str) -> str:
     recipe = _recipe(name)
     h = hashlib.sha256()
     h.update(f"recipe {recipe.name} v{recipe.version} pad {recipe.pad_to}\n".encode())
+    # Only relative names and bytes enter the key, never where the recipes were
+    # read from: the same recipes give the same key from a checkout, an
+    # installed package or $MHARNESS_IMAGES_DIR.
     root = images_dir()
     for rel in recipe.inputs:
-        path = root / rel
+        path = _input(root, rel)
         try:
             data = path.read_bytes()
         except OSError as e:
             raise ImageError(f"image '{name}': cannot read recipe input {path}: {e.strerror} "
-                             f"(set MHARNESS_IMAGES_DIR to the repo's images/ folder "
-                             f"when the harness is installed outside its checkout)") from e
+                             f"(the installed package lacks its recipes: reinstall it, or "
+                             f"set MHARNESS_IMAGES_DIR to a folder of recipes such as the "
+                             f"repository's images/)") from e
         h.update(f"input {rel} {len(data)}\n".encode())
         h.update(data)
     for rel in recipe.key_sources:
-        data = (Path(__file__).resolve().parent / rel).read_bytes()
+        data = resources.files("harness.guest").joinpath(rel).read_bytes()
         h.update(f"source {rel} {len(data)}\n".encode())
         h.update(data)
     for tool in recipe.tools:
@@ -219,9 +237,12 @@ def build_image(name: str = "dirtier-x86") -> Path:
         return dest
     dest_dir.mkdir(parents=True, exist_ok=True)
     root = images_dir()
-    with tempfile.TemporaryDirectory(prefix=f"build-{name}-", dir=dest_dir) as tmp:
-        work = Path(tmp)
-        data = recipe.build([root / rel for rel in recipe.inputs], work)
+    with contextlib.ExitStack() as stack:
+        inputs = [stack.enter_context(resources.as_file(_input(root, rel)))
+                  for rel in recipe.inputs]
+        work = Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix=f"build-{name}-", dir=dest_dir)))
+        data = recipe.build(inputs, work)
         if len(data) > recipe.pad_to:
             raise ImageError(f"image '{name}' is {len(data)} bytes, more than {recipe.pad_to}")
         write_atomic(dest, bytes(data) + bytes(recipe.pad_to - len(data)), fsync=True)
