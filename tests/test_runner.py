@@ -16,11 +16,10 @@ from harness.run.runner import (
     FLAKY,
     Budget,
     RunState,
-    _fits,
-    _Worker,
     cell_needs,
     exit_status,
     failed_in,
+    fits,
     mark_flaky,
     merge_results,
     parse_shard,
@@ -64,11 +63,11 @@ def test_bad_shard_is_refused(text: str) -> None:
 def test_budget_counts_cores_and_guest_ram_twice() -> None:
     assert cell_needs(cell(0, memory=512 * MiB, smp=2)) == (2.0, 1024 * MiB)
     budget = Budget(cpus=2, memory=1100 * MiB)
-    running = [_Worker(None, Path(), cell(1), Path(), cell_needs(cell(1)), 0.0)]  # type: ignore[arg-type]
-    assert _fits(cell(2), running, budget)                     # 2 cores, 1024 MiB
-    assert not _fits(cell(3, smp=2), running, budget)          # 3 cores
-    assert not _fits(cell(4, memory=512 * MiB), running, budget)   # 512 + 1024 MiB
-    assert _fits(cell(5, memory=8 << 30, smp=8), [], budget)   # too big: runs alone
+    running = [cell(1)]
+    assert fits(cell(2), running, budget)                      # 2 cores, 1024 MiB
+    assert not fits(cell(3, smp=2), running, budget)           # 3 cores
+    assert not fits(cell(4, memory=512 * MiB), running, budget)    # 512 + 1024 MiB
+    assert fits(cell(5, memory=8 << 30, smp=8), [], budget)    # too big: runs alone
     here = Budget.of_this_machine()
     assert here.cpus >= 1 and here.memory > 0
 

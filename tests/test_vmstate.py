@@ -2,16 +2,13 @@
 
 The hand-made dumps in tests/data/vmstate/ follow the real ``-dump-vmstate``
 format; ``base.json`` is the reference and each other file is ``base.json``
-with one deliberate edit (named by the file).  The tests marked ``qemu`` dump
-real binaries: the system QEMU 7.2 and, when scripts/setup-qemu-backports.sh has
-been run, QEMU 10.0 from its private prefix.
+with one deliberate edit (named by the file).  No QEMU runs here: dumps of the
+real binaries are compared in testcases/test_vmstate_dumps.py.
 """
 from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -304,97 +301,3 @@ def test_dump_timeout(tmp_path: Path) -> None:
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     with pytest.raises(BuildError, match="did not finish within 0.5 s"):
         dump_vmstate(str(fake), "q35", timeout=0.5)
-
-
-# ------------------------------------------------------------- real QEMU binaries
-
-SYSTEM_QEMU = shutil.which("qemu-system-x86_64")
-
-
-def backports_prefix() -> Path:
-    cache = os.environ.get("MHARNESS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mharness")
-    return Path(cache) / "builds" / "qemu-10.0"
-
-
-QEMU_10 = backports_prefix() / "usr" / "bin" / "qemu-system-x86_64"
-needs_system_qemu = pytest.mark.skipif(SYSTEM_QEMU is None,
-                                       reason="qemu-system-x86_64 (QEMU 7.2) not installed")
-needs_qemu_10 = pytest.mark.skipif(
-    not QEMU_10.exists(),
-    reason=f"QEMU 10.0 not unpacked at {QEMU_10.parent.parent.parent} "
-           f"(run scripts/setup-qemu-backports.sh)")
-
-# The devices a "-M pc-q35-7.2 -nodefaults" VM has in both builds (QOM types, as
-# keys in the dumps), found by walking /machine over QMP in each build.
-Q35_DEVICES = ["ICH9-LPC", "ICH9-SMB", "fw_cfg_io", "hpet", "i8042", "i8257", "ich9-ahci",
-               "ioapic", "isa-i8259", "isa-pcspk", "isa-pit", "kvmvapic", "mc146818rtc", "mch",
-               "port92", "ps2-kbd", "ps2-mouse", "q35-pcihost", "smbus-eeprom", "vmmouse"]
-
-
-@pytest.fixture(scope="module")
-def dump_72() -> dict[str, Any]:
-    return dump_vmstate(SYSTEM_QEMU or "qemu-system-x86_64", "pc-q35-7.2")
-
-
-@pytest.fixture(scope="module")
-def dump_100() -> dict[str, Any]:
-    return dump_vmstate(str(QEMU_10), "pc-q35-7.2")
-
-
-@pytest.mark.qemu
-@needs_system_qemu
-def test_real_72_against_itself(dump_72: dict[str, Any]) -> None:
-    again = dump_vmstate(SYSTEM_QEMU or "qemu-system-x86_64", "pc-q35-7.2")
-    report = compare_vmstate(dump_72, again, src_name="7.2", dst_name="7.2")
-    assert report.ok, report.summary()
-    assert report.findings == []
-    assert report.src_machine == "pc-q35-7.2"
-    assert report.sections_compared > 150
-
-
-@pytest.mark.qemu
-@needs_system_qemu
-def test_real_dump_bad_machine() -> None:
-    with pytest.raises(BuildError, match="no-such-machine"):
-        dump_vmstate(SYSTEM_QEMU or "qemu-system-x86_64", "no-such-machine")
-
-
-@pytest.mark.qemu
-@needs_system_qemu
-@needs_qemu_10
-def test_real_72_to_100(dump_72: dict[str, Any], dump_100: dict[str, Any]) -> None:
-    report = compare_vmstate(dump_72, dump_100, src_name="7.2", dst_name="10.0")
-    print(report.summary(max_lines=40))
-    assert report.src_machine == report.dst_machine == "pc-q35-7.2"
-    found = kinds(report)
-    # QEMU 9.x dropped the esp/pdma subsection and added esp.drq_state.
-    assert ("am53c974", "esp.{esp/pdma}", vmstate.SUBSECTION_MISSING_IN_DST) in found
-    assert ("am53c974", "esp.drq_state", vmstate.FIELD_MISSING_IN_SRC) in found
-    # sb16's irq/dma/hdma/port/ver became 20 unused bytes: not an error.
-    assert ("sb16", "irq", vmstate.FIELD_RENAMED) in kinds(report, INFO)
-    assert not report.ok
-    # The devices of a plain q35 VM are compatible this way.
-    used = compare_vmstate(dump_72, dump_100, sections=Q35_DEVICES,
-                           src_name="7.2", dst_name="10.0")
-    assert used.ok, used.summary()
-    assert used.sections_compared == len(Q35_DEVICES)
-
-
-@pytest.mark.qemu
-@needs_system_qemu
-@needs_qemu_10
-def test_real_100_to_72(dump_72: dict[str, Any], dump_100: dict[str, Any]) -> None:
-    report = compare_vmstate(dump_100, dump_72, src_name="10.0", dst_name="7.2")
-    print(report.summary(max_lines=40))
-    found = kinds(report, ERROR)
-    # 10.0's i8259 may send an "i8259/ltim" subsection that 7.2 does not know.
-    assert ("isa-i8259", "{i8259/ltim}", vmstate.SUBSECTION_MISSING_IN_DST) in found
-    assert ("am53c974", "esp.drq_state", vmstate.FIELD_MISSING_IN_DST) in found
-    assert not report.ok
-    # For a plain q35 VM only that conditional i8259 subsection stands in the way
-    # (it is sent only when the guest programmed level-triggered mode).
-    used = compare_vmstate(dump_100, dump_72, sections=Q35_DEVICES,
-                           src_name="10.0", dst_name="7.2")
-    assert kinds(used, ERROR) == {("isa-i8259", "{i8259/ltim}",
-                                   vmstate.SUBSECTION_MISSING_IN_DST)}

@@ -10,6 +10,7 @@ had another way (the binary name).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,8 @@ from qemu.qmp import QMPClient
 from harness.cell import BuildSpec
 from harness.errors import BuildError
 from harness.qemu.process import QemuProcess
+
+log = logging.getLogger(__name__)
 
 DISCOVERY_TIMEOUT = 30.0
 
@@ -124,7 +127,13 @@ def discover(spec: BuildSpec, *, refresh: bool = False) -> QemuBuild:
     key = (spec, st.st_mtime_ns, st.st_size, kvm_host_problem())
     if not refresh and key in _cache:
         return _cache[key]
+    log.debug("discovering build %s (%s)", spec.name, binary)
     build = asyncio.run(_discover(spec)) if not _in_loop() else _discover_in_thread(spec)
+    log.info("build %s: QEMU %s, %s, accelerators %s, %d machine types, %d migration "
+             "capabilities", spec.name, build.version_text, build.arch,
+             ",".join(f"{a}{'' if p is None else '(unusable)'}"
+                      for a, p in build.accel_problems.items()),
+             len(build.machines), len(build.capabilities))
     _cache[key] = build
     return build
 

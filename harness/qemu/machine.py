@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,8 @@ from qemu.qmp import EventListener, ExecInterruptedError, ExecuteError, QMPClien
 
 from harness.errors import QemuError
 from harness.qemu.process import QemuProcess
+
+log = logging.getLogger(__name__)
 
 ACCEPT_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 30.0
@@ -100,6 +103,8 @@ class Machine:
         while not accept.done():
             if not self.proc.running:
                 accept.cancel()
+                log.info("%s QEMU pid %d exited at start-up: %s", self.role, self.proc.pid,
+                         self.proc.describe_exit())
                 raise QemuError(f"{self.role} QEMU exited at start-up "
                                 f"({self.proc.describe_exit()}): {self.proc.stderr_tail(5)}")
             if time.monotonic() > deadline:
@@ -107,6 +112,7 @@ class Machine:
                 raise QemuError(f"{self.role} QEMU did not connect to QMP in {ACCEPT_TIMEOUT:.0f} s")
             await asyncio.wait([accept], timeout=0.05)
         accept.result()
+        log.info("%s QEMU pid %d connected to QMP (%s)", self.role, self.proc.pid, self.qmp_path)
         self._log({"dir": "connect", "pid": self.proc.pid})
         listener = EventListener()
         self.qmp.register_listener(listener)
@@ -122,11 +128,14 @@ class Machine:
     async def close(self) -> None:
         """End the process (politely if it answers, by PID if not) and free everything."""
         if self.proc is not None and self.proc.running:
+            log.debug("%s QEMU pid %d: QMP quit", self.role, self.proc.pid)
             try:
                 await asyncio.wait_for(self.qmp.execute("quit"), 2.0)
             except BaseException:  # noqa: BLE001 - any failure here means: kill it
                 pass
             if self.proc.wait(2.0) is None:
+                log.info("%s QEMU pid %d did not quit in 2 s: killing it", self.role,
+                         self.proc.pid)
                 self.proc.kill()
         try:
             await asyncio.wait_for(self.qmp.disconnect(), 2.0)
@@ -138,6 +147,8 @@ class Machine:
             self._serial_server.close()
         if self.proc is not None:
             self.proc.kill()
+            log.info("%s QEMU pid %d torn down: %s", self.role, self.proc.pid,
+                     self.proc.describe_exit())
             self._log({"dir": "exit", "how": self.proc.describe_exit()})
         self.serial.close()
         if not self._transcript.closed:
@@ -227,6 +238,13 @@ class Machine:
         try:
             while data := await reader.read(65536):
                 self.serial.feed(data, time.monotonic())
+        except asyncio.CancelledError:
+            # Teardown (an interrupted cell: asyncio.run cancels what is left).
+            # Ending normally, not cancelled: Python 3.11's start_unix_server
+            # asks a cancelled connection task for its exception and prints
+            # the CancelledError as an error (asyncio/streams.py, callback in
+            # StreamReaderProtocol.connection_made; 3.12 checks cancelled()).
+            pass
         finally:
             writer.close()
 

@@ -4,7 +4,10 @@ Three layers, each covering what the one before cannot:
 
 1. every QEMU is started in its own process group with ``PR_SET_PDEATHSIG``
    = SIGKILL, so the kernel kills it if the harness process dies for any reason
-   (SIGKILL of the runner, a segfault, an OOM kill);
+   (SIGKILL of the runner, a segfault, an OOM kill).  The signal fires when the
+   *thread* that forked the child exits (prctl(2)), so QEMUs are started from
+   a thread that lives as long as they should: the main thread (the runner's,
+   or a worker's: ``harness.run.pool``);
 2. every started process is recorded in a module-level registry by PID; an
    ``atexit`` hook and the SIGTERM/SIGHUP handlers installed by
    :func:`install_signal_handlers` kill what is still registered;
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -26,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
+
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -72,6 +78,8 @@ class QemuProcess:
         self.started = time.monotonic()
         with _registry_lock:
             _registry[self.pid] = self
+        log.debug("started %s, pid %d: %s (%d arguments)", name, self.pid, self.argv[0],
+                  len(self.argv) - 1)
 
     def poll(self) -> int | None:
         """The exit status if the process has ended (negative: killed by signal)."""
@@ -101,9 +109,11 @@ class QemuProcess:
         if self.poll() is not None:
             return self.popen.returncode
         if grace > 0:
+            log.debug("%s pid %d: SIGTERM, %.1f s to exit", self.name, self.pid, grace)
             self.popen.send_signal(signal.SIGTERM)
             if self.wait(grace) is not None:
                 return self.popen.returncode
+        log.debug("%s pid %d: SIGKILL", self.name, self.pid)
         self.popen.kill()
         code = self.wait(10.0)
         return code
@@ -120,21 +130,29 @@ class QemuProcess:
 
     def describe_exit(self) -> str:
         """Human description of how the process ended ("exit 1", "signal SIGABRT")."""
-        code = self.popen.returncode
-        if code is None:
-            return "running"
-        if code < 0:
-            try:
-                return f"killed by signal {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit status {code}"
+        return describe_exit_status(self.popen.returncode)
 
     def _forget(self) -> None:
         with _registry_lock:
-            _registry.pop(self.pid, None)
+            known = _registry.pop(self.pid, None) is not None
+        if known:
+            log.debug("%s pid %d ended: %s", self.name, self.pid, self.describe_exit())
         if not self._stderr.closed:
             self._stderr.close()
+
+
+def describe_exit_status(code: int | None) -> str:
+    """An exit status as ``subprocess`` and ``multiprocessing`` give it
+    (negative: the signal that killed the process; None: still running),
+    in words: "exit status 1", "killed by signal SIGABRT"."""
+    if code is None:
+        return "running"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 def live_processes() -> list[QemuProcess]:
@@ -147,6 +165,7 @@ def live_processes() -> list[QemuProcess]:
 def kill_all() -> None:
     """Kill every process still registered.  Safe to call more than once."""
     for proc in live_processes():
+        log.info("%s pid %d still running: killing it", proc.name, proc.pid)
         try:
             proc.kill()
         except OSError:
@@ -154,6 +173,18 @@ def kill_all() -> None:
 
 
 atexit.register(kill_all)
+
+
+def forget_inherited() -> None:
+    """In a forked child that is not QEMU (a runner worker): forget what the
+    parent started.  Those processes are the parent's children: this process
+    can neither reap them nor know when their PIDs are reused, so it must never
+    signal them (its own ``kill_all`` would otherwise try)."""
+    global _registry_lock
+    # The lock may have been held by another of the parent's threads at fork
+    # time, and that thread does not exist here: a fresh lock, not acquire().
+    _registry_lock = threading.Lock()
+    _registry.clear()
 
 
 class Interrupted(BaseException):

@@ -4,18 +4,13 @@ A failing cell never stops the run; an interruption (Ctrl-C, SIGTERM) stops
 scheduling, lets running cells tear down their QEMUs, and still writes the
 results gathered so far.
 
-``jobs=1`` runs each cell in this process (``harness.migration.flow.run_cell``).  With
-``jobs > 1`` up to ``jobs`` worker processes (``python -m harness.run.runner
-serve``) each run one cell at a time, for the whole run (imports and build
-discovery are paid once per worker).  A cell is an asyncio program with its own
-QEMUs, and a process per running cell keeps the guarantees of
-``harness.qemu.process`` simple: the worker's main thread starts the QEMUs and
-lives until they are gone, so ``PR_SET_PDEATHSIG`` (which fires when the
-*thread* that forked a child exits) holds, and the worker itself dies with the
-runner (its own death signal).  Workers run in their own process groups, so a
-terminal's Ctrl-C reaches only the runner, which then sends each busy worker
-SIGTERM by PID (the worker tears its cell down: QMP ``quit``, SIGKILL by PID)
-and waits for it.
+``jobs=1`` runs each cell in this process; ``jobs > 1`` runs up to ``jobs``
+cells at once in worker processes forked after build discovery
+(``harness.run.pool``: why processes, and how they and their QEMUs never
+outlive the runner).  Either way a cell runs through
+``harness.run.cellrun.run_logged``, which writes the harness's own records
+for that cell to its log folder.  Results are recorded as cells finish
+(results.json is rewritten each time) and reported in tier order.
 
 Cells are started in order while they fit the budget: a cell needs one core
 per vCPU (a TCG vCPU keeps a core busy; the destination is paused until the
@@ -28,28 +23,24 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
-import pickle
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from harness.cell import Cell
-from harness.migration.flow import run_cell
-from harness.qemu.process import die_with_parent, kill_all
+from harness.qemu.build import discover
+from harness.qemu.process import kill_all
 from harness.report.files import read_results_json, write_junit, write_results_json
 from harness.results import ERROR, FAILED, FLAKY, PASSED, SKIPPED, CellResult, RunState
+from harness.run.cellrun import run_logged
+from harness.run.pool import WORKER_GRACE, WorkerPool
+
+log = logging.getLogger(__name__)
 
 Listener = Callable[[str, "RunState"], None]
-
-#: How long a worker gets to tear its cell down after SIGTERM before SIGKILL.
-WORKER_GRACE = 15.0
-
 
 @dataclass(frozen=True)
 class Budget:
@@ -210,235 +201,52 @@ def _run_serial(cells: list[Cell], state: RunState, keep_logs: bool, notify: Lis
             state.phase = phase
             notify("phase", state)
 
-        result = run_cell(cell, cell_logdir(state.results_dir, cell.id), on_phase)
+        result = run_logged(cell, cell_logdir(state.results_dir, cell.id), on_phase)
         state.running = []
         _record(state, result, keep_logs, notify, done)
 
 
-@dataclass
-class _Worker:
-    """A worker process and the cell it runs now (None: idle)."""
-
-    proc: "_ForkedProc"
-    stderr_path: Path
-    cell: Cell | None = None
-    result_path: Path = Path()
-    needs: tuple[float, int] = (0.0, 0)
-    started: float = 0.0
-
-
 def _run_parallel(cells: list[Cell], state: RunState, keep_logs: bool, notify: Listener,
                   done: Callable[[CellResult], CellResult], jobs: int, budget: Budget) -> None:
-    """Up to ``jobs`` worker processes, each running one cell at a time (a worker
-    lives for the whole run, so Python's imports and build discovery are paid
-    once per worker, not once per cell)."""
+    """Up to ``jobs`` cells at once, each in a worker process that lives for
+    the whole run (Python's imports and build discovery are paid once)."""
     queue = list(cells)
     # Discover every build here, once: forked workers inherit the answers.
-    from harness.qemu.build import discover
     for spec in {c.src_build for c in cells} | {c.dst_build for c in cells}:
         discover(spec)
-    work = state.results_dir / ".workers"
-    work.mkdir(parents=True, exist_ok=True)
-    workers: list[_Worker] = []
+    pool = WorkerPool()
+
+    def show_running() -> None:
+        state.running = [c.id for c in pool.running]
+        state.current = ", ".join(state.running)
+
     try:
-        while queue or any(w.cell for w in workers):
-            busy = [w for w in workers if w.cell is not None]
-            while queue and len(busy) < jobs and _fits(queue[0], busy, budget):
-                idle = next((w for w in workers if w.cell is None), None)
-                if idle is None:
-                    idle = _spawn_worker(work, len(workers))
-                    workers.append(idle)
-                _assign(idle, queue.pop(0), state.results_dir, work)
-                busy.append(idle)
-                state.running = [w.cell.id for w in busy if w.cell]
-                state.current, state.phase = ", ".join(state.running), "running"
+        while queue or pool.running:
+            while queue and len(pool.running) < jobs and fits(queue[0], pool.running, budget):
+                cell = queue.pop(0)
+                pool.start(cell, cell_logdir(state.results_dir, cell.id))
+                show_running()
+                state.phase = "running"
                 notify("cell-start", state)
-            for w in busy:
-                result = _finished(w)
-                if result is not None:
-                    w.cell = None
-                    state.running = [x.cell.id for x in workers if x.cell]
-                    state.current = ", ".join(state.running)
-                    _record(state, result, keep_logs, notify, done)
-                    if w.proc.poll() is not None:   # it died: never reuse it
-                        workers.remove(w)
-            time.sleep(0.02)
+            for result in pool.wait():
+                show_running()
+                _record(state, result, keep_logs, notify, done)
     except BaseException:
-        _stop_workers(workers)
+        log.info("run stopped: stopping the workers of %s", ", ".join(state.running))
+        for result in pool.stop():   # cells that finished while the run stopped
+            _record(state, result, keep_logs, notify, done)
         raise
-    else:
-        for w in workers:   # idle: end of input is their signal to leave
-            _close(w)
-        for w in workers:
-            try:
-                w.proc.wait(WORKER_GRACE)
-            except subprocess.TimeoutExpired:
-                w.proc.kill()
-                w.proc.wait(10)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    pool.close()
 
 
-def _fits(cell: Cell, busy: list[_Worker], budget: Budget) -> bool:
-    if not busy:
+def fits(cell: Cell, running: Sequence[Cell], budget: Budget) -> bool:
+    """Whether ``cell`` may start beside the ``running`` ones within ``budget``."""
+    if not running:
         return True  # a cell larger than the budget runs alone
     cpus, mem = cell_needs(cell)
-    used_cpus = sum(w.needs[0] for w in busy)
-    used_mem = sum(w.needs[1] for w in busy)
+    used_cpus = sum(cell_needs(c)[0] for c in running)
+    used_mem = sum(cell_needs(c)[1] for c in running)
     return used_cpus + cpus <= budget.cpus + 1e-9 and used_mem + mem <= budget.memory
-
-
-class _ForkedProc:
-    """The part of ``subprocess.Popen`` the runner uses, for a worker forked
-    from the runner itself: it starts with the runner's imports and
-    discovered builds (about 0.6 s a worker saved over a fresh interpreter).
-    Signals go to the PID forked here, never to a name."""
-
-    def __init__(self, pid: int, stdin: Any) -> None:
-        self.pid, self.stdin = pid, stdin
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0)
-            time.sleep(0.01)
-        assert self.returncode is not None
-        return self.returncode
-
-    def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
-            os.kill(self.pid, sig)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-
-def _spawn_worker(work: Path, n: int) -> _Worker:
-    """Fork a worker: its own process group, death signal tied to the runner,
-    stdin a pipe from the runner, stdout discarded, stderr to a file."""
-    stderr_path = work / f"worker-{n}.stderr"
-    parent = os.getpid()
-    err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    r, w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the worker
-        code = 1
-        try:
-            die_with_parent(parent)
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(r, 0)
-            os.dup2(devnull, 1)
-            os.dup2(err, 2)
-            # Nothing of the runner's stays open here (another worker's stdin
-            # pipe kept open would hide its end of input).
-            os.closerange(3, _max_fd())
-            sys.stdin = open(0, "r", closefd=False)  # noqa: SIM115
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            code = _serve()
-        except BaseException:  # noqa: BLE001 -- reported on the worker's stderr
-            import traceback
-            traceback.print_exc()
-        finally:
-            try:
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
-    os.close(r)
-    os.close(err)
-    return _Worker(_ForkedProc(pid, os.fdopen(w, "wb")), stderr_path)
-
-
-def _max_fd() -> int:
-    try:
-        return int(os.sysconf("SC_OPEN_MAX"))
-    except (ValueError, OSError):
-        return 4096
-
-
-def _assign(w: _Worker, cell: Cell, results_dir: Path, work: Path) -> None:
-    stem = work / _safe(cell.id)
-    cell_path = stem.with_suffix(".cell")
-    cell_path.write_bytes(pickle.dumps(cell))
-    w.cell, w.result_path = cell, stem.with_suffix(".result.json")
-    w.needs, w.started = cell_needs(cell), time.monotonic()
-    request = {"cell": str(cell_path), "result": str(w.result_path),
-               "logdir": str(cell_logdir(results_dir, cell.id))}
-    assert w.proc.stdin is not None
-    try:
-        w.proc.stdin.write((json.dumps(request) + "\n").encode())
-        w.proc.stdin.flush()
-    except OSError:
-        pass   # it died; _finished reports that
-
-
-def _finished(w: _Worker) -> CellResult | None:
-    """The worker's result once its cell is done, or an error result if it died."""
-    assert w.cell is not None
-    if w.result_path.exists():
-        try:
-            return CellResult.from_json(json.loads(w.result_path.read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            return _worker_error(w, f"unreadable result ({exc})")
-    if w.proc.poll() is not None:
-        if w.result_path.exists():
-            return _finished(w)
-        return _worker_error(w, "no result")
-    return None
-
-
-def _worker_error(w: _Worker, what: str) -> CellResult:
-    assert w.cell is not None
-    tail = ""
-    try:
-        tail = "\n".join(w.stderr_path.read_text(errors="replace").splitlines()[-10:])
-    except OSError:
-        pass
-    return CellResult(id=w.cell.id, verdict=ERROR, inputs=w.cell.inputs(),
-                      reason=f"cell worker (exit status {w.proc.returncode}) left {what}: "
-                             f"{tail}", duration=round(time.monotonic() - w.started, 3))
-
-
-def _close(w: _Worker) -> None:
-    try:
-        if w.proc.stdin is not None:
-            w.proc.stdin.close()
-    except OSError:
-        pass
-
-
-def _stop_workers(workers: list[_Worker]) -> None:
-    """SIGTERM each busy worker by PID (it tears its cell down), close the idle
-    ones' input, then wait; SIGKILL late ones (their QEMUs then die by their
-    own death signal)."""
-    for w in workers:
-        if w.proc.poll() is None and w.cell is not None:
-            try:
-                w.proc.send_signal(signal.SIGTERM)
-            except OSError:
-                pass
-        _close(w)
-    deadline = time.monotonic() + WORKER_GRACE
-    for w in workers:
-        try:
-            w.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            w.proc.kill()
-            w.proc.wait(10)
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name)
 
 
 def exit_status(state: RunState) -> int:
@@ -486,41 +294,6 @@ def merge_results(dirs: Sequence[Path], out: Path) -> RunState:
     return state
 
 
-# --- the worker ----------------------------------------------------------------------------
-
-
-def _serve() -> int:
-    """``python -m harness.run.runner serve``: run the cells the runner sends.
-
-    One JSON request a line on stdin (``cell``: a pickled Cell written by the
-    runner, ``result``: where to write the CellResult JSON, ``logdir``); the
-    result file appears (atomically) when the cell is done.  End of input ends
-    the worker.  SIGTERM tears the running cell down and exits.
-    """
-    from harness.qemu.process import Interrupted, install_signal_handlers
-
-    install_signal_handlers()
-    try:
-        for line in sys.stdin:
-            if not line.strip():
-                continue
-            req = json.loads(line)
-            cell = pickle.loads(Path(req["cell"]).read_bytes())
-            result = run_cell(cell, Path(req["logdir"]))
-            out = Path(req["result"])
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(json.dumps(result.to_json(), default=str))
-            os.replace(tmp, out)
-    except (KeyboardInterrupt, Interrupted):
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] == ["serve"]:
-        sys.exit(_serve())
-    sys.exit("usage: python -m harness.run.runner serve")
-
-
-__all__ = ["Budget", "FLAKY", "RunState", "cell_needs", "default_results_dir", "exit_status",
-           "failed_in", "mark_flaky", "merge_results", "parse_shard", "run_cells", "shard"]
+__all__ = ["Budget", "FLAKY", "RunState", "WORKER_GRACE", "cell_needs", "default_results_dir",
+           "exit_status", "failed_in", "fits", "mark_flaky", "merge_results", "parse_shard",
+           "run_cells", "shard"]
