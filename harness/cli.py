@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -17,6 +18,7 @@ from typing import Any, Sequence
 from harness import packaged
 from harness.cell import Cell
 from harness.errors import HarnessError
+from harness.logs import console_logging
 from harness.matrix import load_matrix, override_build, plan_tier, select
 from harness.qemu.build import discover, kvm_host_problem
 from harness.qemu.process import Interrupted, install_signal_handlers
@@ -394,11 +396,19 @@ def parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="write the packaged matrix to ./matrix.yaml for editing")
     init.add_argument("--force", action="store_true", help="overwrite an existing ./matrix.yaml")
     init.set_defaults(func=cmd_init)
+    # -v: the harness's own log on stderr (-v info, -vv debug; default: warnings).
+    # Every cell's log folder gets all of it anyway (harness.log).
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more of the harness's own log on stderr (-vv: debug)")
+    for command in sub.choices.values():
+        command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                             help="more of the harness's own log on stderr (-vv: debug)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    console_logging((logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)])
     install_signal_handlers()
     try:
         return int(args.func(args))

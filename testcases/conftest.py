@@ -16,12 +16,14 @@ import pytest
 
 from harness.cell import Cell
 from harness.errors import HarnessError
+from harness.logs import cell_logging
 from harness.matrix import load_matrix, tier_cells
 from harness.qemu.build import discover
 from harness.qemu.process import live_processes
 from harness.report.files import write_junit, write_results_json
 from harness.results import CellResult
 from harness.results import RunState
+from harness.run.runner import cell_logdir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,6 +93,25 @@ def record(run_state: RunState):
         write_junit(run_state)
         return result
     return add
+
+
+#: Test parameters that are matrix cells (see pytest_generate_tests).
+CELL_PARAMS = ("cell", "control_cell", "mode_cell")
+
+
+@pytest.fixture(autouse=True)
+def cell_log(request: pytest.FixtureRequest):
+    """A test run over a matrix cell writes the harness's records, stamped with
+    the cell's id, to ``harness.log`` in that cell's log folder (as ``mharness
+    run`` does)."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    cell = next((params[n] for n in CELL_PARAMS if isinstance(params.get(n), Cell)), None)
+    if cell is None:
+        yield
+        return
+    state: RunState = request.getfixturevalue("run_state")
+    with cell_logging(cell.id, cell_logdir(state.results_dir, cell.id)):
+        yield
 
 
 @pytest.fixture(autouse=True)
