@@ -267,19 +267,29 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    """Probe every build (or --qemu) against the rule oracle; exit 1 on any disagreement."""
+    """Probe every build (or --qemu) against the rule oracle.
+
+    Exit 1 on any disagreement with the contract that no known deviation
+    explains; known deviations and an unmodelled QEMU version's differences
+    are reported, not failed on."""
     from harness.cell import BuildSpec
-    from harness.rules.prober import conformance_table, probe_build
+    from harness.rules.prober import conformance_table, probe_build, summary_text
 
     if args.qemu:
         if not shutil.which(args.qemu):
             raise HarnessError(f"--qemu {args.qemu}: no such executable")
         specs = [BuildSpec(name=args.qemu, binary=shutil.which(args.qemu) or args.qemu)]
+        try:  # target profiles tell which machine a build of that arch starts with
+            targets = list(load_matrix(_matrix_file(args)).targets.values())
+        except HarnessError:
+            targets = []
     else:
-        specs = list(load_matrix(_matrix_file(args)).build_specs())
+        matrix = load_matrix(_matrix_file(args))
+        specs = list(matrix.build_specs())
+        targets = list(matrix.targets.values())
     results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
-    probes, builds = [], []
+    probes, builds, reports = [], [], []
     for spec in specs:
         build = discover(spec)
         if build.missing:
@@ -287,22 +297,27 @@ def cmd_probe(args: argparse.Namespace) -> int:
             builds.append({"build": spec.name, "skipped": build.missing})
             continue
         print(f"build '{spec.name}' {build.version_text}: probing ...", file=sys.stderr)
-        report = probe_build(build, results_dir / "probe-logs" / _safe(spec.name))
+        report = probe_build(build, results_dir / "probe-logs" / _safe(spec.name), targets)
+        reports.append(report)
         builds.append(report.to_json())
         probes.extend(report.results)
-        print(f"  {len(report.results)} probes in {report.seconds:.1f} s, "
-              f"{sum(not r.ok for r in report.results)} disagree", file=sys.stderr)
+        print(f"  {len(report.results)} probes in {report.seconds:.1f} s "
+              f"(source machine {report.machine}, accel {report.accel})", file=sys.stderr)
+        for line in report.summary_lines():
+            print(f"  {line}", file=sys.stderr)
     (results_dir / "probe.json").write_text(json.dumps(
         {"builds": builds, "probes": [r.to_json() for r in probes]}, indent=1, default=str))
     table = conformance_table(probes)
-    (results_dir / "probe-table.txt").write_text(table + "\n")
+    summary = summary_text(reports)
+    (results_dir / "probe-table.txt").write_text(table + "\n\n" + summary + "\n")
     bad = [r for r in probes if not r.ok]
     for r in bad[:50]:
         print(r.describe())
-    print(f"{len(probes)} probes, {len(bad)} disagree with the oracle; "
-          f"results: {results_dir / 'probe.json'}, table: {results_dir / 'probe-table.txt'}")
-    schema_bad = any(b.get("schema_mismatches") for b in builds)
-    return 1 if bad or schema_bad else 0
+    deviations = sum(r.verdict == "deviation" for r in probes)
+    print(f"{len(probes)} probes, {len(bad)} disagree with the oracle, {deviations} reproduce "
+          f"a known deviation; results: {results_dir / 'probe.json'}, "
+          f"table: {results_dir / 'probe-table.txt'}")
+    return 0 if all(rep.ok for rep in reports) else 1
 
 
 def _safe(name: str) -> str:

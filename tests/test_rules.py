@@ -17,20 +17,23 @@ from harness.rules import (
     Side,
     apply,
     default_book,
+    deviant_book,
+    deviations_for,
     expected,
     rules_for,
 )
-from harness.rules.model import Verdict
+from harness.rules.model import RuleBook, Verdict
 from harness.rules.probes import (
     ProbeResult,
     build_facts,
     generate_probes,
     run_probes,
     schema_mismatches,
+    summarize,
 )
 from harness.rules.params import bitmap_mapping_problem
 
-V72, V82, V90, V100 = (7, 2), (8, 2), (9, 0), (10, 0)
+V60, V72, V82, V90, V100 = (6, 0), (7, 2), (8, 2), (9, 0), (10, 0)
 BOOK = default_book()
 
 
@@ -120,12 +123,13 @@ def test_incoming_started_rules():
     # ... but not after an exec: incoming URI
     v = expected(V72, CAPS_COMMAND, caps("multifd"), started.replace(incoming_scheme="exec"))
     assert refused(v, "caps.multifd.requires-multichannel-transport")
-    # 8.2: refused whenever multifd is on after incoming started, even if it was on before
+    # the contract from 8.1: only turning multifd on after incoming started is
+    # refused (8.1.0 .. 10.0.0 refuse more: a known deviation, see below)
     preset = started.replace(caps={"multifd": True})
-    assert refused(expected(V82, CAPS_COMMAND, caps("events"), preset),
-                   "caps.multifd.requires-before-incoming")
-    # 10.0: only turning it on is refused
+    assert expected(V82, CAPS_COMMAND, caps("events"), preset).accept
     assert expected(V100, CAPS_COMMAND, caps("events"), preset).accept
+    assert refused(expected(V82, CAPS_COMMAND, caps("multifd"), started),
+                   "caps.multifd.requires-before-incoming-if-off")
     assert refused(expected(V100, CAPS_COMMAND, caps("multifd"), started),
                    "caps.multifd.requires-before-incoming-if-off")
     assert expected(V100, CAPS_COMMAND, caps("multifd"), dst()).accept
@@ -245,12 +249,31 @@ def test_parameter_ranges(version):
             assert not v.matches(f"Parameter '{name}' expects uint8_t")
 
 
-def test_multifd_levels_ignored_in_72():
-    # QEMU 7.2 drops multifd-zlib-level/-zstd-level silently (observed on 7.2.22)
-    assert expected(V72, PARAMS_COMMAND, {"multifd-zlib-level": 10}, src()).accept
-    assert apply(V72, PARAMS_COMMAND, {"multifd-zlib-level": 5}, src()).params["multifd-zlib-level"] == 1
-    assert refused(expected(V100, PARAMS_COMMAND, {"multifd-zlib-level": 10}, src()),
+@pytest.mark.parametrize("version", [V60, V72, V100])
+def test_multifd_levels_contract(version):
+    # The contract (QAPI doc 0..9 / 0..20, migrate_params_check) on every
+    # version: 7.2 breaking it is a known deviation, not the rule.
+    assert refused(expected(version, PARAMS_COMMAND, {"multifd-zlib-level": 10}, src()),
                    "params.multifd-zlib-level.range")
+    assert refused(expected(version, PARAMS_COMMAND, {"multifd-zstd-level": 21}, src()),
+                   "params.multifd-zstd-level.range")
+    after = apply(version, PARAMS_COMMAND, {"multifd-zlib-level": 5}, src())
+    assert after.params["multifd-zlib-level"] == 5
+
+
+def test_multifd_levels_deviation_book():
+    dev = deviant_book("multifd-compression-level-dropped")
+    assert expected(V72, PARAMS_COMMAND, {"multifd-zlib-level": 10}, src(), book=dev).accept
+    assert expected(V72, PARAMS_COMMAND, {"multifd-zstd-level": 21}, src(), book=dev).accept
+    after = apply(V72, PARAMS_COMMAND, {"multifd-zlib-level": 5}, src(), book=dev)
+    assert after.params["multifd-zlib-level"] == 1
+    ids = lambda v: [d.id for d in deviations_for(v)]  # noqa: E731
+    assert "multifd-compression-level-dropped" in ids((7, 2, 22))
+    assert "multifd-compression-level-dropped" in ids((6, 0, 91))
+    assert "multifd-compression-level-dropped" not in ids((9, 0, 0))
+    # planners still learn that 7.2 builds drop the member
+    assert BOOK.param_spec(V72, "multifd-zlib-level").ignored(V72)
+    assert not BOOK.param_spec(V100, "multifd-zlib-level").ignored(V100)
 
 
 def test_max_cpu_throttle_cross_rule():
@@ -263,14 +286,33 @@ def test_max_cpu_throttle_cross_rule():
                     src()).accept
 
 
-def test_mapped_ram_reads_current_parameters():
+def test_mapped_ram_contract_and_deviation():
     on = src(caps={"mapped-ram": True})
-    # the check reads QEMU's current multifd-compression, not the proposed one
-    assert expected(V100, PARAMS_COMMAND, {"multifd-compression": "zlib"}, on).accept
-    stuck = on.replace(params={"multifd-compression": "zlib"})
-    v = expected(V100, PARAMS_COMMAND, {"multifd-compression": "none"}, stuck)
+    # the contract: the proposed multifd-compression is checked
+    v = expected(V100, PARAMS_COMMAND, {"multifd-compression": "zlib"}, on)
     assert refused(v, "params.mapped-ram.conflicts-multifd-compression")
     assert v.matches("Mapped-ram only available for non-compressed non-TLS multifd migration")
+    stuck = on.replace(params={"multifd-compression": "zlib"})
+    assert expected(V100, PARAMS_COMMAND, {"multifd-compression": "none"}, stuck).accept
+    assert refused(expected(V100, PARAMS_COMMAND, {"announce-rounds": 6}, stuck),
+                   "params.mapped-ram.conflicts-multifd-compression")
+    # 9.0+ builds read the current value instead (known deviation)
+    dev = deviant_book("mapped-ram-check-reads-current-parameters")
+    assert expected(V100, PARAMS_COMMAND, {"multifd-compression": "zlib"}, on, book=dev).accept
+    v = expected(V100, PARAMS_COMMAND, {"multifd-compression": "none"}, stuck, book=dev)
+    assert refused(v, "params.mapped-ram.conflicts-multifd-compression")
+
+
+def test_caps_before_incoming_deviation_range():
+    started = dst(Phase.INCOMING_ACTIVE, caps={"multifd": True})
+    dev = deviant_book("caps-before-incoming-refused-when-already-on")
+    assert refused(expected(V82, CAPS_COMMAND, caps("events"), started, book=dev),
+                   "caps.multifd.requires-before-incoming-if-off")
+    ids = lambda v: [d.id for d in deviations_for(v)]  # noqa: E731
+    # fixed upstream in 10.1 and backported to 10.0.1: 10.0.0 has it, 10.0.2 not
+    assert "caps-before-incoming-refused-when-already-on" in ids((10, 0, 0))
+    assert "caps-before-incoming-refused-when-already-on" not in ids((10, 0, 2))
+    assert "caps-before-incoming-refused-when-already-on" not in ids((7, 2, 22))
 
 
 def test_vcpu_dirty_limit_wording_of_82_matches():
@@ -396,10 +438,13 @@ def test_every_rule_mutation_is_caught_by_a_probe(version):
 
 
 class FakeQemu:
-    """An in-memory QEMU that answers with the oracle, optionally with a bug."""
+    """An in-memory QEMU that answers with the oracle (or a deviation's book),
+    optionally with a bug."""
 
-    def __init__(self, version, state: ProbeState, bug: str | None = None) -> None:
+    def __init__(self, version, state: ProbeState, bug: str | None = None,
+                 book: RuleBook | None = None) -> None:
         self.version = version
+        self.book = book or BOOK
         self.state = state.replace(caps=BOOK.default_caps(version),
                                    params=BOOK.default_params(version))
         self.bug = bug
@@ -409,7 +454,10 @@ class FakeQemu:
             return [{"capability": k, "state": v} for k, v in self.state.caps.items()]
         if cmd == "query-migrate-parameters":
             return {k: v for k, v in self.state.params.items() if v is not None}
-        v = expected(self.version, cmd, args, self.state)
+        v = expected(self.version, cmd, args, self.state, book=self.book)
+        if self.bug == "refuses-zlib-level" and cmd == PARAMS_COMMAND \
+                and "multifd-zlib-level" in args:
+            raise _Refusal("GenericError", "multifd-zlib-level: something else entirely")
         if self.bug == "accepts-switchover-ack" and args == caps("switchover-ack"):
             self.state = self.state.replace(caps={**self.state.caps, "switchover-ack": True})
             return {}
@@ -417,7 +465,7 @@ class FakeQemu:
             if self.bug == "partial-apply" and cmd == PARAMS_COMMAND and "announce-rounds" in args:
                 self.state = self.state.replace(params={**self.state.params, "downtime-limit": 1000})
             raise _Refusal("GenericError", _message_for(v))
-        self.state = apply(self.version, cmd, args, self.state)
+        self.state = apply(self.version, cmd, args, self.state, book=self.book)
         return {}
 
 
@@ -432,6 +480,10 @@ def _message_for(v: Verdict) -> str:
     return {
         "caps.switchover-ack.requires-return-path":
             "Capability 'switchover-ack' requires capability 'return-path'",
+        "params.multifd-zlib-level.range":
+            "Parameter 'multifd_zlib_level' expects a value between 0 and 9",
+        "params.multifd-zstd-level.range":
+            "Parameter 'multifd_zstd_level' expects a value between 0 and 20",
     }.get(v.rule_id or "", f"refused by {v.rule_id}")
 
 
@@ -459,3 +511,196 @@ def test_runner_notices_a_partially_applied_refusal():
     [r] = asyncio.run(run_probes(fake.execute, probes, V100, st))
     assert r.observed_accept is False and r.state_unchanged is False and not r.ok
     assert fake.state.params["downtime-limit"] == 300  # restored
+
+
+# -- QEMU 6.0 (the e2k fork's base) ------------------------------------------------
+
+
+def test_qemu_60_model():
+    names = set(BOOK.cap_names(V60))
+    assert {"background-snapshot", "compress", "block", "validate-uuid"} <= names
+    assert not names & {"zero-copy-send", "postcopy-preempt", "switchover-ack", "mapped-ram"}
+    assert len(names) == 19  # qapi/migration.json at v6.0.0
+    v = expected(V60, CAPS_COMMAND, caps("zero-copy-send"), src())
+    assert refused(v, "qapi.invalid-enum-value")
+    # 6.0 words it "Invalid parameter 'x'" (QERR_INVALID_PARAMETER)
+    assert v.matches("Invalid parameter 'zero-copy-send'")
+    assert expected(V60, CAPS_COMMAND, caps("postcopy-ram", "multifd"), src()).accept
+    # no multichannel check on the destination yet
+    exec_in = dst(Phase.INCOMING_ACTIVE, incoming_scheme="exec")
+    assert expected(V60, CAPS_COMMAND, caps("multifd"), exec_in).accept
+    ids = {r.id for r in rules_for(V60)}
+    assert "caps.background-snapshot.conflicts-zero-copy-send" not in ids
+    assert "caps.background-snapshot.conflicts-validate-uuid" in ids
+    assert not any(i.startswith(("caps.zero-copy-send", "caps.postcopy-preempt",
+                                 "params.zero-copy-send")) for i in ids)
+    assert refused(expected(V60, PARAMS_COMMAND, {"compress-level": 10}, src()),
+                   "params.compress-level.range")
+
+
+def test_model_reach():
+    from harness.rules import is_modelled, reference_version
+    from harness.rules.prober import model_note
+
+    assert is_modelled((6, 0, 91)) and is_modelled((8, 1, 0)) and not is_modelled((11, 0, 0))
+    assert reference_version((11, 0, 0)) == (10, 0) and reference_version((5, 2, 0)) == (6, 0)
+    assert model_note((6, 0, 91)) is None
+    assert model_note((5, 2, 0)) == ("no rule model for QEMU 5.2; probed against 6.0's rules, "
+                                     "differences marked unmodelled")
+
+
+@pytest.mark.parametrize("version", [V60])
+def test_every_rule_mutation_is_caught_by_a_probe_60(version):
+    test_every_rule_mutation_is_caught_by_a_probe(version)
+
+
+# -- deviation verdicts -------------------------------------------------------------
+
+
+def _zlib_probes(version, st):
+    wanted = {"params:multifd-zlib-level=10", "params:multifd-zlib-level=9",
+              "params:multifd-zstd-level=21", "params:multifd-zlib-level=1"}
+    probes = [p for p in generate_probes(version, BOOK.cap_names(version),
+                                         BOOK.default_params(version), st) if p.id in wanted]
+    assert {p.id for p in probes} == wanted
+    return probes
+
+
+def test_deviation_reproduced_is_a_deviation_not_agreement():
+    st = src()
+    fake = FakeQemu(V72, st, book=deviant_book("multifd-compression-level-dropped"))
+    results = asyncio.run(run_probes(fake.execute, _zlib_probes(V72, st), V72, st,
+                                     build="fake", build_version=(7, 2, 22)))
+    by_id = {r.probe_id: r for r in results}
+    for pid in ("params:multifd-zlib-level=10", "params:multifd-zstd-level=21",
+                "params:multifd-zlib-level=9"):
+        r = by_id[pid]
+        assert r.verdict == "deviation" and r.deviation == "multifd-compression-level-dropped", r
+        assert r.ok and not r.agree or pid.endswith("=9")
+    # zlib=10: the contract refuses it, the build accepts it
+    assert by_id["params:multifd-zlib-level=10"].expected_accept is False
+    assert by_id["params:multifd-zlib-level=10"].observed_accept is True
+    # zlib=9: both accept, but the build does not apply it
+    assert by_id["params:multifd-zlib-level=9"].applied_as_expected is False
+    # the default value tells nothing apart: plain agreement
+    assert by_id["params:multifd-zlib-level=1"].verdict == "agree"
+    summary = summarize(results)
+    assert summary["deviations_reproduced"] == ["multifd-compression-level-dropped"]
+    assert summary["deviations_not_reproduced"] == [] and summary["disagree"] == 0
+
+
+def test_deviation_that_no_longer_reproduces_agrees_with_a_note():
+    st = src()
+    fake = FakeQemu(V72, st)  # a 7.2 build with the fix backported: answers as the contract
+    results = asyncio.run(run_probes(fake.execute, _zlib_probes(V72, st), V72, st,
+                                     build="fake", build_version=(7, 2, 22)))
+    r = {r.probe_id: r for r in results}["params:multifd-zlib-level=10"]
+    assert r.verdict == "agree" and r.ok and r.deviation is None
+    assert r.deviation_not_reproduced == ["multifd-compression-level-dropped"]
+    assert any("fixed in this build" in n for n in r.notes)
+    summary = summarize(results)
+    assert summary["deviations_not_reproduced"] == ["multifd-compression-level-dropped"]
+    assert summary["deviations_reproduced"] == [] and summary["disagree"] == 0
+
+
+def test_a_different_refusal_is_a_disagreement():
+    st = src()
+    fake = FakeQemu(V72, st, bug="refuses-zlib-level",
+                    book=deviant_book("multifd-compression-level-dropped"))
+    results = asyncio.run(run_probes(fake.execute, _zlib_probes(V72, st), V72, st,
+                                     build="fake", build_version=(7, 2, 22)))
+    r = {r.probe_id: r for r in results}["params:multifd-zlib-level=10"]
+    assert r.verdict == "disagree" and not r.ok and r.deviation is None
+    # every zlib probe (the zstd one still reproduces the deviation)
+    assert summarize(results)["disagree"] == 3
+
+
+def test_unmodelled_version_differences_do_not_fail():
+    st = src()
+    fake = FakeQemu(V100, st, bug="accepts-switchover-ack")
+    probes = [p for p in generate_probes(V100, BOOK.cap_names(V100), BOOK.default_params(V100), st)
+              if p.id in ("caps:single:switchover-ack", "caps:single:events")]
+    results = asyncio.run(run_probes(fake.execute, probes, V100, st, build="fake",
+                                     build_version=(11, 0, 0), modelled=False))
+    by_id = {r.probe_id: r for r in results}
+    assert by_id["caps:single:switchover-ack"].verdict == "unmodelled"
+    assert by_id["caps:single:switchover-ack"].ok
+    assert by_id["caps:single:events"].verdict == "agree"
+
+
+def test_probe_report_table_and_summary():
+    from harness.rules.prober import BuildProbeReport, conformance_table
+
+    st = src()
+    fake = FakeQemu(V72, st, book=deviant_book("multifd-compression-level-dropped"))
+    results = asyncio.run(run_probes(fake.execute, _zlib_probes(V72, st), V72, st,
+                                     build="fake", build_version=(7, 2, 22)))
+    table = conformance_table(results)
+    assert re.search(r"params\.multifd-zlib-level\.range +deviation "
+                     r"multifd-compression-level-dropped +1  accepted", table), table
+    rep = BuildProbeReport("fake", "7.2.22", results, rules_version=V72,
+                           deviations=deviations_for((7, 2, 22)))
+    assert rep.ok
+    lines = rep.summary_lines()
+    assert lines[0] == "4 probes: 1 agree, 3 known deviation, 0 unmodelled, 0 disagree"
+    assert lines[1].startswith("deviation reproduced: multifd-compression-level-dropped "
+                               "(3 probes; QEMU 5.0.0..<9.0.0; fixed in QEMU 9.0")
+    # an unmodelled build's schema differences are reported, not failed on
+    unmod = BuildProbeReport("old", "5.2.0", [], modelled=False,
+                             schema_mismatches=["capability x is in the oracle but not ..."])
+    assert unmod.ok and not BuildProbeReport("new", "7.2.0", [], schema_mismatches=["x"]).ok
+
+
+def test_deviation_data_hygiene():
+    from harness.rules import known_deviations
+
+    ids = [d.id for d in known_deviations()]
+    assert len(ids) == len(set(ids))
+    book_ids = {r.id for r in (*BOOK.state_rules, *BOOK.cap_rules, *BOOK.param_rules)}
+    for d in known_deviations():
+        assert d.where and d.summary and d.contract, d.id
+        assert d.until is None or d.since < d.until, d.id
+        assert all(r.id in book_ids for r in d.replaces), d.id  # patches, never new rules
+        assert all(BOOK.param_spec(V72, n) for n in d.drops_params), d.id
+
+
+# -- the probe's machine, on any build ---------------------------------------------
+
+
+def _build(arch: str, machines: dict[str, bool], accels=("tcg",), name="b"):
+    from harness.cell import BuildSpec
+    from harness.qemu.build import MachineType, QemuBuild
+
+    return QemuBuild(spec=BuildSpec(name=name, binary=f"/x/qemu-system-{arch}"), version=(6, 0, 91),
+                     arch=arch, accelerators=tuple(accels),
+                     accel_problems={a: None for a in accels},
+                     machines={m: MachineType(m, is_default=d) for m, d in machines.items()})
+
+
+def test_probe_machine_follows_the_build(tmp_path):
+    from harness.cell import TargetSpec
+    from harness.rules.prober import choose_machine, probe_accel
+
+    targets = [TargetSpec("x86_64-q35-kvm", arch="x86_64", machine="q35", accel="kvm",
+                          cpu="qemu64,-kvmclock"),
+               TargetSpec("x86_64-q35-tcg", arch="x86_64", machine="q35", accel="tcg"),
+               TargetSpec("e2k-tcg-pattern", arch="e2k", machine="e2k", accel="tcg",
+                          memory=128 << 20)]
+    x86 = _build("x86_64", {"pc-q35-7.2": False, "pc-i440fx-7.2": True, "none": False},
+                 accels=("kvm", "tcg"))
+    x86.machines["pc-q35-7.2"] = type(x86.machines["pc-q35-7.2"])("pc-q35-7.2", alias="q35")
+    m = choose_machine(x86, targets)
+    assert (m.machine, m.accel, m.cpu, m.origin) == ("q35", "tcg", None,
+                                                     "target profile x86_64-q35-tcg")
+    e2k = _build("e2k", {"e2k": False, "none": False})
+    m = choose_machine(e2k, targets)
+    assert (m.machine, m.accel, m.memory) == ("e2k", "tcg", 128 << 20)
+    argv = m.argv("e2k", tmp_path)
+    assert argv[:5] == ["-M", "e2k", "-m", "128M", "-S"] and argv[5] == "-bios"
+    arm = _build("aarch64", {"virt-7.2": False, "none": False})
+    arm.machines["virt-7.2"] = type(arm.machines["virt-7.2"])("virt-7.2", alias="virt")
+    assert choose_machine(arm, targets).machine == "virt-7.2"
+    riscv = _build("riscv64", {"spike": True, "virt": False, "none": False})
+    assert choose_machine(riscv, targets).machine == "spike"  # the build's default
+    assert probe_accel(_build("x86_64", {}, accels=("kvm",))) == "kvm"
+    assert probe_accel(e2k) == "tcg"

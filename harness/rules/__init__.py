@@ -12,14 +12,30 @@ Public API::
 
 ``harness.rules.probes`` generates probes for a build and runs them over any
 async QMP ``execute`` function, comparing QEMU's verdict with the oracle's.
+
+The rules state the contract; ``harness.rules.deviations`` lists the QEMU
+versions known to break it (``deviations_for(build.version)``), and a probe
+that reproduces one is judged a ``deviation``, not an agreement.
 """
 from __future__ import annotations
 
-from harness.rules.book import KNOWN_VERSIONS, apply, default_book, expected, rules_for
+from harness.rules.book import (
+    KNOWN_VERSIONS,
+    apply,
+    default_book,
+    deviant_book,
+    deviations_for,
+    expected,
+    is_modelled,
+    known_deviations,
+    reference_version,
+    rules_for,
+)
 from harness.rules.model import (
     CAPS_COMMAND,
     PARAMS_COMMAND,
     BuildFacts,
+    Deviation,
     EnumSpec,
     HostFacts,
     Phase,
@@ -35,6 +51,7 @@ from harness.rules.model import (
 __all__ = [
     "CAPS_COMMAND", "PARAMS_COMMAND", "BuildFacts", "EnumSpec", "HostFacts", "Phase", "ProbeState",
     "Rule", "RuleBook", "Side", "SourceRef", "Verdict", "Version", "apply", "default_book",
-    "expected", "rules_for", "KNOWN_VERSIONS",
+    "expected", "rules_for", "KNOWN_VERSIONS", "Deviation", "deviant_book", "deviations_for",
+    "is_modelled", "known_deviations", "reference_version",
 ]
 

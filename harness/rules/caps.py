@@ -3,6 +3,10 @@
 Facts were read from QEMU's source at these points (not copied: predicates and
 messages here are our own):
 
+* 6.0.0 (commit 609d759652 "Update version for v6.0.0 release", read in the
+  history of OpenE2K/qemu-e2k, whose e2k-softmmu branch, QEMU 6.0.91, has the
+  same functions unchanged): ``migration/migration.c``: ``migrate_caps_check``,
+  ``qmp_migrate_set_capabilities``; ``qapi/migration.json``: the capability enum;
 * 7.2.0 (+ Debian's 7.2.x stable patches): ``migration/migration.c``:
   ``migrate_caps_check``, ``qmp_migrate_set_capabilities``;
 * 8.2 (an 8.2-based tree, vendor additions ignored) and 9.0 (upstream):
@@ -13,6 +17,10 @@ Versions in between take the change points below; those marked "(unverified
 point)" sit between two verified versions and are our best reading of where
 the change landed.  Rules are listed in QEMU's check order; a version keeps the
 rules whose range contains it, and the first one that fires decides the message.
+
+The rules are the contract: where a version is known to check less or more
+than its own documentation and QEMU's current tree intend, the rule states the
+intent and :mod:`harness.rules.deviations` records the defect.
 """
 from __future__ import annotations
 
@@ -59,31 +67,32 @@ CAPS: tuple[CapSpec, ...] = (
     CapSpec("x-ignore-shared"),
     CapSpec("validate-uuid"),
     CapSpec("background-snapshot"),
-    CapSpec("zero-copy-send"),
-    CapSpec("postcopy-preempt"),
+    CapSpec("zero-copy-send", since=(7, 1)),  # "(since 7.1)" in the QAPI doc
+    CapSpec("postcopy-preempt", since=(7, 1)),  # "(since 7.1)"
     CapSpec("switchover-ack", since=(8, 1)),
     CapSpec("dirty-limit", since=(8, 1)),
     CapSpec("mapped-ram", since=(9, 0)),
 )
 
 #: Capabilities background-snapshot refuses, in QEMU's list order
-#: (``check_caps_background_snapshot``; the first one that is on is named).
-BACKGROUND_SNAPSHOT_CONFLICTS: tuple[tuple[str, tuple[int, int] | None], ...] = (
-    ("postcopy-ram", None),
-    ("dirty-bitmaps", None),
-    ("postcopy-blocktime", None),
-    ("late-block-activate", None),
-    ("return-path", None),
-    ("multifd", None),
-    ("pause-before-switchover", None),
-    ("auto-converge", None),
-    ("release-ram", None),
-    ("rdma-pin-all", None),
-    ("compress", (9, 1)),
-    ("xbzrle", None),
-    ("x-colo", None),
-    ("validate-uuid", None),
-    ("zero-copy-send", None),
+#: (``check_caps_background_snapshot``; the first one that is on is named),
+#: with the versions that list them (since, until).
+BACKGROUND_SNAPSHOT_CONFLICTS: tuple[tuple[str, tuple[int, int], tuple[int, int] | None], ...] = (
+    ("postcopy-ram", (0, 0), None),
+    ("dirty-bitmaps", (0, 0), None),
+    ("postcopy-blocktime", (0, 0), None),
+    ("late-block-activate", (0, 0), None),
+    ("return-path", (0, 0), None),
+    ("multifd", (0, 0), None),
+    ("pause-before-switchover", (0, 0), None),
+    ("auto-converge", (0, 0), None),
+    ("release-ram", (0, 0), None),
+    ("rdma-pin-all", (0, 0), None),
+    ("compress", (0, 0), (9, 1)),
+    ("xbzrle", (0, 0), None),
+    ("x-colo", (0, 0), None),
+    ("validate-uuid", (0, 0), None),
+    ("zero-copy-send", (7, 1), None),  # not in 6.0's list (the capability came in 7.1)
 )
 
 
@@ -126,14 +135,14 @@ STATE_RULES: tuple[Rule, ...] = (
 
 def _bg_conflicts() -> list[Rule]:
     out = []
-    for cap, until in BACKGROUND_SNAPSHOT_CONFLICTS:
+    for cap, since, until in BACKGROUND_SNAPSHOT_CONFLICTS:
         out.append(_rule(
             f"caps.background-snapshot.conflicts-{cap}",
             f"background-snapshot cannot be combined with {cap}",
             rf"[Bb]ackground-snapshot.*not compatible with {cap}\b",
             (lambda c: lambda ctx: ctx.cap(c))(cap),
             on("background-snapshot"),
-            until=until,
+            since=since, until=until,
         ))
     return out
 
@@ -181,72 +190,70 @@ CAP_RULES: tuple[Rule, ...] = (
     _rule("caps.zero-copy-send.requires-linux",
           "zero-copy-send exists only on Linux hosts",
           r"[Zz]ero.copy.*Linux",
-          lambda ctx: not ctx.state.host.linux, on("zero-copy-send")),
+          lambda ctx: not ctx.state.host.linux, on("zero-copy-send"), since=(7, 1)),
     _rule("caps.zero-copy-send.requires-multifd",
           "zero-copy-send needs multifd",
           r"[Zz]ero.copy.*non-compressed.*multifd",
-          lambda ctx: ctx.state.host.linux and not ctx.cap("multifd"), on("zero-copy-send")),
+          lambda ctx: ctx.state.host.linux and not ctx.cap("multifd"), on("zero-copy-send"),
+          since=(7, 1)),
     _rule("caps.zero-copy-send.conflicts-compress",
           "zero-copy-send cannot be combined with compress",
           r"[Zz]ero.copy.*non-compressed.*multifd",
           lambda ctx: ctx.state.host.linux and ctx.cap("compress"), on("zero-copy-send"),
-          until=(9, 1)),
+          since=(7, 1), until=(9, 1)),
     _rule("caps.zero-copy-send.conflicts-xbzrle",
           "zero-copy-send cannot be combined with xbzrle",
           r"[Zz]ero.copy.*non-compressed.*multifd",
-          lambda ctx: ctx.state.host.linux and ctx.cap("xbzrle"), on("zero-copy-send")),
+          lambda ctx: ctx.state.host.linux and ctx.cap("xbzrle"), on("zero-copy-send"),
+          since=(7, 1)),
     # The next two read the *current* parameters (not part of this request).
     _rule("caps.zero-copy-send.conflicts-multifd-compression",
           "zero-copy-send cannot be turned on while multifd-compression is not none",
           r"[Zz]ero.copy.*non-compressed.*multifd",
-          lambda ctx: ctx.state.host.linux and _multifd_compression(ctx), on("zero-copy-send")),
+          lambda ctx: ctx.state.host.linux and _multifd_compression(ctx), on("zero-copy-send"),
+          since=(7, 1)),
     _rule("caps.zero-copy-send.conflicts-tls",
           "zero-copy-send cannot be turned on while tls-creds is set",
           r"[Zz]ero.copy.*non-compressed.*multifd",
-          lambda ctx: ctx.state.host.linux and _tls(ctx), on("zero-copy-send")),
+          lambda ctx: ctx.state.host.linux and _tls(ctx), on("zero-copy-send"), since=(7, 1)),
     # 7.2 (and 8.0, unverified point) only: in runstate inmigrate, multifd needs a
     # socket transport for the last migrate-incoming (before any, it is allowed).
+    # Not in 6.0 (nor in its 6.0.91 e2k fork); posted July 2021 ("migration:
+    # allow multifd for socket protocol only"): 6.2 is the (unverified point).
     _rule("caps.multifd.requires-multichannel-transport",
           "on the destination, multifd needs a tcp/unix/vsock incoming URI",
           r"multifd.*not supported by (?:the )?current protocol",
           lambda ctx: (ctx.state.inmigrate and ctx.state.incoming_started
                        and ctx.state.incoming_scheme not in ("tcp", "unix", "vsock")),
-          on("multifd"), until=(8, 1)),
+          on("multifd"), since=(6, 2), until=(8, 1)),
     _rule("caps.postcopy-preempt.requires-postcopy-ram",
           "postcopy-preempt needs postcopy-ram",
           r"[Pp]reempt.*requires postcopy",
-          lambda ctx: not ctx.cap("postcopy-ram"), on("postcopy-preempt")),
+          lambda ctx: not ctx.cap("postcopy-ram"), on("postcopy-preempt"), since=(7, 1)),
     _rule("caps.postcopy-preempt.conflicts-compress",
           "postcopy-preempt cannot be combined with compress",
           r"[Pp]reempt.*compress",
-          lambda ctx: ctx.cap("compress"), on("postcopy-preempt"), until=(9, 1)),
-    # 8.1 .. 9.0: refused after migrate-incoming whenever preempt is on in the
-    # request result (even if it already was on).
-    _rule("caps.postcopy-preempt.requires-before-incoming",
-          "postcopy-preempt must be on before migrate-incoming",
-          r"[Pp]reempt.*before incoming",
-          lambda ctx: ctx.state.incoming_started, on("postcopy-preempt"),
-          since=(8, 1), until=(9, 1)),
-    # 10.0 (from 9.1, unverified point): only refused when it was off.
+          lambda ctx: ctx.cap("compress"), on("postcopy-preempt"), since=(7, 1), until=(9, 1)),
+    # From 8.1 (unverified point; commit 82137e6c8c "migration: enforce multifd
+    # and postcopy preempt to be set before incoming"): refused after
+    # migrate-incoming when it was off.
+    # Builds 8.1.0 .. 10.0.0 refuse it even when it already was on: deviation
+    # caps-before-incoming-refused-when-already-on.
     _rule("caps.postcopy-preempt.requires-before-incoming-if-off",
           "postcopy-preempt cannot be turned on after migrate-incoming",
           r"[Pp]reempt.*before incoming",
           lambda ctx: ctx.state.incoming_started and not ctx.old_caps.get("postcopy-preempt"),
-          on("postcopy-preempt"), since=(9, 1)),
+          on("postcopy-preempt"), since=(8, 1)),
     _rule("caps.multifd.conflicts-compress",
           "multifd cannot be combined with compress",
           r"[Mm]ultifd.*compress",
           lambda ctx: ctx.cap("compress"), on("multifd"), until=(9, 1)),
-    _rule("caps.multifd.requires-before-incoming",
-          "multifd must be on before migrate-incoming",
-          r"[Mm]ultifd.*before incoming",
-          lambda ctx: ctx.state.incoming_started, on("multifd"),
-          since=(8, 1), until=(9, 1)),
+    # Same commit and the same deviation as the preempt rule above.
     _rule("caps.multifd.requires-before-incoming-if-off",
           "multifd cannot be turned on after migrate-incoming",
           r"[Mm]ultifd.*before incoming",
           lambda ctx: ctx.state.incoming_started and not ctx.old_caps.get("multifd"),
-          on("multifd"), since=(9, 1)),
+          on("multifd"), since=(8, 1)),
     _rule("caps.switchover-ack.requires-return-path",
           "switchover-ack needs return-path",
           r"switchover-ack.*return-path",
@@ -286,7 +293,7 @@ CAP_RULES: tuple[Rule, ...] = (
 #: For probe generation: rules of the form "A needs B" — probes turn A and B on
 #: together with every third capability, so the rules after the first pass run.
 REQUIRES: tuple[tuple[str, tuple[str, ...], tuple[int, int]], ...] = (
-    ("zero-copy-send", ("multifd",), (0, 0)),
-    ("postcopy-preempt", ("postcopy-ram",), (0, 0)),
+    ("zero-copy-send", ("multifd",), (7, 1)),
+    ("postcopy-preempt", ("postcopy-ram",), (7, 1)),
     ("switchover-ack", ("return-path",), (8, 1)),
 )

@@ -16,6 +16,13 @@ rules in QEMU's order) lives in :mod:`harness.rules.caps` and
 :mod:`harness.rules.params`; this module holds the types, the QAPI layer and
 the evaluation: :func:`expected` answers "what must this build say?" and
 :func:`apply` computes the state an accepted command leaves behind.
+
+Two layers, kept apart on purpose: the rules state the *contract* (what
+QEMU's QAPI documentation promises and its current tree's checks intend); a
+:class:`Deviation` (data in :mod:`harness.rules.deviations`) records where a
+QEMU version is known to behave otherwise, as a patch to the rule book.  A
+probe that reproduces a deviation is reported as that deviation, never as
+agreement, and a build where it no longer reproduces simply agrees.
 """
 from __future__ import annotations
 
@@ -307,8 +314,10 @@ class ParamSpec:
     hi: int | None = None
     since: Version = (0, 0)
     until: Version | None = None
-    #: Before this version QEMU accepts the member but drops it: it is neither
-    #: checked nor applied (missing from migrate_params_test_apply/_apply).
+    #: Before this version builds are known to accept the member but drop it
+    #: (a known deviation, see :mod:`harness.rules.deviations`, which fills
+    #: this in for planners).  The contract evaluation never reads it; a
+    #: deviation's patched book drops the member through ``RuleBook.ignored_params``.
     ignored_until: Version | None = None
 
     def exists(self, version: Version) -> bool:
@@ -345,6 +354,10 @@ class RuleBook:
     state_rules: tuple[Rule, ...]
     cap_rules: tuple[Rule, ...]
     param_rules: tuple[Rule, ...]
+    #: ``migrate-set-parameters`` members the QAPI layer accepts and the build
+    #: then drops (neither checked nor applied).  Empty in the contract; set by
+    #: a :class:`Deviation`'s patch.
+    ignored_params: frozenset[str] = frozenset()
 
     def rules(self, version: Version, command: str | None = None) -> list[Rule]:
         out = [r for r in (*self.state_rules, *self.cap_rules, *self.param_rules)
@@ -388,6 +401,79 @@ class RuleBook:
 
         return dataclasses.replace(self, state_rules=sub(self.state_rules),
                                    cap_rules=sub(self.cap_rules), param_rules=sub(self.param_rules))
+
+
+# --------------------------------------------------------------------------
+# Known deviations from the contract
+# --------------------------------------------------------------------------
+
+#: A full QEMU version (major, minor, micro): deviations are often fixed in a
+#: stable release (10.0.1), so their ranges need the micro number.
+FullVersion = tuple[int, int, int]
+
+
+def full_version(version: Sequence[int]) -> FullVersion:
+    v = [int(x) for x in version[:3]] + [0, 0, 0]
+    return (v[0], v[1], v[2])
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """A QEMU version known to break the contract the rules state.
+
+    The rules say what QEMU promises (its QAPI documentation and the checks
+    its current tree intends).  A deviation says where builds of some
+    versions behave otherwise, so a probe that shows that behaviour is
+    reported as *this known defect* rather than as agreement (a rule QEMU
+    forgot to enforce must not look like conformance) or as a surprise.
+
+    ``since``/``until`` are full versions (``until`` exclusive: the first
+    release with the fix, a stable backport included); ``build_match``, when
+    set, is a regular expression a build's name or package string must match
+    as well (a porter's fork).  The behaviour is a patch to the rule book:
+    members the build accepts and drops (``drops_params``), and rules that
+    replace the contract rule of the same id (``replaces``).
+    """
+
+    id: str
+    #: What the build does instead of the contract.
+    summary: str
+    #: What the contract says (and where it is documented).
+    contract: str
+    where: tuple[SourceRef, ...]
+    since: FullVersion = (0, 0, 0)
+    until: FullVersion | None = None
+    #: The release or commit that fixed it, where known.
+    fixed_in: str | None = None
+    build_match: str | None = None
+    drops_params: tuple[str, ...] = ()
+    replaces: tuple[Rule, ...] = ()
+
+    def affects(self, version: Sequence[int], build: str = "", package: str = "") -> bool:
+        """Whether builds of ``version`` (and this name/package) are known to have it."""
+        v = full_version(version)
+        if v < self.since or (self.until is not None and v >= self.until):
+            return False
+        if self.build_match is not None:
+            return any(re.search(self.build_match, s) for s in (build, package) if s)
+        return True
+
+    @property
+    def versions(self) -> str:
+        since = ".".join(map(str, self.since))
+        return f"{since}..<{'.'.join(map(str, self.until))}" if self.until else f"{since}.."
+
+    def patch(self, book: RuleBook) -> RuleBook:
+        """The rule book as a build with this deviation behaves."""
+        out = book.with_rules({r.id: r for r in self.replaces}) if self.replaces else book
+        if self.drops_params:
+            out = dataclasses.replace(out, ignored_params=out.ignored_params | set(self.drops_params))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "versions": self.versions, "summary": self.summary,
+                "contract": self.contract, "where": [str(w) for w in self.where],
+                "fixed_in": self.fixed_in, "build_match": self.build_match}
 
 
 # --------------------------------------------------------------------------
@@ -446,8 +532,12 @@ def qapi_enum(name: str, full: str, value: Any, values: Sequence[str]) -> str:
     if not isinstance(value, str):
         raise _type_error(full, "string")
     if value not in values:
+        # 7.2 on: "Parameter 'x' does not accept value 'y'"; QEMU 6.0 says
+        # "Invalid parameter 'y'" (qapi/qapi-visit-core.c: input_type_enum,
+        # QERR_INVALID_PARAMETER).
         raise QapiError("qapi.invalid-enum-value",
-                        rf"does not accept value '{_q(value)}'", member=name, value=value)
+                        rf"(?:does not accept value|Invalid parameter) '{_q(value)}'",
+                        member=name, value=value)
     return value
 
 
@@ -597,8 +687,7 @@ def build_ctx(book: RuleBook, version: Version, command: str, args: Mapping[str,
         new_params = dict(params)
         visited = qapi_params_args(book, version, args, state.build)
         for name, value in visited.items():
-            spec = book.param_spec(version, name)
-            if spec is not None and not spec.ignored(version):
+            if name not in book.ignored_params:
                 new_params[name] = value
         return Ctx(version, command, args, state, dict(caps), caps, new_params, params)
     raise ValueError(f"the oracle knows no command {command!r}")

@@ -3,7 +3,8 @@
 Read from QEMU's source (facts only; predicates and messages are ours):
 
 * ``qapi/migration.json``: ``MigrateSetParameters`` members and their QAPI
-  types (7.2.0, 10.0.2; 8.2/9.0 from their trees);
+  types (6.0.0, 7.2.0, 10.0.2; 8.2/9.0 from their trees; 6.0 has the same
+  members as 7.2);
 * ``migrate_params_check`` (``migration/migration.c`` up to 8.0,
   ``migration/options.c`` from 8.1): the checks, in order;
 * ``qmp_migrate_set_parameters`` / ``migrate_params_test_apply``: the check
@@ -12,12 +13,13 @@ Read from QEMU's source (facts only; predicates and messages are ours):
   max-cpu-throttle vs cpu-throttle-initial see the proposed pair); null TLS
   strings become "".
 
-Two checks read QEMU's live state instead of the proposed one: the
-zero-copy-send check reads the *capability* (current), and the mapped-ram check
-(9.0+) reads both the capability and the *current* multifd-compression /
-tls-creds, not the proposed ones.  So with mapped-ram on, setting
-multifd-compression=zlib is accepted, and every later migrate-set-parameters is
-refused until it is set back.  We model that as QEMU does it.
+The rules are the contract.  Two checks read the current capabilities (the
+command cannot change them): zero-copy-send and mapped-ram.  Where builds
+check something else than the contract, :mod:`harness.rules.deviations` says
+so: up to 8.2 the multifd compression levels are accepted and dropped
+(``multifd-compression-level-dropped``), and from 9.0 the mapped-ram check
+reads the *current* multifd-compression / tls-creds instead of the proposed
+ones (``mapped-ram-check-reads-current-parameters``).
 """
 from __future__ import annotations
 
@@ -71,13 +73,12 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max-postcopy-bandwidth", "size", 0),
     ParamSpec("max-cpu-throttle", "uint8", 99, hi=99),
     ParamSpec("multifd-compression", "enum:MultiFDCompression", "none"),
-    # 7.2: accepted but silently dropped (not copied in migrate_params_test_apply
-    # nor migrate_params_apply), so never range-checked either; present in the
-    # 8.2 tree.  Observed on Debian 7.2.22: the value stays 1.  8.0/8.1: the
-    # (unverified point) is put at 8.0.
-    ParamSpec("multifd-zlib-level", "uint8", 1, hi=9, ignored_until=(8, 0)),
+    # QAPI doc: "from 0 to 9" / "from 0 to 20"; migrate_params_check refuses
+    # more.  Builds before 9.0 drop both members instead (deviation
+    # multifd-compression-level-dropped).
+    ParamSpec("multifd-zlib-level", "uint8", 1, hi=9),
     ParamSpec("multifd-qatzip-level", "uint8", 1, lo=1, hi=9, since=(9, 2)),
-    ParamSpec("multifd-zstd-level", "uint8", 1, hi=20, ignored_until=(8, 0)),  # as zlib
+    ParamSpec("multifd-zstd-level", "uint8", 1, hi=20),
     ParamSpec("block-bitmap-mapping", "BitmapMapping", None),
     ParamSpec("x-vcpu-dirty-limit-period", "uint64", 1000, lo=1, hi=1000, since=(8, 1)),
     ParamSpec("vcpu-dirty-limit", "uint64", 1, lo=1, since=(8, 1)),
@@ -254,28 +255,31 @@ PARAM_RULES: tuple[Rule, ...] = (
           "block-bitmap-mapping must be a consistent alias map",
           r"block-bitmap-mapping.*(?:alias|node|bitmap)", _bbm_bad,
           trigger=_present("block-bitmap-mapping")),
-    # CONFIG_LINUX.  Reads the current zero-copy-send capability and the
-    # proposed multifd-compression / tls-creds.
+    # CONFIG_LINUX, from 7.1 (with the capability).  Reads the current
+    # zero-copy-send capability and the proposed multifd-compression / tls-creds.
     _rule("params.zero-copy-send.conflicts-multifd-compression",
           "with zero-copy-send on, multifd-compression must stay none",
           r"[Zz]ero.copy.*non-compressed.*multifd",
           lambda ctx: ctx.state.host.linux and ctx.param("multifd-compression") != "none",
-          trigger=lambda ctx: ctx.cap("zero-copy-send")),
+          since=(7, 1), trigger=lambda ctx: ctx.cap("zero-copy-send")),
     _rule("params.zero-copy-send.conflicts-tls",
           "with zero-copy-send on, tls-creds must stay empty",
           r"[Zz]ero.copy.*non-compressed.*multifd",
           lambda ctx: ctx.state.host.linux and bool(ctx.param("tls-creds")),
-          trigger=lambda ctx: ctx.cap("zero-copy-send")),
-    # 9.0+: reads the CURRENT multifd-compression and tls-creds (see module doc).
+          since=(7, 1), trigger=lambda ctx: ctx.cap("zero-copy-send")),
+    # 9.0+: "Mapped-ram only available for non-compressed non-TLS multifd
+    # migration", a check on the proposed parameters like the zero-copy one
+    # above; builds read the current ones instead (deviation
+    # mapped-ram-check-reads-current-parameters).
     _rule("params.mapped-ram.conflicts-multifd-compression",
-          "with mapped-ram on, the current multifd-compression must be none",
+          "with mapped-ram on, multifd-compression must be none",
           r"[Mm]apped-ram.*(?:compress|TLS)",
-          lambda ctx: ctx.cur_params.get("multifd-compression", "none") != "none",
+          lambda ctx: ctx.param("multifd-compression") != "none",
           since=(9, 0), trigger=lambda ctx: ctx.cap("mapped-ram")),
     _rule("params.mapped-ram.conflicts-tls",
-          "with mapped-ram on, the current tls-creds must be empty",
+          "with mapped-ram on, tls-creds must be empty",
           r"[Mm]apped-ram.*(?:compress|TLS)",
-          lambda ctx: bool(ctx.cur_params.get("tls-creds")),
+          lambda ctx: bool(ctx.param("tls-creds")),
           since=(9, 0), trigger=lambda ctx: ctx.cap("mapped-ram")),
     _range_rule("x-vcpu-dirty-limit-period", 1, 1000, since=(8, 1)),
     _rule("params.vcpu-dirty-limit.range", "vcpu-dirty-limit must be at least 1",

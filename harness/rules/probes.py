@@ -10,11 +10,17 @@ whether they agree; after a refusal it reads the state back to prove nothing
 was applied, after an acceptance it checks the state is the one predicted, and
 it restores the baseline before the next probe.  A divergence is a result,
 never an exception.
+
+The oracle's verdict is the contract's; an answer that differs is judged
+against the build's known deviations (:mod:`harness.rules.judge`), so each
+result says ``agree``, ``deviation`` (with its id), ``unmodelled`` or
+``disagree``.
 """
 from __future__ import annotations
 
 import ctypes
 import itertools
+import logging
 import mmap
 import os
 import platform
@@ -25,23 +31,35 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from harness.rules import caps as caps_data
-from harness.rules.book import default_book
+from harness.rules.book import default_book, deviations_for
+from harness.rules.judge import (
+    Expectation,
+    Judgement,
+    ProbeVerdict,
+    Snapshot,
+    expectations,
+    judge,
+    normalize_params,
+    patched_books,
+)
 from harness.rules.model import (
     CAPS_COMMAND,
     INT_WIDTH,
     PARAMS_COMMAND,
     BuildFacts,
+    Deviation,
     HostFacts,
     ParamSpec,
     Phase,
     ProbeState,
     RuleBook,
-    Verdict,
     Version,
     apply,
     expected,
     normalize_version,
 )
+
+log = logging.getLogger(__name__)
 
 Execute = Callable[[str, Mapping[str, Any]], Awaitable[Any]]
 
@@ -102,11 +120,24 @@ class ProbeResult:
     #: "probe" for the probe itself, "setup" when a setup step went wrong.
     step: str = "probe"
     notes: list[str] = field(default_factory=list)
+    #: agree / deviation / unmodelled / disagree (:class:`~harness.rules.judge.ProbeVerdict`).
+    verdict: str = ""
+    #: The known deviation this answer reproduced (verdict ``deviation``).
+    deviation: str | None = None
+    #: Known deviations that predicted another answer here and did not reproduce.
+    deviation_not_reproduced: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.verdict:  # a result made without a judgement: contract only
+            ok = (self.agree and self.state_unchanged is not False
+                  and self.applied_as_expected is not False)
+            self.verdict = ProbeVerdict.AGREE if ok else ProbeVerdict.DISAGREE
+        self.verdict = str(self.verdict)
 
     @property
     def ok(self) -> bool:
-        return (self.agree and self.state_unchanged is not False
-                and self.applied_as_expected is not False)
+        """Not a failure: agreement, a known deviation, or an unmodelled version."""
+        return self.verdict != ProbeVerdict.DISAGREE
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -124,8 +155,8 @@ class ProbeResult:
             extra.append("accepted but state differs from prediction")
         extra += self.notes
         tail = ("; " + "; ".join(extra)) if extra else ""
-        return (f"[{self.build} {self.side}/{self.phase}] {self.probe_id}: {self.command} "
-                f"{self.args} expected {exp}, observed {obs}{tail}")
+        return (f"[{self.build} {self.side}/{self.phase}] {self.verdict.upper()} {self.probe_id}: "
+                f"{self.command} {self.args} expected {exp}, observed {obs}{tail}")
 
 
 # --------------------------------------------------------------------------
@@ -547,17 +578,20 @@ def generate_probes(version: Sequence[int], capabilities: Iterable[str],
             add(Probe(f"params:cross:zero-copy-send:{name}", PARAMS_COMMAND, args, setup=setup,
                       kind="params-cross"))
     if "mapped-ram" in caps and both("multifd-compression", "announce-rounds"):
+        # mapped-ram + zlib is reached by setting zlib first (the capability
+        # check does not look at it; the parameter check refuses zlib once
+        # mapped-ram is on).
         mr = (CAPS_COMMAND, _on("mapped-ram"))
         add(Probe("params:cross:mapped-ram:multifd-compression=zlib", PARAMS_COMMAND,
                   {"multifd-compression": "zlib"}, setup=(mr,), kind="params-cross"))
         zl = (PARAMS_COMMAND, {"multifd-compression": "zlib"})
         add(Probe("params:cross:mapped-ram:after-zlib:unrelated", PARAMS_COMMAND,
-                  {"announce-rounds": 6}, setup=(mr, zl), kind="params-cross"))
+                  {"announce-rounds": 6}, setup=(zl, mr), kind="params-cross"))
         add(Probe("params:cross:mapped-ram:after-zlib:back-to-none", PARAMS_COMMAND,
-                  {"multifd-compression": "none"}, setup=(mr, zl), kind="params-cross"))
+                  {"multifd-compression": "none"}, setup=(zl, mr), kind="params-cross"))
         if "tls-creds" in have:
             add(Probe("params:cross:mapped-ram:after-tls:unrelated", PARAMS_COMMAND,
-                      {"announce-rounds": 6}, setup=(mr, (PARAMS_COMMAND, {"tls-creds": TLS_PROBE})),
+                      {"announce-rounds": 6}, setup=((PARAMS_COMMAND, {"tls-creds": TLS_PROBE}), mr),
                       kind="params-cross"))
     return _filter(book, v, probes, state)
 
@@ -618,37 +652,10 @@ def _restorable(book: RuleBook, v: Version, now: ProbeState, base: ProbeState) -
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """Capabilities and parameters as the build reports them (normalized)."""
-
-    caps: dict[str, bool]
-    params: dict[str, Any]
-
-    def differs(self, other: Snapshot) -> list[str]:
-        out = []
-        for k in sorted(set(self.caps) | set(other.caps)):
-            if self.caps.get(k) != other.caps.get(k):
-                out.append(f"cap {k}: {self.caps.get(k)} -> {other.caps.get(k)}")
-        for k in sorted(set(self.params) | set(other.params)):
-            if self.params.get(k) != other.params.get(k):
-                out.append(f"param {k}: {self.params.get(k)!r} -> {other.params.get(k)!r}")
-        return out
-
-
-def _normalize_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    p = dict(params)
-    # QEMU omits block-bitmap-mapping until it has been set; set to [] it
-    # means the same thing.
-    if p.get("block-bitmap-mapping") is None:
-        p["block-bitmap-mapping"] = []
-    return p
-
-
 async def read_state(execute: Execute) -> Snapshot:
     caps = await execute("query-migrate-capabilities", {})
     params = await execute("query-migrate-parameters", {})
-    return Snapshot({c["capability"]: bool(c["state"]) for c in caps}, _normalize_params(params))
+    return Snapshot({c["capability"]: bool(c["state"]) for c in caps}, normalize_params(params))
 
 
 @dataclass
@@ -670,22 +677,6 @@ async def _call(execute: Execute, cmd: str, args: Any) -> _Observed:
     return _Observed(True)
 
 
-def _predicted(state: ProbeState) -> Snapshot:
-    return Snapshot({k: bool(v) for k, v in state.caps.items()}, _normalize_params(state.params))
-
-
-def _same_as_predicted(after: Snapshot, pred: Snapshot) -> list[str]:
-    """Differences on the keys the build reports (the prediction may know more)."""
-    out = []
-    for k, v in after.caps.items():
-        if pred.caps.get(k, False) != v:
-            out.append(f"cap {k}: predicted {pred.caps.get(k, False)}, read {v}")
-    for k, v in after.params.items():
-        if k in pred.params and pred.params[k] != v:
-            out.append(f"param {k}: predicted {pred.params[k]!r}, read {v!r}")
-    return out
-
-
 async def restore(execute: Execute, now: Snapshot, baseline: Snapshot) -> Snapshot:
     """Put capabilities, then parameters, back to ``baseline``; returns the state read."""
     caps = [(k, baseline.caps[k]) for k in baseline.caps if now.caps.get(k) != baseline.caps[k]]
@@ -699,16 +690,26 @@ async def restore(execute: Execute, now: Snapshot, baseline: Snapshot) -> Snapsh
 
 async def run_probes(execute: Execute, probes: Sequence[Probe], version: Sequence[int],
                      state: ProbeState, *, build: str = "", book: RuleBook | None = None,
-                     on_result: Callable[[ProbeResult], None] | None = None
-                     ) -> list[ProbeResult]:
-    """Run ``probes`` against one QEMU and compare with the oracle.
+                     on_result: Callable[[ProbeResult], None] | None = None,
+                     deviations: Sequence[Deviation] | None = None,
+                     build_version: Sequence[int] | None = None,
+                     modelled: bool = True) -> list[ProbeResult]:
+    """Run ``probes`` against one QEMU and judge its answers.
 
-    ``state`` gives side, phase, accelerator and host/build facts; the
-    capabilities and parameters are read from QEMU at the start and become the
-    baseline every probe starts from.
+    ``version`` is the rule model to judge by (the build's own, or the
+    nearest one when ``modelled`` is False); ``build_version`` is the build's
+    full version (default: ``version``), which selects its known deviations
+    unless ``deviations`` names them.  ``state`` gives side, phase,
+    accelerator and host/build facts; the capabilities and parameters are
+    read from QEMU at the start and become the baseline every probe starts
+    from.
     """
     book = book or default_book()
     v = normalize_version(version)
+    full = tuple(build_version or version)
+    if deviations is None:
+        deviations = deviations_for(full, build)
+    alt_books = patched_books(book, deviations)
     baseline = await read_state(execute)
     current = baseline
     results: list[ProbeResult] = []
@@ -716,66 +717,76 @@ async def run_probes(execute: Execute, probes: Sequence[Probe], version: Sequenc
     def st_for(snap: Snapshot) -> ProbeState:
         return state.replace(caps=dict(snap.caps), params=dict(snap.params))
 
-    def record(probe: Probe, cmd: str, args: Any, verdict: Verdict, obs: _Observed, *,
-               unchanged: bool | None, applied: bool | None, step: str,
+    def record(probe: Probe, cmd: str, args: Any, exps: Sequence[Expectation], obs: _Observed,
+               j: Judgement, *, unchanged: bool | None, step: str,
                notes: list[str]) -> ProbeResult:
-        agree = verdict.accept == obs.accept and (
-            obs.accept or (obs.message is not None and verdict.matches(obs.message)))
+        contract = exps[0].verdict
         r = ProbeResult(
             build=build, version=v, side=state.side.value, phase=state.phase.value,
             probe_id=probe.id, kind=probe.kind, command=cmd, args=args,
             setup=[{"command": c, "args": a} for c, a in probe.setup],
-            expected_accept=verdict.accept, expected_rule=verdict.rule_id,
-            expected_pattern=verdict.pattern, observed_accept=obs.accept,
-            observed_class=obs.error_class, observed_message=obs.message, agree=agree,
-            state_unchanged=unchanged, applied_as_expected=applied, step=step, notes=notes)
+            expected_accept=contract.accept, expected_rule=contract.rule_id,
+            expected_pattern=contract.pattern, observed_accept=obs.accept,
+            observed_class=obs.error_class, observed_message=obs.message, agree=j.agree,
+            state_unchanged=unchanged, applied_as_expected=j.applied, step=step,
+            notes=notes + j.notes, verdict=j.verdict, deviation=j.deviation,
+            deviation_not_reproduced=list(j.not_reproduced))
         results.append(r)
+        if r.verdict == ProbeVerdict.DISAGREE:
+            log.debug("%s", r.describe())
         if on_result:
             on_result(r)
         return r
+
+    def lost(probe: Probe, cmd: str, args: Any, exps: Sequence[Expectation], obs: _Observed,
+             step: str) -> None:
+        j = Judgement(ProbeVerdict.DISAGREE, False, None)
+        record(probe, cmd, args, exps, obs, j, unchanged=None, step=step,
+               notes=["QEMU connection lost"])
 
     for probe in probes:
         notes: list[str] = []
         setup_ok = True
         for cmd, args in probe.setup:
-            verdict = expected(v, cmd, args, st_for(current), book=book)
+            exps = expectations(v, cmd, args, st_for(current), book, alt_books)
             obs = await _call(execute, cmd, args)
             if obs.fatal:
-                record(probe, cmd, args, verdict, obs, unchanged=None, applied=None,
-                       step="setup", notes=["QEMU connection lost"])
+                lost(probe, cmd, args, exps, obs, "setup")
                 return results
-            if not (obs.accept and verdict.accept):
-                record(probe, cmd, args, verdict, obs, unchanged=None, applied=None,
-                       step="setup", notes=["setup step did not go as predicted; probe skipped"])
+            after = await read_state(execute) if obs.accept else None
+            unchanged = None if obs.accept else not current.differs(await read_state(execute))
+            j = judge(exps, obs.accept, obs.message, after, unchanged, modelled=modelled)
+            if not (obs.accept and exps[0].verdict.accept and j.verdict == ProbeVerdict.AGREE):
+                # A setup step that did not go as the contract says: the probe
+                # cannot run from the state it was written for.
+                record(probe, cmd, args, exps, obs, j, unchanged=unchanged, step="setup",
+                       notes=["setup step did not go as the contract says; probe skipped"])
+                if after is not None:
+                    current = after
                 setup_ok = False
                 break
-            current = await read_state(execute)
+            current = after if after is not None else current
         if setup_ok:
             before = current
-            st = st_for(before)
-            verdict = expected(v, probe.command, probe.args, st, book=book)
-            pred = _predicted(apply(v, probe.command, probe.args, st, book=book))
+            exps = expectations(v, probe.command, probe.args, st_for(before), book, alt_books)
             t0 = time.monotonic()
             obs = await _call(execute, probe.command, probe.args)
             if obs.fatal:
-                record(probe, probe.command, probe.args, verdict, obs, unchanged=None,
-                       applied=None, step="probe", notes=["QEMU connection lost"])
+                lost(probe, probe.command, probe.args, exps, obs, "probe")
                 return results
+            elapsed = time.monotonic() - t0
             after = await read_state(execute)
             unchanged: bool | None = None
-            applied: bool | None = None
-            if obs.accept:
-                diffs = _same_as_predicted(after, pred)
-                applied = not diffs
-                notes += diffs
-            else:
+            if not obs.accept:
                 diffs = before.differs(after)
                 unchanged = not diffs
                 notes += diffs
-            if time.monotonic() - t0 > 2.0:
-                notes.append(f"slow: {time.monotonic() - t0:.1f}s")
-            record(probe, probe.command, probe.args, verdict, obs, unchanged=unchanged,
-                   applied=applied, step="probe", notes=notes)
+            if elapsed > 2.0:
+                notes.append(f"slow: {elapsed:.1f}s")
+            j = judge(exps, obs.accept, obs.message, after if obs.accept else None, unchanged,
+                      modelled=modelled)
+            record(probe, probe.command, probe.args, exps, obs, j, unchanged=unchanged,
+                   step="probe", notes=notes)
             current = after
         if current != baseline:
             current = await restore(execute, current, baseline)
@@ -787,12 +798,23 @@ async def run_probes(execute: Execute, probes: Sequence[Probe], version: Sequenc
 
 
 def summarize(results: Sequence[ProbeResult]) -> dict[str, Any]:
-    """Counts for a report line."""
+    """Counts for a report line, and the known deviations seen.
+
+    ``deviations_reproduced``: ids some probe reproduced.
+    ``deviations_not_reproduced``: ids that predicted another answer on some
+    probe and never reproduced (fixed in this build).
+    """
+    reproduced = sorted({r.deviation for r in results if r.deviation})
+    expected_here = {d for r in results for d in r.deviation_not_reproduced}
     return {
         "probes": len(results),
-        "agree": sum(r.agree for r in results),
-        "disagree": sum(not r.agree for r in results),
+        "agree": sum(r.verdict == ProbeVerdict.AGREE for r in results),
+        "deviation": sum(r.verdict == ProbeVerdict.DEVIATION for r in results),
+        "unmodelled": sum(r.verdict == ProbeVerdict.UNMODELLED for r in results),
+        "disagree": sum(r.verdict == ProbeVerdict.DISAGREE for r in results),
         "state_changed_on_refusal": sum(r.state_unchanged is False for r in results),
         "applied_differently": sum(r.applied_as_expected is False for r in results),
         "refused": sum(not r.observed_accept for r in results),
+        "deviations_reproduced": reproduced,
+        "deviations_not_reproduced": sorted(expected_here - set(reproduced)),
     }
