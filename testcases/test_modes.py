@@ -56,8 +56,15 @@ def test_mode_cell(mode_cell, run_state, record):
             assert result.check(check).passed
     n = postcopy_after(mode_cell.mode)
     if n is not None:
-        # The switch came where the mode put it, not at the driver's default.
-        assert result.figures["postcopy_after_syncs"] == n
+        # The switch came where the mode put it, not at the driver's default:
+        # at the first 'active' sample that saw n dirty syncs.  Judged on the
+        # samples rather than as exactly n: the sampler looks every 0.1 s plus
+        # a QMP round trip, syncs come every 0.4-1.3 s at 128 MiB/s, so a
+        # harness stalled that long on a busy host first sees n + 1.
+        asked = result.figures["postcopy_after_syncs"]
+        first = next(s["syncs"] for s in result.figures["samples"]
+                     if s["status"] == "active" and (s["syncs"] or 0) >= n)
+        assert asked >= n and asked == first, (n, asked, result.figures["samples"])
     if mode_cell.mode == CANCEL_RETRY:
         first = result.check("cancel-retry")
         assert first is not None and first.passed, first

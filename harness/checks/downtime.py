@@ -1,9 +1,11 @@
 """Downtime against ``downtime-limit``.
 
 QEMU's ``downtime-limit`` is the target its convergence logic aims the
-*estimated* final stop-copy at (migration/ram.c and migration/migration.c,
-``migration_iteration_run`` / ``migration_completion``), not a bound QEMU
-enforces: the real stop includes device state and, with return-path, the
+*estimated* final stop-copy at, not a bound QEMU enforces
+(migration/migration.c, 7.2 and 10.0: migration_update_counters sets
+``threshold_size`` = measured bandwidth x downtime-limit, and
+migration_iteration_run completes once the pending dirty bytes fall below
+it): the real stop includes device state and, with return-path, the
 destination's load.  So the verdict allows a declared tolerance, and results
 record the tolerance and this reason next to the figures.
 
@@ -13,12 +15,40 @@ Two figures are judged:
   minus the time the harness itself held the destination paused for its
   checks.  Heartbeats come once per pass over the region, so this figure is
   allowed one extra heartbeat interval.
+
+With ``pause-before-switchover`` the source waits in ``pre-switchover`` for
+the harness's ``migrate-continue``, with its VM already stopped, and QEMU
+counts that wait in ``downtime`` (migration/migration.c):
+
+- 7.2 precopy: migration_completion sets ``downtime_start``, stops the VM,
+  then migration_maybe_pause waits on ``pause_sem``;
+  migration_calculate_complete (from migration_iteration_finish) sets
+  ``downtime = end - downtime_start``.
+- 7.2 postcopy: postcopy_start takes ``time_at_stop`` on entry, stops the VM,
+  migration_maybe_pause waits, and ``ms->downtime = now - time_at_stop``
+  once the device state has been sent.
+- 10.0 precopy and postcopy: migration_stop_vm calls migration_downtime_start;
+  migration_switchover_start -> migration_switchover_prepare (which replaced
+  migration_maybe_pause) waits on ``pause_sem``; migration_downtime_end
+  (from migration_completion_end, or at the end of postcopy_start) sets
+  ``downtime``.
+- Both: qmp_migrate_continue only posts ``pause_sem``.
+
+The harness's hold (``harness_hold_ms``, the driver's ``source_held_s``) runs
+from the ``pre-switchover`` event's arrival to the reply to
+``migrate-continue``: it misses the event's trip to the harness (so it
+under-counts, in QEMU's disfavour) and includes the reply's trip back (at
+most one QMP reply of over-count).  It is taken off QEMU's figure before
+judging; the guest gap has it taken off already.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from harness.results import CheckResult
+
+log = logging.getLogger(__name__)
 
 TOLERANCE_REASON = ("downtime-limit is QEMU's convergence target for the estimated final "
                     "copy, not an enforced bound; device state and switchover overheads "
@@ -43,8 +73,10 @@ class DowntimeEvidence:
 
 
 HOLD_REASON = ("with pause-before-switchover the source is already stopped while the harness "
-               "works in pre-switchover; QEMU counts that wait in its downtime, so it is taken "
-               "off before judging")
+               "works in pre-switchover, and QEMU counts that wait in its downtime "
+               "(migration/migration.c: 7.2 migration_maybe_pause, 10.0 "
+               "migration_switchover_prepare, both after the VM stop that starts the "
+               "downtime); the harness's own hold is taken off before judging")
 
 
 def check_downtime(ev: DowntimeEvidence) -> CheckResult:
@@ -65,6 +97,9 @@ def check_downtime(ev: DowntimeEvidence) -> CheckResult:
         figures["harness_hold_reason"] = HOLD_REASON
         figures["qemu_downtime_judged_ms"] = round(qemu_ms, 2)
         held = f" (reported {ev.qemu_downtime_ms:.0f} less the harness's {ev.harness_hold_ms:.0f} ms hold)"
+        log.info("downtime: QEMU reported %.0f ms, %.0f ms of it the harness's hold in "
+                 "pre-switchover; judging %.0f ms", ev.qemu_downtime_ms, ev.harness_hold_ms,
+                 qemu_ms)
     problems = []
     if qemu_ms > bound:
         problems.append(f"QEMU downtime {qemu_ms:.0f} ms{held} > limit {ev.limit_ms:.0f} "
