@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,6 +40,14 @@ def _matrix_file(args: argparse.Namespace) -> Path:
               f"'mharness init' copies it here to edit)", file=sys.stderr)
     args.matrix = str(path)
     return path
+
+
+def _add_history_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--history", default=None, metavar="PATH|URL",
+                   help="history database: a SQLite file or a postgresql:// URL (default: "
+                        "$MHARNESS_HISTORY, else ~/.local/share/mharness/history.sqlite)")
+    p.add_argument("--no-history", action="store_true",
+                   help="do not record this run in (or read) the history database")
 
 
 def _add_matrix_args(p: argparse.ArgumentParser) -> None:
@@ -113,7 +122,8 @@ def _jobs(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.report.console import Progress
+    from harness.report.artefacts import FinishListener, check_history
+    from harness.report.live import progress_listener
     from harness.run.runner import default_results_dir, failed_in, mark_flaky, run_cells
 
     previous: dict[str, Any] = {}
@@ -140,6 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                f"{', '.join(gone)}")
         cells = [c for c in cells if c.id in previous]
     _validate_against_builds(cells)
+    history = _history_location(args)
+    check_history(history)
     results_dir = Path(args.results) if args.results else default_results_dir()
     tier = args.tier or "smoke"
     print(f"{len(cells)} cells from {args.matrix} tier '{tier}'"
@@ -150,19 +162,141 @@ def cmd_run(args: argparse.Namespace) -> int:
           + (f", {args.jobs} at a time" if args.jobs > 1 else ""), file=sys.stderr)
     meta = {"matrix": args.matrix, "tier": tier, "seed": args.seed or 0,
             "select": args.select, "shard": args.shard, "jobs": args.jobs,
-            "rerun_of": str(rerun_of) if rerun_of else None}
+            "rerun_of": str(rerun_of) if rerun_of else None,
+            "run_id": uuid.uuid4().hex, "entry": "run"}
     finish = None
     if rerun_of is not None:
         finish = lambda r: mark_flaky(r, previous[r.id], rerun_of)  # noqa: E731
     state = None
+    progress, finisher = progress_listener(jobs=args.jobs), FinishListener(history)
+
+    def listener(event: str, st: Any) -> None:
+        progress(event, st)
+        finisher(event, st)
     try:
-        state = run_cells(cells, results_dir, keep_logs=args.keep_logs, listener=Progress(),
+        state = run_cells(cells, results_dir, keep_logs=args.keep_logs, listener=listener,
                           jobs=args.jobs, meta=meta, finish=finish)
     except (KeyboardInterrupt, Interrupted) as exc:
         print(f"\ninterrupted ({exc.__class__.__name__}): QEMU processes ended, partial results "
               f"in {results_dir}", file=sys.stderr)
+        _finished(finisher.finished)
         return 130
-    return _report(state, results_dir)
+    status = _report(state, results_dir)
+    problems = _finished(finisher.finished)
+    return status or problems
+
+
+def _history_location(args: argparse.Namespace) -> str | None:
+    """--history PATH|URL, else MHARNESS_HISTORY, else the per-user default;
+    None with --no-history."""
+    from harness.report.history import default_location
+
+    if getattr(args, "no_history", False):
+        return None
+    return args.history or default_location()
+
+
+def _finished(fin: Any) -> int:
+    """Say where report.html and the history row went; 2 if either failed."""
+    if fin is None:
+        return 0
+    where = []
+    if fin.report is not None:
+        where.append(f"report: {fin.report}")
+    if fin.history_run is not None:
+        where.append(f"history: run #{fin.history_run} in {fin.history}")
+    if where:
+        print("  ".join(where))
+    for err in fin.errors:
+        print(f"mharness: error: {err}", file=sys.stderr)
+    return EXIT_BAD_INPUT if fin.errors else 0
+
+
+def _open_history(args: argparse.Namespace) -> Any:
+    from harness.report.history import History
+
+    location = _history_location(args)
+    if location is None:
+        raise HarnessError("--no-history: no history to read")
+    return History(location, create=False)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Two runs of a tier (folders or history run ids; default: the last two
+    in history): exit 1 on a new failure or a figure regression."""
+    from harness.report import compare as cmp
+
+    if len(args.runs) > 2:
+        raise HarnessError("compare takes at most two runs (A B)")
+    history = None
+    needs_history = len(args.runs) < 2 or any(
+        not Path(r).exists() and cmp.run_id_of(r) is not None for r in args.runs)
+    if needs_history:
+        history = _open_history(args)
+    try:
+        if not args.runs:
+            a, b = cmp.last_two(history, args.tier)
+        elif len(args.runs) == 1:
+            b = cmp.resolve(args.runs[0], history)
+            a = cmp.previous_run(history, b)
+        else:
+            a, b = (cmp.resolve(r, history) for r in args.runs)
+        floors = dict(args.floor)
+        figures = tuple(cmp.Figure(f.key, f.label, f.unit, floors.get(f.key, f.floor), f.scale)
+                        for f in cmp.FIGURES)
+        result = cmp.compare(a, b, args.threshold / 100, figures)
+    finally:
+        if history is not None:
+            history.close()
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.text())
+    return result.exit_status
+
+
+def _floor(text: str) -> tuple[str, float]:
+    from harness.report.compare import FIGURES
+
+    name, _, value = text.partition("=")
+    keys = {f.label.replace(" ", "-"): f.key for f in FIGURES}
+    if name not in keys:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(keys)}=VALUE")
+    try:
+        return keys[name], float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: VALUE must be a number") from None
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Each cell's verdict and downtime over the last N runs of a tier."""
+    from harness.report.console import history_table
+
+    with _open_history(args) as db:
+        tier = args.tier
+        if tier is None:
+            newest = db.runs(limit=1)
+            if not newest:
+                print(f"history {db.where}: no runs yet")
+                return 0
+            tier = newest[0].tier
+        runs = db.runs(tier, limit=args.n)
+        runs.reverse()
+        by_cell: dict[str, list[Any]] = {}
+        for row in db.cells([r.id for r in runs]):
+            by_cell.setdefault(row.cell_id, []).append(row)
+    ids = list(by_cell)
+    if args.select:
+        ids = [c.id for c in select([_Named(i) for i in ids], args.select)]  # type: ignore[list-item]
+    if not runs:
+        print(f"no runs of tier {tier!r} in the history")
+        return 0
+    print(history_table(runs, by_cell, ids))
+    return 0
+
+
+class _Named:
+    """A cell id where ``select`` expects a cell (it reads ``.id`` only)."""
+
+    def __init__(self, id: str) -> None:
+        self.id = id
 
 
 def _report(state: Any, results_dir: Path) -> int:
@@ -192,6 +326,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise HarnessError(str(exc)) from None
     print(f"merged {len(dirs)} results folders: {len(state.results)} cells", file=sys.stderr)
+    from harness.report.html import write_report_html
+    write_report_html(state)
     return _report(state, Path(args.results))
 
 
@@ -379,7 +515,34 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--rerun-failed", default=None, metavar="RESULTS_DIR",
                      help="rerun only the cells that failed in that earlier run (its tier and "
                           "seed unless given); one that passes now is reported flaky")
+    _add_history_args(run)
     run.set_defaults(func=cmd_run)
+
+    cmp = sub.add_parser("compare", help="compare two runs of a tier (folders or history run "
+                         "ids; default: the last two in history); exit 1 on a new failure or "
+                         "regression")
+    cmp.add_argument("runs", nargs="*", metavar="RUN",
+                     help="A and B: results folders or history run ids (one: B, against the "
+                          "run before it; none: the last two runs of --tier)")
+    cmp.add_argument("--tier", default=None, help="tier for the default runs (default: the "
+                     "newest run's)")
+    cmp.add_argument("--threshold", type=float, default=100.0, metavar="PCT",
+                     help="a figure regresses when it grows by more than PCT percent "
+                          "(default 100: doubled) and by at least its floor")
+    cmp.add_argument("--floor", type=_floor, action="append", default=[], metavar="FIG=V",
+                     help="smallest change that counts: downtime=MS, total-time=MS, "
+                          "transferred=MIB (defaults 100, 500, 64)")
+    cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    _add_history_args(cmp)
+    cmp.set_defaults(func=cmd_compare)
+
+    hist = sub.add_parser("history", help="each cell's verdict and downtime over the last runs")
+    hist.add_argument("-k", dest="select", default=None, metavar="EXPR",
+                      help="cells whose id matches, as pytest -k does")
+    hist.add_argument("--tier", default=None, help="tier (default: the newest run's)")
+    hist.add_argument("-n", type=int, default=10, metavar="N", help="last N runs (default 10)")
+    _add_history_args(hist)
+    hist.set_defaults(func=cmd_history)
 
     merge = sub.add_parser("merge", help="combine results folders (e.g. shards) into one report")
     merge.add_argument("dirs", nargs="+", metavar="DIR")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the harness needs on a Debian 12 machine, idempotently:
 #   - Debian packages: qemu-system-x86 (the system QEMU 7.2 build), binutils
-#     (assembles the guest boot code in images/);
+#     (assembles the guest boot code in images/), chromium (the report's browser
+#     test) and postgresql (the history tests start a server of their own);
 #   - the Python package (pip, editable) with its `dev` extra: the `test` extra
 #     (pytest, pytest-xdist, build for testcases/test_install.py, ruff) and tox;
 #   - QEMU 10.0 from bookworm-backports unpacked into a private prefix
@@ -12,7 +13,8 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-packages=(qemu-system-x86 qemu-system-arm binutils)
+# stress-ng: the CPU hog benchmarks/flake_hunt.py runs beside the QEMU tests.
+packages=(qemu-system-x86 qemu-system-arm binutils chromium postgresql stress-ng)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,7 +26,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v -i 'running pip as the .root. user' >&2 || true
-python3 -c 'import harness, qemu.qmp, yaml, numpy, build, tox' || { echo "setup: Python dependencies failed to install" >&2; exit 1; }
+python3 -c 'import harness, qemu.qmp, yaml, numpy, build, tox, plotly, rich, playwright, psycopg' || { echo "setup: Python dependencies failed to install" >&2; exit 1; }
 python3 -m ruff --version >/dev/null || { echo "setup: ruff failed to install" >&2; exit 1; }
 
 if [ -x scripts/setup-qemu-backports.sh ] || [ -f scripts/setup-qemu-backports.sh ]; then

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,10 +35,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--matrix", default=str(ROOT / "matrix.yaml"), help="matrix file")
     group.addoption("--tier", default="smoke", help="tier whose cells test_cells runs")
     group.addoption("--mh-results", default=None, help="results folder for cell logs")
+    group.addoption("--mh-history", default=None, metavar="PATH|URL",
+                    help="history database for the session's cells ('off': none; default: "
+                         "$MHARNESS_HISTORY, else ~/.local/share/mharness/history.sqlite)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cell: a migration cell from the matrix")
+    # The session's own history is decided once (xdist workers inherit it);
+    # the mharness commands that tests start record nowhere unless told to.
+    from harness.report.history import ENV, default_location
+    if SESSION_HISTORY not in os.environ:
+        os.environ[SESSION_HISTORY] = default_location() or "off"
+        os.environ[ENV] = "off"
+
+
+#: Where this session's history goes unless --mh-history says.
+SESSION_HISTORY = "MHARNESS_SESSION_HISTORY"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -79,8 +94,42 @@ def run_state(pytestconfig: pytest.Config) -> RunState:
         if worker:
             path = path / worker
         path.mkdir(parents=True, exist_ok=True)
-        _state = RunState(results_dir=path, total=0)
+        # The same run id in every xdist worker: their cells make one history run.
+        run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex
+        _state = RunState(results_dir=path, total=0, meta={
+            "matrix": pytestconfig.getoption("--matrix"), "tier": pytestconfig.getoption("--tier"),
+            "seed": 0, "entry": "pytest", "run_id": run_id})
     return _state
+
+
+_finished: Any = None
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The session's cells get what ``mharness run`` leaves: report.html and a history run."""
+    global _finished
+    if _state is None or not _state.results:
+        return
+    from harness.report.artefacts import finish_run
+    from harness.report.history import OFF, default_location
+
+    location = session.config.getoption("--mh-history") or os.environ.get(SESSION_HISTORY) \
+        or default_location()
+    if location is not None and location.lower() in OFF:
+        location = None
+    _finished = finish_run(_state, location, "pytest")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _finished is None:
+        return
+    if _finished.report is not None:
+        terminalreporter.write_line(f"mharness report: {_finished.report}")
+    if _finished.history_run is not None:
+        terminalreporter.write_line(f"mharness history: run #{_finished.history_run} in "
+                                    f"{_finished.history}")
+    for err in _finished.errors:
+        terminalreporter.write_line(f"mharness: {err}", red=True)
 
 
 @pytest.fixture(scope="session")

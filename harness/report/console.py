@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from harness.results import CellResult, RunState
+
+if TYPE_CHECKING:
+    from harness.report.history import CellRow, RunRow
 
 _MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "error": "ERROR",
          "flaky": "FLAKY"}
@@ -26,11 +29,7 @@ class Progress:
             elapsed = time.monotonic() - state.started
             self._line(f"[{done + 1}/{state.total}] {state.current}: {state.phase}  ({elapsed:.0f} s)")
         elif event == "cell-end":
-            r = state.results[-1]
-            msg = f"[{done}/{state.total}] {_MARK.get(r.verdict, r.verdict)} {r.id} ({r.duration:.1f} s)"
-            if r.reason:
-                msg += f": {r.reason}"
-            self._line(msg, final=True)
+            self._line(cell_line(done, state.total, state.results[-1]), final=True)
 
     def _line(self, text: str, final: bool = False) -> None:
         if self.tty:
@@ -39,6 +38,14 @@ class Progress:
             if final:
                 self.out.write(text + "\n")
         self.out.flush()
+
+
+def cell_line(done: int, total: int, r: CellResult) -> str:
+    """The one line a finished cell gets (plain and live progress alike)."""
+    msg = f"[{done}/{total}] {_MARK.get(r.verdict, r.verdict)} {r.id} ({r.duration:.1f} s)"
+    if r.reason:
+        msg += f": {r.reason}"
+    return msg
 
 
 def _fmt_ms(v: object) -> str:
@@ -79,3 +86,30 @@ def summary(state: RunState) -> str:
     if state.interrupted:
         text += f" (interrupted: {state.total - len(state.results)} cells not run)"
     return text
+
+
+def history_table(runs: "list[RunRow]", by_cell: "dict[str, list[CellRow]]",
+                  ids: list[str]) -> str:
+    """A cell per line, a run per column (oldest first): verdict and QEMU's
+    downtime in ms, ``.`` where the cell was not in that run."""
+    heads = [f"#{r.id}" for r in runs]
+    rows = []
+    for cid in ids:
+        got = {c.run_id: c for c in by_cell.get(cid, [])}
+        cols = []
+        for r in runs:
+            c = got.get(r.id)
+            if c is None:
+                cols.append(".")
+            else:
+                mark = _MARK.get(c.verdict, c.verdict)
+                cols.append(mark if c.downtime_ms is None else f"{mark} {c.downtime_ms:.0f}")
+        rows.append([cid, *cols])
+    header = ["cell", *heads]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cols: "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
+    out = [f"{r.describe()}" for r in runs]
+    out += ["", line(header), line("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    out.append("(verdict and QEMU downtime in ms per run, oldest first; '.': not in that run)")
+    return "\n".join(out)
