@@ -345,6 +345,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         }, indent=2, default=str))
         return 0
     for c in cells:
+        if c.scenario:   # a failure path: its scenario sets transports and capabilities
+            print(f"{c.id}  [scenario {c.scenario} on {c.src_build.name}]")
+            continue
         caps = ",".join(k for k, v in c.capabilities if v) or "-"
         params = ",".join(f"{k}={v}" for k, v in c.parameters) or "-"
         print(f"{c.id}  [{c.src_build.name}->{c.dst_build.name} {c.target.machine} "
@@ -531,7 +534,7 @@ def parser() -> argparse.ArgumentParser:
                           "(default 100: doubled) and by at least its floor")
     cmp.add_argument("--floor", type=_floor, action="append", default=[], metavar="FIG=V",
                      help="smallest change that counts: downtime=MS, total-time=MS, "
-                          "transferred=MIB (defaults 100, 500, 64)")
+                          "transferred=MIB (defaults 100, 1000, 64)")
     cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
     _add_history_args(cmp)
     cmp.set_defaults(func=cmd_compare)

@@ -58,7 +58,7 @@ def test_new_failures_fixes_flaky_added_removed_and_regressions(tmp_path):
 
 def test_small_or_relative_only_changes_are_not_regressions(tmp_path):
     a = folder(tmp_path / "a", [cell("x", downtime=10, total=100, transferred=10 << 20)])
-    # +500% but under the floors (100 ms, 500 ms, 64 MiB); then over a floor but +20%.
+    # +500% but under the floors (100 ms, 1000 ms, 64 MiB); then over a floor but +20%.
     b = folder(tmp_path / "b", [cell("x", downtime=60, total=590, transferred=60 << 20)])
     assert compare(side_from_folder(a), side_from_folder(b)).regressions == []
     c = folder(tmp_path / "c", [cell("x", downtime=1000, total=10000, transferred=1000 << 20)])
