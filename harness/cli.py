@@ -345,9 +345,6 @@ def cmd_list(args: argparse.Namespace) -> int:
         }, indent=2, default=str))
         return 0
     for c in cells:
-        if c.scenario:   # a failure path: its scenario sets transports and capabilities
-            print(f"{c.id}  [scenario {c.scenario} on {c.src_build.name}]")
-            continue
         caps = ",".join(k for k, v in c.capabilities if v) or "-"
         params = ",".join(f"{k}={v}" for k, v in c.parameters) or "-"
         print(f"{c.id}  [{c.src_build.name}->{c.dst_build.name} {c.target.machine} "
