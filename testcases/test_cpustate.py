@@ -1,11 +1,11 @@
 """The CPU-state fidelity check on real x86 migrations.
 
-The check runs where flow.py will call it (after ``_migrate`` returns with the
-source in ``postmigrate`` and the destination paused): until the lead wires it
-into ``_flow``, these tests wrap ``harness.migration.flow._migrate`` to add it.  A pass
-on q35 and pc, then two faults made on the paused destination before the
-check: running it for a moment (registers move on: the check names them) and
-a ``system_reset`` (the e2k symptom: "CPU state not migrated").
+The flow runs the check in its verify phase, with the source in
+``postmigrate`` and the destination paused.  A pass on q35 and pc, then two
+faults planted on the paused destination through the flow's
+``CellHooks.after_migrate`` hook (after the migration, before any check):
+running it for a moment (registers move on: the check names them) and a
+``system_reset`` (the e2k symptom: "CPU state not migrated").
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import dataclasses
 
 import pytest
 
-import harness.migration.flow as flow
 from harness.cell import Cell
-from harness.checks.cpustate import NOT_MIGRATED, collect_cpu_state
+from harness.checks.cpustate import NOT_MIGRATED
 from harness.matrix import tier_cells
+from harness.migration.flow import CellHooks, run_cell
 from harness.qemu.build import discover
 from harness.results import SKIPPED
 from harness.run.runner import cell_logdir
@@ -31,20 +31,15 @@ def _smoke_cell(matrix, machine: str) -> Cell:
     pytest.fail(f"matrix.yaml's smoke tier has no TCG unix cell on {machine}")
 
 
-def _run(cell: Cell, name: str, run_state, record, monkeypatch, tamper=None):
-    orig = flow._migrate
+def _run(cell: Cell, name: str, run_state, record, tamper=None):
+    hooks = CellHooks()
+    if tamper is not None:
+        async def after_migrate(ctx, run) -> None:
+            await tamper(ctx.dst)
 
-    async def migrate_then_check(cell_, src, dst, *args, **kwargs):
-        run = await orig(cell_, src, dst, *args, **kwargs)
-        if run is not None:
-            if tamper is not None:
-                await tamper(dst)
-            args[1].checks.append(await collect_cpu_state(src, dst, cell_.target.arch))
-        return run
-
-    monkeypatch.setattr(flow, "_migrate", migrate_then_check)
+        hooks = CellHooks(after_migrate=after_migrate)
     cell = dataclasses.replace(cell, id=f"{cell.id}-cpustate-{name}")
-    result = record(flow.run_cell(cell, cell_logdir(run_state.results_dir, cell.id)))
+    result = record(run_cell(cell, cell_logdir(run_state.results_dir, cell.id), hooks=hooks))
     if result.verdict == SKIPPED:
         pytest.skip(result.reason)
     check = result.check("cpu-state")
@@ -53,8 +48,8 @@ def _run(cell: Cell, name: str, run_state, record, monkeypatch, tamper=None):
 
 
 @pytest.mark.parametrize("machine", ["q35", "pc"])
-def test_cpu_state_identical_after_migration(machine, matrix, run_state, record, monkeypatch):
-    result, check = _run(_smoke_cell(matrix, machine), "pass", run_state, record, monkeypatch)
+def test_cpu_state_identical_after_migration(machine, matrix, run_state, record):
+    result, check = _run(_smoke_cell(matrix, machine), "pass", run_state, record)
     assert check.passed, check.summary
     assert check.figures["registers_compared"] >= 60
     assert result.verdict == "passed", result.reason
@@ -66,8 +61,8 @@ async def _run_briefly(dst) -> None:
     await dst.execute("stop")
 
 
-def test_destination_that_ran_fails_naming_registers(matrix, run_state, record, monkeypatch):
-    _, check = _run(_smoke_cell(matrix, "q35"), "ran", run_state, record, monkeypatch,
+def test_destination_that_ran_fails_naming_registers(matrix, run_state, record):
+    _, check = _run(_smoke_cell(matrix, "q35"), "ran", run_state, record,
                     tamper=_run_briefly)
     assert not check.passed
     assert check.figures["diagnosis"] == "registers-differ"
@@ -82,8 +77,8 @@ async def _reset(dst) -> None:
     await dst.hmp("system_reset")
 
 
-def test_reset_destination_is_diagnosed_as_not_migrated(matrix, run_state, record, monkeypatch):
-    _, check = _run(_smoke_cell(matrix, "pc"), "reset", run_state, record, monkeypatch,
+def test_reset_destination_is_diagnosed_as_not_migrated(matrix, run_state, record):
+    _, check = _run(_smoke_cell(matrix, "pc"), "reset", run_state, record,
                     tamper=_reset)
     assert not check.passed
     assert check.summary.startswith(NOT_MIGRATED), check.summary

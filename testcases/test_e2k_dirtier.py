@@ -23,6 +23,7 @@ import pytest
 from harness.qemu.machine import Machine
 from harness.run.rundir import runtime_dir
 from harness.guest import e2k_dirtier as e
+from harness.waiting import WaitAborted, WaitTimeout, poll_until
 
 E2K = os.environ.get("MHARNESS_E2K_QEMU")
 pytestmark = [
@@ -63,17 +64,22 @@ class E2kGuest:
     async def marker(self) -> tuple[int, int]:
         return e.read_marker(await self.dump(), MARKER)
 
+    async def wait_marker(self, done, what: str, timeout: float = FIRST_PASS_TIMEOUT,
+                          interval: float = 0.1) -> tuple[int, int]:
+        """Poll (while running) until ``done((boots, passes))``; fail the test
+        when the QEMU dies or the timeout passes."""
+        try:
+            return await poll_until(self.marker, done, timeout=timeout, interval=interval,
+                                    what=what, abort=lambda: None if self.m.alive
+                                    else self.m.exit_reason())
+        except (WaitTimeout, WaitAborted) as exc:
+            pytest.fail(str(exc))
+
     async def wait_passes(self, at_least: int, timeout: float = FIRST_PASS_TIMEOUT) -> int:
         """Poll (while running) until the passes counter reaches ``at_least``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.m.alive, self.m.exit_reason()
-            _, passes = await self.marker()
-            if passes >= at_least:
-                return passes
-            assert time.monotonic() < deadline, \
-                f"passes stayed at {passes} for {timeout} s (wanted {at_least})"
-            await asyncio.sleep(0.1)
+        _, passes = await self.wait_marker(lambda m: m[1] >= at_least,
+                                           f"passes reaching {at_least}", timeout)
+        return passes
 
     async def stopped_state(self):
         """``stop``, then (boots, passes, invariant result) from one dump."""
@@ -135,11 +141,8 @@ def test_system_reset_restarts_firmware_with_ram_kept(tmp_path: Path) -> None:
     async def body(guest: E2kGuest):
         before = await guest.wait_passes(2)
         await guest.m.execute("system_reset")
-        deadline = time.monotonic() + FIRST_PASS_TIMEOUT
-        while (await guest.marker())[0] < 2:
-            assert guest.m.alive, guest.m.exit_reason()
-            assert time.monotonic() < deadline, "boots did not reach 2 after system_reset"
-            await asyncio.sleep(0.05)
+        await guest.wait_marker(lambda m: m[0] >= 2, "boots reaching 2 after system_reset",
+                                interval=0.05)
         await guest.wait_passes(before + 1)
         boots, passes, _ = await guest.stopped_state()
         return before, boots, passes

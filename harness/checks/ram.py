@@ -44,6 +44,13 @@ def x86_layout(ram_size: int, below_4g: int | None = None) -> list[RamRegion]:
     return regions
 
 
+def ram_layout(arch: str, ram_size: int) -> list[RamRegion]:
+    """Where a RAM file's bytes sit in guest-physical space, per architecture."""
+    if arch in ("x86_64", "i386"):
+        return x86_layout(ram_size)
+    return [RamRegion(0, 0, ram_size)]  # e2k: RAM at 0 (hw/e2k, the board's RAM map)
+
+
 def gpa_of(offset: int, layout: list[RamRegion]) -> int:
     for r in layout:
         if r.file_offset <= offset < r.file_offset + r.size:

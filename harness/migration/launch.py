@@ -1,11 +1,15 @@
 """One QEMU of a cell, ready to start: its files, its command line, its Machine.
 
-Shared by the cell flow (harness.migration.flow) and the failure-path scenarios
-(harness.scenarios.failpaths), which both run QEMUs in a private runtime folder with
-RAM in a file there, so the same layout and command line serve both.
+Shared by the cell flow (harness.migration.flow) and the failure-path scenarios'
+rig (harness.scenarios), which both run QEMUs in a private runtime folder with
+RAM in a file there, so the same layout and command line serve both.  What the
+guest needs on the command line comes from the caller (for the flow, the
+workload strategy: harness.guest.workload).
 """
 from __future__ import annotations
 
+import logging
+import shlex
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +18,8 @@ from harness.qemu.build import QemuBuild
 from harness.qemu.cmdline import MachinePaths, machine_argv
 from harness.qemu.machine import Machine
 from harness.guest.dirtier import make_disk
+
+log = logging.getLogger(__name__)
 
 
 def prepare_machine(name: str, build: QemuBuild, target: TargetSpec, workdir: Path,
@@ -34,6 +40,7 @@ def prepare_machine(name: str, build: QemuBuild, target: TargetSpec, workdir: Pa
                          ram=ram or workdir / f"{name}.ram", disk=disk)
     argv = machine_argv(build, target, paths, incoming=incoming, machine_type=machine_type,
                         extra=tuple(extra), prealloc=prealloc)
+    log.debug("%s: %s", name, shlex.join(argv))
     m = Machine(name, argv, build.env(), qmp_path=paths.qmp, serial_path=paths.serial,
                 logdir=logdir, t0=t0, serial_sink=serial_sink)
     return m, paths
