@@ -93,6 +93,15 @@ class Cell:
     mode: str = ""
     #: A fault the harness injects so the cell is a negative control ("" = none).
     fault: str = ""
+    #: A failure-path scenario (``harness.scenarios``) this cell runs instead of
+    #: the migration flow ("" = a migration cell).  Its target is the scenario
+    #: rig's guest and its builds the build it runs on (both sides).
+    scenario: str = ""
+
+    @property
+    def kind(self) -> str:
+        """``migration`` (the cell flow) or ``scenario`` (a failure path)."""
+        return "scenario" if self.scenario else "migration"
 
     @property
     def seed(self) -> int:
@@ -113,14 +122,17 @@ class Cell:
         # their seeds.
         if not self.target.accel_options:
             data["target"].pop("accel_options")
-        for key in ("mode", "fault"):
+        for key in ("mode", "fault", "scenario"):
             if not data[key]:
                 data.pop(key)
         return json.dumps(data, sort_keys=True, default=str)
 
     def inputs(self) -> dict[str, Any]:
         """The cell's inputs as JSON-friendly data for results.json."""
+        if self.scenario:
+            return self._scenario_inputs()
         return {
+            "kind": self.kind,
             "target": asdict(self.target),
             "src_build": self.src_build.name,
             "dst_build": self.dst_build.name,
@@ -132,6 +144,21 @@ class Cell:
             "expect_fail": list(self.expect_fail),
             "mode": self.mode or "precopy",
             "fault": self.fault or None,
+            "tier": self.tier,
+            "origin": self.origin,
+            "seed": self.seed,
+        }
+
+    def _scenario_inputs(self) -> dict[str, Any]:
+        """A scenario cell's inputs: what it runs and where; the scenario sets
+        its own capabilities, parameters and transports."""
+        return {
+            "kind": self.kind,
+            "scenario": self.scenario,
+            "target": asdict(self.target),
+            "src_build": self.src_build.name,
+            "dst_build": self.dst_build.name,
+            "timeout": self.timeout,
             "tier": self.tier,
             "origin": self.origin,
             "seed": self.seed,

@@ -345,6 +345,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         }, indent=2, default=str))
         return 0
     for c in cells:
+        if c.scenario:   # a failure path: its scenario sets transports and capabilities
+            print(f"{c.id}  [scenario {c.scenario} on {c.src_build.name}]")
+            continue
         caps = ",".join(k for k, v in c.capabilities if v) or "-"
         params = ",".join(f"{k}={v}" for k, v in c.parameters) or "-"
         print(f"{c.id}  [{c.src_build.name}->{c.dst_build.name} {c.target.machine} "
@@ -574,6 +577,7 @@ def parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="write the packaged matrix to ./matrix.yaml for editing")
     init.add_argument("--force", action="store_true", help="overwrite an existing ./matrix.yaml")
     init.set_defaults(func=cmd_init)
+
     # -v: the harness's own log on stderr (-v info, -vv debug; default: warnings).
     # Every cell's log folder gets all of it anyway (harness.log).
     p.add_argument("-v", "--verbose", action="count", default=0,

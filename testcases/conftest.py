@@ -181,5 +181,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for name, tier in (("cell", metafunc.config.getoption("--tier")), ("control_cell", "controls"),
                        ("mode_cell", "modes")):
         if name in metafunc.fixturenames:
-            cells = cells_of(metafunc.config, tier)
+            # Failure-path cells are test_failure_paths.py's (the failpaths tier).
+            cells = [c for c in cells_of(metafunc.config, tier) if not c.scenario]
             metafunc.parametrize(name, cells, ids=[c.id for c in cells])

@@ -148,3 +148,35 @@ def test_test_command_fails_loudly_when_the_required_qemu_is_missing(tmp_path):
                          timeout=120)
     assert out.returncode == 4, out.stdout + out.stderr
     assert "required QEMU build 'system' is missing" in out.stdout + out.stderr
+
+
+def test_failure_path_cells_run_listed_and_selected_like_any_cell(tmp_path):
+    """Scenario cells of a tier: listed with kind 'scenario', selected with -k,
+    run in parallel, recorded in results.json and junit.xml."""
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(MATRIX.format(cap="events").replace(
+        "required: true}", 'required: true, version: "7.2"}').replace(
+        "tiers:\n", "tiers:\n  small:\n    cells:\n"
+        "      - {target: t, transport: unix, capset: plain}\n"
+        "      - {scenarios: [bad-destination-tcp-refused, unknown-uri-scheme], "
+        "build: system}\n", 1))
+    listed = mharness("list", "--matrix", str(matrix), "--tier", "small", "--json")
+    assert listed.returncode == 0, listed.stderr
+    cells = {c["id"]: c for c in json.loads(listed.stdout)["cells"]}
+    want = ["failpath-bad-destination-tcp-refused-qemu-7.2", "failpath-unknown-uri-scheme-qemu-7.2"]
+    assert list(cells) == ["t-unix-plain", *want]
+    assert cells["t-unix-plain"]["kind"] == "migration"
+    assert [cells[i]["kind"] for i in want] == ["scenario", "scenario"]
+    assert cells[want[1]]["scenario"] == "unknown-uri-scheme"
+
+    out = mharness("run", "--matrix", str(matrix), "--tier", "small", "-k", "failpath",
+                   "-j", "2", "--results", str(tmp_path / "r"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert [(c["id"], c["verdict"]) for c in data["cells"]] == [(i, "passed") for i in want]
+    for c in data["cells"]:
+        assert c["inputs"]["kind"] == "scenario" and c["inputs"]["tier"] == "small"
+        assert c["checks"] and all(check["passed"] for check in c["checks"])
+    suite = ET.parse(tmp_path / "r" / "junit.xml").getroot()
+    assert suite.get("tests") == "2" and suite.get("failures") == "0"
+    assert all(i in out.stdout for i in want)

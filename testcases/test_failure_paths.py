@@ -1,14 +1,19 @@
-"""Failure-path migrations on real QEMU: 7.2 (required) and 10.0 (skipped
-with a reason when its private prefix is not set up).
+"""Failure-path migrations on real QEMU: the cells of the matrix's
+``failpaths`` tier, run exactly as ``mharness run --tier failpaths`` runs them
+(``harness.run.cellrun.run_logged``: the scenario, its harness.log, its result).
 
-One test id per scenario and build, e.g. ``test_failure_path[cancel-in-active-qemu-7.2]``.
-Each runs one scenario of the :mod:`harness.scenarios` registry and requires every check to pass:
-the right end state and error (pattern from QEMU's source), the source
-running with its guest heartbeating, and its RAM intact (exact comparison
-after a second migration, or the guest invariant on the stopped source).
-``postcopy-recover`` also has its state sequence from ``postcopy-paused`` on
-checked per build (``RECOVERY_STATES``); ``postcopy-break-unrecovered`` is its
-negative control.  The last tests show the live checks can fail.
+The matrix says which scenarios run on which builds (``failpaths``: every
+scenario on Debian's 7.2, required, and on QEMU 10.0, skipped with a reason
+when its private prefix is not set up).  One test id per cell, the cell id
+without its ``failpath-`` prefix, e.g. ``test_failure_path[cancel-in-active-qemu-7.2]``;
+results.json records the cell id (``failpath-cancel-in-active-qemu-7.2``), as
+the CLI does.  Each cell requires every check to pass: the right end state
+and error (pattern from QEMU's source), the source running with its guest
+heartbeating, and its RAM intact (exact comparison after a second migration,
+or the guest invariant on the stopped source).  ``postcopy-recover`` also has
+its state sequence from ``postcopy-paused`` on checked per build
+(``RECOVERY_STATES``); ``postcopy-break-unrecovered`` is its negative
+control.  The last tests show the live checks can fail.
 """
 from __future__ import annotations
 
@@ -20,8 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.scenarios import SCENARIOS, run_scenario
+from harness.cell import Cell
+from harness.matrix import load_matrix, tier_cells
 from harness.scenarios.rig import Rig, source_running
+from harness.run.cellrun import run_logged
 from harness.run.rundir import runtime_dir
 from harness.qemu.build import QemuBuild, discover
 from harness.results import PASSED, SKIPPED
@@ -29,45 +36,35 @@ from harness.run.runner import cell_logdir
 
 pytestmark = pytest.mark.qemu
 
-#: Matrix build name -> label in test ids.
-BUILDS = {"system": "qemu-7.2", "debian-10.0": "qemu-10.0"}
-REQUIRED = "system"
+#: The matrix tier whose cells are the failure paths.
+TIER = "failpaths"
+PREFIX = "failpath-"
 
 
-@pytest.fixture(scope="module")
-def builds(matrix) -> dict[str, QemuBuild]:
-    specs = {s.name: s for s in matrix.build_specs() if s.binary.endswith("x86_64")}
-    return {name: discover(specs[name]) for name in BUILDS if name in specs}
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "failpath_cell" in metafunc.fixturenames:
+        matrix = load_matrix(Path(metafunc.config.getoption("--matrix")))
+        cells = tier_cells(matrix, TIER, resolve=discover) if TIER in matrix.tiers else []
+        metafunc.parametrize("failpath_cell", cells,
+                             ids=[c.id.removeprefix(PREFIX) for c in cells])
 
 
-def _build(builds: dict[str, QemuBuild], name: str) -> QemuBuild:
-    build = builds.get(name)
-    if name == REQUIRED:
-        # Never turn a missing system QEMU into a pass or a skip.
-        if build is None or build.missing:
-            pytest.fail(f"required QEMU build '{name}' is missing: "
-                        f"{build.missing if build else 'not in matrix.yaml'}")
-    elif build is None or build.missing:
-        pytest.skip(f"optional QEMU build '{name}' unavailable: "
-                    f"{build.missing if build else 'not in matrix.yaml'} "
-                    "(bash scripts/setup.sh sets it up)")
-    return build
-
-
-@pytest.mark.parametrize("build_name", list(BUILDS), ids=list(BUILDS.values()))
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_failure_path(scenario: str, build_name: str, builds, run_state, record) -> None:
-    build = _build(builds, build_name)
-    result_id = SCENARIOS[scenario].result_id(BUILDS[build_name])
-    result = run_scenario(scenario, build, cell_logdir(run_state.results_dir, result_id),
-                          result_id)
-    record(result)
-    assert result.verdict != SKIPPED, result.reason
+def test_failure_path(failpath_cell: Cell, run_state, record) -> None:
+    cell = failpath_cell
+    assert cell.scenario, f"{cell.id} ({cell.origin}) is not a scenario cell"
+    result = record(run_logged(cell, cell_logdir(run_state.results_dir, cell.id)))
+    if result.verdict == SKIPPED:
+        # Only an optional build that is not there skips: never the required
+        # build, nor a scenario that a build at hand should run.
+        missing = discover(cell.src_build).missing
+        assert missing and not cell.src_build.required, result.reason
+        pytest.skip(f"{result.reason} (bash scripts/setup.sh sets up QEMU 10.0)")
     bad = [f"{c.name}: {c.summary}" for c in result.checks if not c.passed]
     assert result.verdict == PASSED, f"{result.reason}\nfailed checks: {bad}\n" \
                                      f"logs: {result.logdir}"
-    if scenario in RECOVERY_STATES:
-        _assert_recovery_states(result.figures, RECOVERY_STATES[scenario][build_name])
+    want = RECOVERY_STATES.get(cell.scenario, {}).get(cell.src_build.name)
+    if want is not None:
+        _assert_recovery_states(result.figures, want)
 
 
 #: Postcopy recovery, from the source's and the destination's first
@@ -92,7 +89,7 @@ RECOVERY_STATES = {
     },
     "postcopy-break-unrecovered": {
         build: {"source": ["postcopy-paused"], "destination": ["postcopy-paused"]}
-        for build in BUILDS},
+        for build in ("system", "debian-10.0")},
 }
 
 
@@ -104,6 +101,19 @@ def _assert_recovery_states(figures: dict, want: dict[str, list[str]]) -> None:
 
 
 # -- the live checks can fail ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def required_build(matrix) -> QemuBuild:
+    """The matrix's required x86_64 build (Debian's 7.2): never a skip."""
+    spec = next((s for s in matrix.build_specs()
+                 if s.required and s.binary.endswith("x86_64")), None)
+    if spec is None:
+        pytest.fail("the matrix has no required x86_64 build")
+    build = discover(spec)
+    if build.missing:
+        pytest.fail(f"required QEMU build '{spec.name}' is missing: {build.missing}")
+    return build
+
 
 async def _with_source(build: QemuBuild, logdir: Path, body):
     logdir.mkdir(parents=True, exist_ok=True)
@@ -117,8 +127,8 @@ async def _with_source(build: QemuBuild, logdir: Path, body):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_source_running_check_fails_on_stopped_source(builds, run_state) -> None:
-    build = _build(builds, REQUIRED)
+def test_source_running_check_fails_on_stopped_source(required_build, run_state) -> None:
+    build = required_build
 
     async def body(rig, src):
         running = await source_running(src)
@@ -133,9 +143,9 @@ def test_source_running_check_fails_on_stopped_source(builds, run_state) -> None
     assert "'paused'" in stopped.summary
 
 
-def test_refusal_check_fails_when_qemu_accepts(builds, run_state) -> None:
+def test_refusal_check_fails_when_qemu_accepts(required_build, run_state) -> None:
     """``expect_refusal`` of a command QEMU accepts is a failed check."""
-    build = _build(builds, REQUIRED)
+    build = required_build
 
     async def body(rig, src):
         # query-status is accepted: the "refusal" check must fail.
@@ -147,9 +157,9 @@ def test_refusal_check_fails_when_qemu_accepts(builds, run_state) -> None:
     assert "no error reported" in check.summary
 
 
-def test_source_invariant_check_fails_on_stale_page(builds, run_state) -> None:
+def test_source_invariant_check_fails_on_stale_page(required_build, run_state) -> None:
     """The stopped-source guest invariant catches a page two passes behind."""
-    build = _build(builds, REQUIRED)
+    build = required_build
 
     async def body(rig, src):
         await src.m.execute("stop")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cell import BuildSpec
+from harness.cell import BuildSpec, Cell
 from harness.qemu.build import MachineType, QemuBuild
 from harness.results import SKIPPED
 from harness.scenarios import SCENARIOS, get, run_scenario
@@ -180,3 +180,81 @@ def test_run_skips_with_reason_where_it_does_not_apply(tmp_path: Path) -> None:
     assert result.inputs["theme"] == "postcopy"
     named = run_scenario("postcopy-recover", _build(missing="gone"), tmp_path, "failpath-x")
     assert named.id == "failpath-x" and named.verdict == SKIPPED
+
+
+# -- scenarios as matrix cells ----------------------------------------------------
+
+def test_failpaths_ids_are_the_registry() -> None:
+    """The matrix validates tiers against harness.failpaths (no QEMU code
+    imported); the registry must be exactly that list, in that order."""
+    from harness.failpaths import SCENARIO_IDS
+
+    assert list(SCENARIO_IDS) == list(SCENARIOS) == STABLE_IDS
+
+
+def _scenario_cell(scenario_id: str = "cancel-in-active", **spec) -> Cell:
+    from harness.failpaths import scenario_cell
+
+    build = BuildSpec(**{"name": "b", "binary": "/opt/qemu-system-x86_64", **spec})
+    return scenario_cell(scenario_id, build, "qemu-7.2", tier="failpaths", origin="m.yaml:3")
+
+
+def test_scenario_cell_needs_its_rigs_qemus() -> None:
+    from harness.failpaths import TARGET
+    from harness.run.runner import Budget, cell_needs, fits
+
+    cell = _scenario_cell()
+    assert cell.id == SCENARIOS["cancel-in-active"].result_id("qemu-7.2") == \
+        "failpath-cancel-in-active-qemu-7.2"
+    # One running guest; the source and two destinations' RAM at once.
+    assert cell_needs(cell) == (1.0, 3 * TARGET.memory)
+    # ram-size-mismatch's first destination has 256 MiB.
+    assert cell_needs(_scenario_cell("ram-size-mismatch")) == (1.0, 512 * 2 ** 20)
+    budget = Budget(cpus=2.0, memory=5 * TARGET.memory)
+    assert fits(cell, [], budget) and not fits(cell, [cell], budget)
+    assert fits(cell, [cell], Budget(cpus=2.0, memory=6 * TARGET.memory))
+
+
+def test_run_scenario_cell_missing_builds(tmp_path: Path) -> None:
+    from harness.results import ERROR
+    from harness.scenarios.cells import run_scenario_cell
+
+    optional = run_scenario_cell(_scenario_cell(binary="/nonexistent/qemu"), tmp_path / "a")
+    assert optional.verdict == SKIPPED and "missing" in optional.reason
+    assert optional.id == "failpath-cancel-in-active-qemu-7.2"
+    assert optional.inputs["kind"] == "scenario" and optional.inputs["tier"] == "failpaths"
+    # Never a green nightly on a machine without the required QEMU.
+    required = run_scenario_cell(_scenario_cell(binary="/nonexistent/qemu", required=True),
+                                 tmp_path / "b")
+    assert required.verdict == ERROR and "required build 'b' is missing" in required.reason
+
+
+def test_runner_runs_scenario_cells_through_the_registry(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_logged (serial runs and workers) dispatches a scenario cell to its
+    scenario: one harness.log (not two handlers writing each record twice),
+    the scenario's checks, inputs of both the cell and the scenario."""
+    import dataclasses
+
+    from harness.logs import CELL_LOG
+    from harness.results import PASSED, CheckResult
+    from harness.run import cellrun
+    from harness.scenarios import cells as scenario_cells
+
+    async def body(rig) -> None:
+        rig.add(CheckResult("stub", True, "no QEMU started"))
+
+    real = SCENARIOS["cancel-in-active"]
+    monkeypatch.setitem(SCENARIOS, "cancel-in-active", dataclasses.replace(real, body=body))
+    monkeypatch.setattr(scenario_cells, "discover", lambda spec: _build(spec=spec))
+    monkeypatch.setattr(cellrun, "run_cell", lambda *a, **k: pytest.fail("ran the flow"))
+    cell = _scenario_cell()
+    result = cellrun.run_logged(cell, tmp_path)
+    assert result.verdict == PASSED, result.reason
+    assert result.id == cell.id and [c.name for c in result.checks] == ["stub"]
+    assert result.inputs["scenario"] == "cancel-in-active"
+    assert result.inputs["theme"] == "cancel" and result.inputs["origin"] == "m.yaml:3"
+    lines = (tmp_path / CELL_LOG).read_text().splitlines()
+    starts = [line for line in lines if "scenario cancel-in-active on b" in line]
+    assert len(starts) == 1, lines
+    assert len(lines) == len(set(lines)), lines

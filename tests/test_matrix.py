@@ -863,7 +863,8 @@ def test_project_matrix_loads_with_unique_ids(project: Matrix) -> None:
 
 
 def test_project_smoke_tier_covers_the_basics(project: Matrix) -> None:
-    cells = cells_of(project, "smoke")
+    # Its failure paths: test_project_failure_paths_run_in_tiers.
+    cells = [c for c in cells_of(project, "smoke") if not c.scenario]
     assert len(cells) >= 8
     assert {c.transport for c in cells} >= {"unix", "tcp"}
     assert {c.target.accel for c in cells} >= {"tcg", "kvm"}
@@ -928,3 +929,218 @@ def test_not_utf8(tmp_path: Path) -> None:
     with pytest.raises(MatrixError) as info:
         load_matrix(path)
     assert str(info.value) == f"{path}:2: file is not valid UTF-8"
+
+
+# --- failure-path scenario cells -------------------------------------------------
+
+from harness.failpaths import SCENARIO_IDS, TARGET as FAILPATH_TARGET  # noqa: E402
+from harness.matrix.plan import dimensions  # noqa: E402
+
+#: BASE with declared versions on ``sys`` only: ``new`` is labelled by its name.
+SCENARIO_BASE = BASE.replace('required: true}', 'required: true, version: "7.2"}')
+
+
+def with_scenario_tiers(tiers: str) -> str:
+    head = SCENARIO_BASE[: SCENARIO_BASE.index("tiers:")]
+    return head + "tiers:\n" + textwrap.indent(textwrap.dedent(tiers), "  ")
+
+
+def test_scenario_cells_ids_order_and_shape(tmp_path: Path) -> None:
+    text = with_scenario_tiers("""\
+        smoke:
+          cells:
+            - {target: t1, transport: unix}
+            - {scenario: cancel-in-active, build: sys}
+            - {scenarios: [uuid-mismatch, postcopy-recover], builds: [sys, new]}
+            - {target: t2, transport: tcp}
+        """)
+    path = write(tmp_path, text)
+    cells = cells_of(load_matrix(path), "smoke")
+    # Explicit cells first, then the scenario cells, each scenario on each build.
+    assert [c.id for c in cells] == [
+        "t1-unix-default", "t2-tcp-default",
+        "failpath-cancel-in-active-qemu-7.2",
+        "failpath-uuid-mismatch-qemu-7.2", "failpath-uuid-mismatch-new",
+        "failpath-postcopy-recover-qemu-7.2", "failpath-postcopy-recover-new"]
+    migration, scenario = cells[0], cells[2]
+    assert migration.kind == "migration" and not migration.scenario
+    assert scenario.kind == "scenario" and scenario.scenario == "cancel-in-active"
+    assert scenario.target == FAILPATH_TARGET
+    assert scenario.src_build == scenario.dst_build
+    assert scenario.src_build.binary == "/usr/bin/qemu-system-x86_64" and \
+        scenario.src_build.required
+    assert cells[4].src_build.name == "new" and not cells[4].src_build.required
+    assert scenario.transport == "" and scenario.capabilities == () and \
+        scenario.parameters == () and not scenario.expect_fail
+    assert scenario.tier == "smoke"
+    assert scenario.origin == f"{path}:{line_of(text, 'cancel-in-active')}"
+    assert cells[3].origin == f"{path}:{line_of(text, 'uuid-mismatch')}"
+    inputs = scenario.inputs()
+    assert inputs["kind"] == "scenario" and inputs["scenario"] == "cancel-in-active"
+    assert inputs["src_build"] == inputs["dst_build"] == "sys"
+    assert "transport" not in inputs and "capabilities" not in inputs
+    assert migration.inputs()["kind"] == "migration"
+    assert dimensions(scenario) == {"kind": "scenario", "scenario": "cancel-in-active",
+                                    "target": FAILPATH_TARGET.name, "src_build": "sys",
+                                    "dst_build": "sys"}
+    # Stable, and different per scenario and per build.
+    again = cells_of(load_matrix(path), "smoke")
+    assert [c.seed for c in again] == [c.seed for c in cells]
+    assert len({c.seed for c in cells}) == len(cells)
+
+
+def test_scenarios_all_is_every_registered_scenario(tmp_path: Path) -> None:
+    text = with_scenario_tiers("""\
+        failpaths:
+          cells:
+            - {scenarios: all, builds: [sys, new]}
+        """)
+    cells = cells_of(load_matrix(write(tmp_path, text)), "failpaths")
+    assert [c.id for c in cells] == [f"failpath-{sid}-{label}" for sid in SCENARIO_IDS
+                                     for label in ("qemu-7.2", "new")]
+
+
+def test_scenario_cells_select_shard_and_include(tmp_path: Path) -> None:
+    text = with_scenario_tiers("""\
+        smoke:
+          cells:
+            - {target: t1, transport: unix}
+            - {scenario: cancel-in-active, build: sys}
+        failpaths:
+          cells:
+            - {scenarios: [cancel-in-active, cancel-in-setup], builds: [sys]}
+        nightly:
+          include: [smoke, failpaths]
+        """)
+    matrix = load_matrix(write(tmp_path, text))
+    nightly = cells_of(matrix, "nightly")
+    # The same scenario on the same build in two tiers is one cell.
+    assert [c.id for c in nightly] == ["t1-unix-default", "failpath-cancel-in-active-qemu-7.2",
+                                       "failpath-cancel-in-setup-qemu-7.2"]
+    assert [c.id for c in select(nightly, "failpath and not setup")] == \
+        ["failpath-cancel-in-active-qemu-7.2"]
+    assert [c.id for c in select(nightly, "not failpath")] == ["t1-unix-default"]
+
+
+def test_scenario_cells_follow_override_build(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    text = with_scenario_tiers("""\
+        smoke:
+          cells:
+            - {scenarios: [cancel-in-active], builds: [sys, new]}
+        """)
+    matrix = load_matrix(write(tmp_path, text))
+    monkeypatch.chdir(tmp_path)
+    cells = cells_of(override_build(matrix, "my/qemu"), "smoke")
+    assert [c.id for c in cells] == ["failpath-cancel-in-active-qemu-7.2",
+                                     "failpath-cancel-in-active-new"]
+    assert all(c.src_build.binary == c.dst_build.binary == str(tmp_path / "my/qemu")
+               and c.scenario == "cancel-in-active" for c in cells)
+
+
+def test_migration_cells_keep_their_fingerprint() -> None:
+    """``scenario`` is left out of a migration cell's fingerprint, so every
+    existing cell keeps its seed."""
+    cell = Cell(id="c", target=FAILPATH_TARGET, src_build=BuildSpec("b", "/q"),
+                dst_build=BuildSpec("b", "/q"))
+    assert '"scenario"' not in cell.fingerprint()
+    assert cell.seed == 2578904866   # as before scenario cells existed
+
+
+@pytest.mark.parametrize("entry,needle,key,reason", [
+    ("{scenario: cancel-in-actve, build: sys}", "cancel-in-actve", "scenario",
+     "unknown scenario 'cancel-in-actve' (known: " + ", ".join(SCENARIO_IDS) + ")"),
+    ("{scenarios: [cancel-in-active, nope], builds: [sys]}", "nope", "scenarios[1]",
+     "unknown scenario 'nope' (known: " + ", ".join(SCENARIO_IDS) + ")"),
+    ("{scenario: cancel-in-active, build: old}", "build: old", "build",
+     "unknown build 'old' (defined: sys, new)"),
+    ("{scenarios: all, builds: [sys, old]}", "builds: [sys, old]", "builds[1]",
+     "unknown build 'old' (defined: sys, new)"),
+    ("{scenario: cancel-in-active}", "{scenario: cancel-in-active}", "build",
+     "missing required key: a scenario runs on the build named by 'build' (or on each "
+     "of 'builds')"),
+    ("{scenario: cancel-in-active, scenarios: all, build: sys}", "scenarios: all", "scenarios",
+     "give either 'scenario' or 'scenarios', not both"),
+    ("{scenario: cancel-in-active, build: sys, builds: [new]}", "builds: [new]", "builds",
+     "give either 'build' or 'builds', not both"),
+    ("{scenario: all, build: sys}", "scenario: all", "scenario",
+     "'all' goes in 'scenarios', not 'scenario'"),
+    ("{scenario: [cancel-in-active, cancel-in-setup], build: sys}", "cancel-in-setup",
+     "scenario", "expected one scenario id (a list goes in 'scenarios')"),
+    ("{scenario: cancel-in-active, build: [sys, new]}", "build: [sys, new]", "build",
+     "expected one build name (a list goes in 'builds')"),
+    ("{scenario: cancel-in-active, build: sys, target: t1}", "sys, target: t1", "target",
+     "unknown key (allowed: scenario, scenarios, build, builds)"),
+    ("{scenarios: [cancel-in-active, cancel-in-active], builds: [sys]}", "cancel-in-active]",
+     "scenarios[1]", "duplicate scenario 'cancel-in-active' (also at line {line})"),
+])
+def test_scenario_entry_errors(tmp_path: Path, entry: str, needle: str, key: str,
+                               reason: str) -> None:
+    text = with_scenario_tiers(f"""\
+        smoke:
+          cells:
+            - {{target: t1, transport: unix}}
+            - {entry}
+        """)
+    line = line_of(text, needle)
+    assert_error(tmp_path, text, needle, f"tiers.smoke.cells[1].{key}",
+                 reason.format(line=line))
+
+
+def test_scenario_duplicates_name_both_lines(tmp_path: Path) -> None:
+    text = with_scenario_tiers("""\
+        smoke:
+          cells:
+            - {scenario: cancel-in-active, build: sys}
+            - {scenarios: [cancel-in-setup, cancel-in-active], builds: [sys]}
+        """)
+    assert_error(tmp_path, text, "cancel-in-setup", "tiers.smoke.cells[1]",
+                 f"scenario 'cancel-in-active' on build 'sys' is already declared at line "
+                 f"{line_of(text, '- {scenario: cancel-in-active')}")
+    # Two builds that declare one version make the same label: say so.
+    same = SCENARIO_BASE.replace("new: {prefix: builds/qemu-10.0}",
+                                 'new: {prefix: builds/qemu-10.0, version: "7.2"}')
+    same = same[: same.index("tiers:")] + "tiers:\n" + textwrap.indent(textwrap.dedent("""\
+        smoke:
+          cells:
+            - {scenarios: [cancel-in-active], builds: [sys, new]}
+        """), "  ")
+    err, _ = load_error(tmp_path, same)
+    assert err.reason == ("duplicate cell id 'failpath-cancel-in-active-qemu-7.2' (also "
+                          f"declared at line {line_of(same, 'builds: [sys, new]')}): builds "
+                          "'sys' and 'new' are both labelled 'qemu-7.2' (their declared "
+                          "version)")
+
+
+def test_scenario_cell_ids_are_one_cell_across_tiers(tmp_path: Path) -> None:
+    """The id rule holds across tiers: a migration cell named like a
+    scenario cell is refused."""
+    text = with_scenario_tiers("""\
+        smoke:
+          cells:
+            - {target: t1, transport: unix, name: failpath-cancel-in-active-qemu-7.2}
+        failpaths:
+          cells:
+            - {scenario: cancel-in-active, build: sys}
+        """)
+    path = write(tmp_path, text)
+    assert_error(tmp_path, text, "- {scenario: cancel-in-active", "tiers.failpaths.cells[0]",
+                 "cell id 'failpath-cancel-in-active-qemu-7.2' already names a different "
+                 f"cell at {path}:{line_of(text, 'name: failpath')}")
+
+
+def test_project_failure_paths_run_in_tiers(project: Matrix) -> None:
+    """Every scenario on both Debian builds in failpaths, nightly and release
+    (the ids testcases/test_failure_paths.py reports); smoke has a few."""
+    want = [f"failpath-{sid}-{label}" for sid in SCENARIO_IDS
+            for label in ("qemu-7.2", "qemu-10.0")]
+    failpaths = cells_of(project, "failpaths")
+    assert [c.id for c in failpaths] == want
+    assert all(c.scenario and c.src_build.name in ("system", "debian-10.0") for c in failpaths)
+    for tier in ("nightly", "release"):
+        ids = [c.id for c in cells_of(project, tier) if c.scenario]
+        assert sorted(ids) == sorted(want), tier
+    smoke = [c for c in cells_of(project, "smoke") if c.scenario]
+    assert 2 <= len(smoke) <= 6
+    assert {c.src_build.name for c in smoke} == {"system"}
+    assert {c.id for c in smoke} <= set(want)

@@ -17,7 +17,9 @@ from typing import Any, NoReturn, Protocol
 
 from harness.cell import BuildSpec, Cell, TargetSpec
 from harness.errors import MatrixError
-from harness.matrix.schema import DEFAULT_SET, CellDecl, Defaults, TierSpec
+from harness.failpaths import TARGET as SCENARIO_TARGET
+from harness.failpaths import scenario_cell
+from harness.matrix.schema import DEFAULT_SET, CellDecl, Defaults, ScenarioDecl, TierSpec
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +160,44 @@ def _expand_one(tier: TierSpec, expand: Callable[[str], tuple[Cell, ...]],
                 f"{first.origin}; give one of them a 'name:'",
                 defs.path, decl.line, decl.where)
         cells.setdefault(key, cell)
+    _add_scenarios(tier, cells, own, declared, defs)
     return tuple(cells.values())
+
+
+def make_scenario_cell(decl: ScenarioDecl, tier: str, defs: Definitions) -> Cell:
+    """A failure-path scenario on one build: the cell the runner hands to
+    ``harness.scenarios`` instead of the migration flow."""
+    build = build_for_arch(defs.builds[decl.build], SCENARIO_TARGET.arch)
+    return scenario_cell(decl.scenario, build, decl.label, tier=tier,
+                         origin=f"{defs.path}:{decl.line}")
+
+
+def _add_scenarios(tier: TierSpec, cells: dict[str, Cell], own: dict[str, CellDecl],
+                   declared: dict[str, Cell], defs: Definitions) -> None:
+    """A tier's scenario cells, after its explicit ones, with the same
+    rule on ids: one id, one cell, across the whole file."""
+    mine: dict[str, ScenarioDecl] = {}
+    for decl in tier.scenarios:
+        cell = make_scenario_cell(decl, tier.name, defs)
+        key = cell.id.lower()
+        if key in mine or key in own:
+            other = mine[key] if key in mine else own[key]
+            same_scenario = key in mine and mine[key].scenario == decl.scenario
+            if same_scenario and mine[key].build == decl.build:
+                raise MatrixError(f"scenario '{decl.scenario}' on build '{decl.build}' is "
+                                  f"already declared at line {other.line}",
+                                  defs.path, decl.line, decl.where)
+            why = (f"builds '{mine[key].build}' and '{decl.build}' are both labelled "
+                   f"'{decl.label}' (their declared version)") if same_scenario \
+                else "another cell has this id"
+            raise MatrixError(f"duplicate cell id '{cell.id}' (also declared at line "
+                              f"{other.line}): {why}", defs.path, decl.line, decl.where)
+        mine[key] = decl
+        first = declared.setdefault(key, cell)
+        if first is not cell and not _same(first, cell):
+            raise MatrixError(f"cell id '{cell.id}' already names a different cell at "
+                              f"{first.origin}", defs.path, decl.line, decl.where)
+        cells.setdefault(key, cell)
 
 
 def _same(a: Cell, b: Cell) -> bool:

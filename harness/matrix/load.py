@@ -24,11 +24,12 @@ from typing import Any, Callable, TypeVar, overload
 
 from harness.cell import BuildSpec, Cell, TargetSpec, WorkloadSpec
 from harness.errors import MatrixError
+from harness.failpaths import SCENARIO_IDS, build_label
 from harness.matrix import schema as s
 from harness.matrix.expand import (
     ARCH_PLACEHOLDER, build_for_arch, expand_tiers, select, with_build,
 )
-from harness.matrix.schema import CellDecl, Defaults, TierSpec, Where
+from harness.matrix.schema import CellDecl, Defaults, ScenarioDecl, TierSpec, Where
 from harness.matrix.yamlpos import YEntry, YMap, YNode, YScalar, load_yaml
 from harness.migration.transports import FLOW_TRANSPORTS, KNOWN_TRANSPORTS
 from harness.migration.modes import PRECOPY, fault_problem, mode_needs, mode_problem
@@ -469,12 +470,16 @@ class _Tiers:
             spec = replace(spec, include=tuple(n for n, _, _ in includes),
                            include_lines=tuple(line for _, line, _ in includes))
         cells: list[CellDecl] = []
+        scenarios: list[ScenarioDecl] = []
         coverings: list[s.CoveringSpec] = []
         for key, item in e.items():  # file order: cells and products interleave
             if key == "cells":
                 seq = s.as_list(item.value, where.key("cells"))
-                cells += [self._cell(node, where.key("cells").index(i))
-                          for i, node in enumerate(seq.items)]
+                for i, node in enumerate(seq.items):
+                    if _is_scenario_entry(node):
+                        scenarios += self._scenarios(node, where.key("cells").index(i))
+                    else:
+                        cells.append(self._cell(node, where.key("cells").index(i)))
             elif key == "product":
                 cells += self._products(item.value, where.key("product"))
             elif key == "covering":
@@ -486,10 +491,56 @@ class _Tiers:
             except MatrixError as exc:
                 raise where.key("filter").error(exc.reason, e["filter"].value.line) from None
             spec = replace(spec, filter=text, filter_line=e["filter"].value.line)
-        if not spec.include and not cells and not coverings:
+        if not spec.include and not cells and not coverings and not scenarios:
             raise where.error("the tier has no cells: give it 'include', 'cells', "
                               "'product' or 'covering'", entry.key_line)
-        return replace(spec, cells=tuple(cells), coverings=tuple(coverings))
+        return replace(spec, cells=tuple(cells), coverings=tuple(coverings),
+                       scenarios=tuple(scenarios))
+
+    def _scenarios(self, node: YNode, where: Where) -> list[ScenarioDecl]:
+        """``{scenario: ID, build: NAME}`` or ``{scenarios: all | [IDs], builds:
+        [NAMES]}``: each scenario on each build, scenario by scenario."""
+        m = s.as_map(node, where)
+        e = s.check_keys(m, where, s.SCENARIO_KEYS)
+        for one, many in (("scenario", "scenarios"), ("build", "builds")):
+            if one in e and many in e:
+                raise where.key(many).error(f"give either '{one}' or '{many}', not both",
+                                            e[many].key_line)
+        if "build" not in e and "builds" not in e:
+            raise where.key("build").error(
+                "missing required key: a scenario runs on the build named by 'build' "
+                "(or on each of 'builds')", m.line)
+        ids = self._scenario_ids(e["scenario"] if "scenario" in e else e["scenarios"],
+                                 where.key("scenario" if "scenario" in e else "scenarios"))
+        key = "build" if "build" in e else "builds"
+        names = s.as_name_list(e[key].value, where.key(key), "build")
+        if key == "build" and len(names) > 1:
+            raise where.key(key).error("expected one build name (a list goes in 'builds')",
+                                       e[key].value.line)
+        builds = [self._check_ref("src-build", n, line, w) for n, line, w in names]
+        return [ScenarioDecl(scenario=sid, build=build,
+                             label=build_label(build, self.m.build_versions.get(build)),
+                             where=where.path, line=m.line)
+                for sid in ids for build in builds]
+
+    def _scenario_ids(self, entry: YEntry, where: Where) -> list[str]:
+        """Registered scenario ids (``all``: every one, in registry order);
+        an unknown id lists the known ones."""
+        node = entry.value
+        if isinstance(node, YScalar) and node.value == s.ALL_SCENARIOS:
+            if entry.key == "scenario":
+                raise where.error(f"'{s.ALL_SCENARIOS}' goes in 'scenarios', not 'scenario'",
+                                  node.line)
+            return list(SCENARIO_IDS)
+        values = s.as_name_list(node, where, "scenario")
+        if entry.key == "scenario" and len(values) > 1:
+            raise where.error("expected one scenario id (a list goes in 'scenarios')",
+                              node.line)
+        for name, line, w in values:
+            if name not in SCENARIO_IDS:
+                raise w.error(f"unknown scenario '{name}' (known: {', '.join(SCENARIO_IDS)})",
+                              line)
+        return [name for name, _, _ in values]
 
     def _coverings(self, node: YNode, where: Where) -> list[s.CoveringSpec]:
         """``covering:`` is one mapping or a list of them."""
@@ -700,3 +751,9 @@ class _Tiers:
         for name in tiers:
             if name not in state:
                 visit(name, [])
+
+
+def _is_scenario_entry(node: YNode) -> bool:
+    """A ``cells:`` entry that names a failure-path scenario, not a migration."""
+    return isinstance(node, YMap) and ("scenario" in node.entries or
+                                       "scenarios" in node.entries)

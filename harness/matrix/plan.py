@@ -417,6 +417,11 @@ def settings_digest(params: Mapping[str, Any]) -> str:
 
 def dimensions(cell: Cell) -> dict[str, Any]:
     """A cell's dimension values, for ``mharness list --json``."""
+    if cell.scenario:
+        # A failure path: what runs, and on which build; the scenario sets
+        # its own transports and capabilities.
+        return {"kind": cell.kind, "scenario": cell.scenario, "target": cell.target.name,
+                "src_build": cell.src_build.name, "dst_build": cell.dst_build.name}
     return {
         "target": cell.target.name,
         "transport": cell.transport,

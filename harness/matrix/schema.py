@@ -45,6 +45,11 @@ CELL_REQUIRED = ("target", "transport")
 COVERING_KEYS = ("order", "target", "transport", "build", "src-build", "dst-build",
                  "capset", "capabilities", "parameters", "paramset", "mode") + CELL_SETTINGS
 COVERING_REQUIRED = ("target", "transport")
+#: A failure-path scenario entry in a tier's ``cells:`` (see ``ScenarioDecl``):
+#: one of ``scenario``/``scenarios`` and one of ``build``/``builds``.
+SCENARIO_KEYS = ("scenario", "scenarios", "build", "builds")
+#: ``scenarios: all`` names every registered scenario.
+ALL_SCENARIOS = "all"
 #: Highest covering order accepted (the tuples grow as factors^order).
 MAX_ORDER = 6
 
@@ -126,6 +131,21 @@ class CellDecl:
 
 
 @dataclass(frozen=True)
+class ScenarioDecl:
+    """A failure-path scenario to run on one build (both sides), as declared.
+
+    ``label`` names the build in the cell's id (``failpath-<scenario>-<label>``,
+    see ``harness.failpaths.build_label``).
+    """
+
+    scenario: str
+    build: str
+    label: str
+    where: str
+    line: int
+
+
+@dataclass(frozen=True)
 class CoveringSpec:
     """``covering:``: an N-wise covering array over the listed factors.
 
@@ -170,6 +190,9 @@ class TierSpec:
     cells: tuple[CellDecl, ...] = ()
     #: Covering arrays; their cells follow the explicit ones.
     coverings: tuple[CoveringSpec, ...] = ()
+    #: Failure-path scenario cells (entries of ``cells:`` with ``scenario``);
+    #: they follow the explicit cells, before the covering arrays'.
+    scenarios: tuple[ScenarioDecl, ...] = ()
     #: A ``-k`` expression every cell of the tier (included ones too) must match.
     filter: str = ""
     filter_line: int = 0

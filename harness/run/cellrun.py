@@ -22,8 +22,19 @@ from harness.cell import Cell
 from harness.logs import CELL_LOG, cell_logging
 from harness.migration.flow import run_cell
 from harness.results import ERROR, CellResult
+from harness.scenarios.cells import run_scenario_cell
 
 log = logging.getLogger(__name__)
+
+
+def run_any(cell: Cell, logdir: Path,
+            progress: Callable[[str], None] | None = None) -> CellResult:
+    """The one dispatch on a cell's kind: a failure-path scenario cell runs
+    its scenario (``harness.scenarios``), any other cell the migration flow.
+    Serial runs, workers and the pytest entry points all come through here."""
+    if cell.scenario:
+        return run_scenario_cell(cell, logdir)
+    return run_cell(cell, logdir, progress)
 
 
 def run_logged(cell: Cell, logdir: Path,
@@ -32,10 +43,10 @@ def run_logged(cell: Cell, logdir: Path,
     with cell_logging(cell.id, logdir):
         log.info("cell %s starts: builds %s -> %s, target %s, transport %s, log folder %s",
                  cell.id, cell.src_build.name, cell.dst_build.name, cell.target.name,
-                 cell.transport, logdir)
+                 cell.transport or f"of scenario {cell.scenario}", logdir)
         t0 = time.monotonic()
         try:
-            result = run_cell(cell, logdir, progress)
+            result = run_any(cell, logdir, progress)
         except Exception as exc:   # noqa: BLE001 -- a harness bug: this cell's error
             log.exception("the harness failed running this cell")
             result = CellResult(id=cell.id, verdict=ERROR, inputs=cell.inputs(),

@@ -37,6 +37,7 @@ from harness.report.files import read_results_json, write_junit, write_results_j
 from harness.results import ERROR, FAILED, FLAKY, PASSED, SKIPPED, CellResult, RunState
 from harness.run.cellrun import run_logged
 from harness.run.pool import WORKER_GRACE, WorkerPool
+from harness.scenarios.cells import scenario_needs
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,10 @@ def _mem_available() -> int:
 
 
 def cell_needs(cell: Cell) -> tuple[float, int]:
-    """(cores, bytes) a running cell takes: its vCPUs, and its guest RAM twice."""
+    """(cores, bytes) a running cell takes: its vCPUs, and its guest RAM twice
+    (a failure-path scenario: its rig's QEMUs, ``scenario_needs``)."""
+    if cell.scenario:
+        return scenario_needs(cell)
     return float(cell.target.smp), 2 * cell.target.memory
 
 

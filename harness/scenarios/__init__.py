@@ -36,7 +36,13 @@ from pathlib import Path
 from harness.scenarios import destination, cancel, mismatch, refusals, postcopy  # noqa: F401
 from harness.qemu.build import QemuBuild
 from harness.results import CellResult
+from harness.failpaths import SCENARIO_IDS
 from harness.scenarios.registry import SCENARIOS, Scenario
+
+if tuple(SCENARIOS) != SCENARIO_IDS:
+    # The matrix validates tiers against SCENARIO_IDS: it must be exactly these.
+    raise ImportError(f"harness.failpaths.SCENARIO_IDS {list(SCENARIO_IDS)} differs from "
+                      f"the registered scenarios {list(SCENARIOS)}")
 
 __all__ = ["SCENARIOS", "Scenario", "get", "run_scenario", "run_scenario_async"]
 

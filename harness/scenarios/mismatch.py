@@ -91,7 +91,8 @@ async def uuid_destination_only(rig: Rig) -> None:
 
 
 @scenario("ram-size-mismatch", "destination with 256 MiB of RAM, source 128 MiB: refused",
-          capabilities=("return-path",))
+          capabilities=("return-path",),
+          peak_memory=TARGET.memory + 256 * MiB + TARGET.memory)
 async def ram_size_mismatch(rig: Rig) -> None:
     """Destination with 256 MiB of RAM, source 128 MiB: the RAM block's size check."""
     src = await rig.source(caps=RP)

@@ -18,7 +18,7 @@ import logging
 import shutil
 import time
 import traceback
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -26,7 +26,8 @@ from typing import Any, Awaitable, Callable
 from qemu.qmp import ExecuteError
 
 from harness.errors import HarnessError
-from harness.logs import cell_logging
+from harness.failpaths import SCENARIO_IDS, SCENARIO_TIMEOUT, result_id
+from harness.logs import cell_logging, current_cell
 from harness.migration.driver import BASE_CAPABILITIES
 from harness.qemu.build import QemuBuild
 from harness.results import ERROR, SKIPPED, CellResult, judge
@@ -36,8 +37,10 @@ from harness.scenarios.rig import TARGET, Rig
 
 log = logging.getLogger(__name__)
 
-#: A scenario's watchdog: each takes 1-5 s here; this only ends a hang.
-SCENARIO_TIMEOUT = 90.0
+#: Guest RAM of the QEMUs a rig keeps alive at once: the source, a destination
+#: that failed or was abandoned, and the fresh one of the second migration
+#: (all end with the scenario's exit stack).  What the runner budgets.
+RIG_PEAK_MEMORY = 3 * TARGET.memory
 
 Body = Callable[[Rig], Awaitable[None]]
 
@@ -60,6 +63,8 @@ class Scenario:
     capabilities: tuple[str, ...] = ()
     #: Machine types the rig starts (aliases the build must resolve).
     machines: tuple[str, ...] = (TARGET.machine,)
+    #: Guest RAM of all the QEMUs it has alive at once (the runner's budget).
+    peak_memory: int = RIG_PEAK_MEMORY
 
     @property
     def doc(self) -> str:
@@ -92,7 +97,7 @@ class Scenario:
 
     def result_id(self, build_label: str) -> str:
         """The result's id for a build (``failpath-<id>-<label>``)."""
-        return f"failpath-{self.id}-{build_label}"
+        return result_id(self.id, build_label)
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly entry for listings."""
@@ -116,7 +121,10 @@ class Scenario:
         if why_not:
             result.verdict, result.reason = SKIPPED, why_not
             return result
-        with cell_logging(rid, logdir):
+        # Run as a matrix cell, the runner already writes this id's records
+        # to this folder (harness.run.cellrun): a second handler would double them.
+        own_log = cell_logging(rid, logdir) if current_cell.get() != rid else nullcontext()
+        with own_log:
             await self._run(build, logdir, result)
         return result
 
@@ -158,13 +166,18 @@ SCENARIOS: dict[str, Scenario] = {}
 
 def scenario(id: str, description: str, *, min_version: tuple[int, int] = (7, 2),
              max_version: tuple[int, int] | None = None, capabilities: tuple[str, ...] = (),
-             machines: tuple[str, ...] = (TARGET.machine,)) -> Callable[[Body], Body]:
+             machines: tuple[str, ...] = (TARGET.machine,),
+             peak_memory: int = RIG_PEAK_MEMORY) -> Callable[[Body], Body]:
     """Register the decorated body under ``id`` (stable: test and result ids
     are built from it)."""
     def register(body: Body) -> Body:
         if id in SCENARIOS:
             raise ValueError(f"scenario id '{id}' registered twice")
+        if id not in SCENARIO_IDS:
+            raise ValueError(f"scenario id '{id}' is not in harness.failpaths.SCENARIO_IDS "
+                             "(the list the matrix validates tiers against): add it there")
         SCENARIOS[id] = Scenario(id, description, body.__module__.rpartition(".")[2], body,
-                                 min_version, max_version, capabilities, machines)
+                                 min_version, max_version, capabilities, machines,
+                                 peak_memory)
         return body
     return register
