@@ -36,6 +36,7 @@ from typing import Callable
 
 from harness import packaged
 from harness.errors import HarnessError
+from harness.guest import linux_build
 from harness.fileio import write_atomic
 
 __all__ = [
@@ -73,6 +74,9 @@ class Recipe:
     build: Callable[[list[Path], Path], bytes]
     pad_to: int = MIB                # SeaBIOS on q35 does not boot a bare 512-byte disk
     key_sources: tuple[str, ...] = ()  # paths relative to the harness.guest package
+    #: What else the output depends on that is not a file here (the Linux
+    #: guest: the Debian package versions apt would fetch); given images_dir().
+    key_extra: Callable[[Traversable], str] | None = None
 
 
 def images_dir() -> Traversable:
@@ -150,6 +154,19 @@ def _build_boot_sector_x86(inputs: list[Path], work: Path) -> bytes:
     return data
 
 
+def _build_linux(inputs: list[Path], work: Path) -> bytes:
+    """The Linux guest bundle (kernel, initramfs with the agent): see
+    harness.guest.linux_build."""
+    try:
+        return linux_build.build_bundle(inputs, work)
+    except linux_build.LinuxBuildError as e:
+        raise ImageError(str(e)) from e
+
+
+def _linux_key(root: Traversable) -> str:
+    return linux_build.key_text(_input(root, "linux/packages.txt").read_text())
+
+
 def _build_python_listing(inputs: list[Path], work: Path) -> bytes:
     """Run a Python listing (e.g. ``e2k/dirtier.py``) and return its ``build()`` bytes."""
     (src,) = inputs
@@ -181,6 +198,18 @@ RECIPES: dict[str, Recipe] = {
         pad_to=64 * 1024,
         key_sources=("e2kasm.py",),
     ),
+    # Debian's kernel and busybox with the project's agent: a bundle that
+    # harness.guest.linux unpacks (kernel, initramfs, manifest).
+    "linux-x86_64": Recipe(
+        name="linux-x86_64",
+        inputs=linux_build.INPUTS,
+        tools=(),                    # gcc, apt and dpkg enter the key via key_extra
+        version="1",
+        build=_build_linux,
+        pad_to=32 * MIB,
+        key_sources=("linux_build.py",),
+        key_extra=_linux_key,
+    ),
 }
 
 
@@ -211,6 +240,11 @@ def recipe_key(name: str) -> str:
     for tool in recipe.tools:
         path = _tool(tool)
         h.update(f"tool {tool} {_tool_version(path, os.stat(path).st_mtime_ns)}\n".encode())
+    if recipe.key_extra is not None:
+        try:
+            h.update(f"extra {recipe.key_extra(root)}".encode())
+        except HarnessError as e:
+            raise ImageError(f"image '{name}': {e}") from e
     return h.hexdigest()[:16]
 
 
