@@ -9,18 +9,24 @@ running it for a moment (registers move on: the check names them) and a
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import pytest
 
 from harness.cell import Cell
 from harness.checks.cpustate import NOT_MIGRATED
+from harness.guest.dirtier import read_region_bytes
 from harness.matrix import tier_cells
 from harness.migration.flow import CellHooks, run_cell
 from harness.qemu.build import discover
 from harness.results import SKIPPED
 from harness.run.runner import cell_logdir
+from harness.units import PAGE
+from harness.waiting import poll_until
+
+#: How long the resumed destination gets to show it ran (a TCG dirtier
+#: writes its first page within milliseconds of its vCPU being scheduled).
+RAN_TIMEOUT = 10.0
 
 
 def _smoke_cell(matrix, machine: str) -> Cell:
@@ -35,7 +41,7 @@ def _run(cell: Cell, name: str, run_state, record, tamper=None):
     hooks = CellHooks()
     if tamper is not None:
         async def after_migrate(ctx, run) -> None:
-            await tamper(ctx.dst)
+            await tamper(ctx)
 
         hooks = CellHooks(after_migrate=after_migrate)
     cell = dataclasses.replace(cell, id=f"{cell.id}-cpustate-{name}")
@@ -55,10 +61,20 @@ def test_cpu_state_identical_after_migration(machine, matrix, run_state, record)
     assert result.verdict == "passed", result.reason
 
 
-async def _run_briefly(dst) -> None:
-    await dst.execute("cont")
-    await asyncio.sleep(0.05)
-    await dst.execute("stop")
+async def _run_briefly(ctx) -> None:
+    """``cont``, wait until the guest has visibly run (a first byte of its
+    region changed in the destination's RAM file), ``stop``.  Not a fixed
+    sleep: on a loaded host the vCPU thread may not run within one."""
+    wl, ram = ctx.cell.target.workload, ctx.dst_paths.ram
+
+    def region():
+        return read_region_bytes(ram, wl.region_base, wl.region_size // PAGE)
+
+    before = region()
+    await ctx.dst.execute("cont")
+    await poll_until(region, lambda now: bool((now != before).any()), timeout=RAN_TIMEOUT,
+                     what="the resumed destination guest writing its region")
+    await ctx.dst.execute("stop")
 
 
 def test_destination_that_ran_fails_naming_registers(matrix, run_state, record):
@@ -73,8 +89,8 @@ def test_destination_that_ran_fails_naming_registers(matrix, run_state, record):
     assert f"{first['register']} {first['src']} -> {first['dst']}" in check.summary
 
 
-async def _reset(dst) -> None:
-    await dst.hmp("system_reset")
+async def _reset(ctx) -> None:
+    await ctx.dst.hmp("system_reset")
 
 
 def test_reset_destination_is_diagnosed_as_not_migrated(matrix, run_state, record):

@@ -158,6 +158,32 @@ def test_wait_progress_stops_at_once_on_a_dead_qemu() -> None:
         asyncio.run(waits.wait_progress(m, lambda: 0, 3, 0.03, "beats"))  # type: ignore[arg-type]
 
 
+def _stamped(m: FakeMachine, status: str, seconds: int, microseconds: int) -> None:
+    m.emit(status)
+    m.events[-1][1]["timestamp"] = {"seconds": seconds, "microseconds": microseconds}
+
+
+def test_pre_switchover_hold_is_read_off_qemus_timestamps() -> None:
+    m = FakeMachine({})
+    _stamped(m, "active", 100, 0)
+    _stamped(m, "pre-switchover", 101, 250_000)
+    _stamped(m, "device", 102, 500_000)       # migrate-continue woke it: 1.25 s
+    _stamped(m, "completed", 103, 0)
+    assert driver.pre_switchover_hold(m) == pytest.approx(1.25)  # type: ignore[arg-type]
+    assert driver.pre_switchover_hold(m, since=2) == 0.0  # type: ignore[arg-type]
+    # Two waits (7.2 postcopy goes on to postcopy-active) add up.
+    _stamped(m, "pre-switchover", 104, 0)
+    _stamped(m, "postcopy-active", 104, 100_000)
+    assert driver.pre_switchover_hold(m) == pytest.approx(1.35)  # type: ignore[arg-type]
+    # A wait never left, or an event without a stamp: no figure.
+    _stamped(m, "pre-switchover", 105, 0)
+    assert driver.pre_switchover_hold(m) is None  # type: ignore[arg-type]
+    unstamped = FakeMachine({})
+    unstamped.emit("pre-switchover")
+    unstamped.emit("device")
+    assert driver.pre_switchover_hold(unstamped) is None  # type: ignore[arg-type]
+
+
 def test_states_and_event_time() -> None:
     m = FakeMachine({})
     for s in ("setup", "active", "completed"):

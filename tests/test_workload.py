@@ -12,7 +12,7 @@ import pytest
 from harness.cell import BuildSpec, Cell, TargetSpec, WorkloadSpec
 from harness.guest import e2k_dirtier
 from harness.guest.workload import (MARKER_ADDR, E2kDirtier, GuestProgressError, Pattern,
-                                    PatternPaused, X86Dirtier, wait_progress, workload_for)
+                                    PatternPaused, X86Dirtier, wait_warm_up, workload_for)
 from harness.units import MiB
 
 BUILD = BuildSpec("b", "/nonexistent/qemu")
@@ -106,7 +106,7 @@ def test_e2k_liveness_of_a_dead_destination(tmp_path):
 
 def test_warm_up_failures_say_how_far_the_guest_got():
     async def wait(m):
-        await wait_progress(m, lambda: (1, "1/3 heartbeats"), 3, 0.05, "source warm-up")
+        await wait_warm_up(m, lambda: 1, lambda: "1/3 heartbeats", 3, 0.05)
 
     with pytest.raises(GuestProgressError) as err:
         asyncio.run(wait(FakeMachine("src")))
@@ -131,6 +131,25 @@ def test_x86_guest_gap_takes_off_the_harness_hold(tmp_path):
     # plus the destination's last interval (0.2 s).
     assert gap.gap_ms == pytest.approx(750)
     assert gap.resolution_ms == pytest.approx(700)
+
+
+def test_x86_guest_gap_says_where_the_gap_went(tmp_path):
+    x86 = workload_for(_cell(), tmp_path)
+    src, dst = x86.serial_sink("src"), x86.serial_sink("dst")
+    src(b"MHDIRTIER\r\n" + b"\x01", 10.0)
+    src(b"\x02", 10.1)
+    dst(b"\x03", 11.6)
+    dst(b"\x04", 11.7)
+    gap = x86.guest_gap(held_s=0.8, t_source_done=10.2, qemu_downtime_ms=50,
+                        t_dst_ready=10.5, t_resumed=11.3)
+    # 10.1 -> 10.2 (source done) -> 10.5 (destination ready) -> held 0.8 s
+    # -> 11.3 (cont) -> 11.6 (first destination heartbeat): 1.5 - 0.8 s.
+    assert gap.gap_ms == pytest.approx(700)
+    assert gap.parts == pytest.approx({
+        "last_source_beat_to_source_done_ms": 100, "source_done_to_destination_ready_ms": 300,
+        "resumed_to_first_destination_beat_ms": 300, "destination_pass_interval_ms": 100})
+    # Unknown ends leave their part out.
+    assert "source_done_to_destination_ready_ms" not in x86.guest_gap(0.0, 10.2, 50).parts
 
 
 def test_workloads_without_heartbeats_see_no_gap(tmp_path):

@@ -34,12 +34,14 @@ counts that wait in ``downtime`` (migration/migration.c):
   ``downtime``.
 - Both: qmp_migrate_continue only posts ``pause_sem``.
 
-The harness's hold (``harness_hold_ms``, the driver's ``source_held_s``) runs
-from the ``pre-switchover`` event's arrival to the reply to
-``migrate-continue``: it misses the event's trip to the harness (so it
-under-counts, in QEMU's disfavour) and includes the reply's trip back (at
-most one QMP reply of over-count).  It is taken off QEMU's figure before
-judging; the guest gap has it taken off already.
+The harness's hold (``harness_hold_ms``, the driver's ``source_held_s``) is
+read off QEMU's own clock: the ``timestamp`` of the ``pre-switchover`` event,
+emitted just before the wait on ``pause_sem``, and of the next MIGRATION
+event, emitted just after it (harness.migration.driver.pre_switchover_hold),
+so it is exactly the wait QEMU counted, with no QMP round trip inside.  The
+host's figure (``harness_hold_host_ms``: the event's arrival to the reply to
+``migrate-continue``) is kept beside it as a cross-check.  The hold is taken
+off QEMU's figure before judging; the guest gap has it taken off already.
 """
 from __future__ import annotations
 
@@ -70,6 +72,8 @@ class DowntimeEvidence:
     #: it is taken off QEMU's figure before judging; ``guest_gap_ms`` has it
     #: taken off already.
     harness_hold_ms: float = 0.0
+    #: The same hold on the host's clock (a cross-check; not judged).
+    harness_hold_host_ms: float | None = None
 
 
 HOLD_REASON = ("with pause-before-switchover the source is already stopped while the harness "
@@ -94,6 +98,8 @@ def check_downtime(ev: DowntimeEvidence) -> CheckResult:
     held = ""
     if ev.harness_hold_ms:
         figures["harness_hold_ms"] = round(ev.harness_hold_ms, 2)
+        if ev.harness_hold_host_ms is not None:
+            figures["harness_hold_host_ms"] = round(ev.harness_hold_host_ms, 2)
         figures["harness_hold_reason"] = HOLD_REASON
         figures["qemu_downtime_judged_ms"] = round(qemu_ms, 2)
         held = f" (reported {ev.qemu_downtime_ms:.0f} less the harness's {ev.harness_hold_ms:.0f} ms hold)"

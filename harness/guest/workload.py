@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -46,6 +46,7 @@ from harness.errors import HarnessError
 from harness.guest.dirtier import HeartbeatParser, read_region_bytes
 from harness.guest.e2k_dirtier import DEFAULT_MARKER_ADDR, MARKER_SIZE, make_firmware, read_marker
 from harness.guest.pattern import check_pattern, loader_args, make_pattern
+from harness.migration.waits import wait_progress
 from harness.qemu.cmdline import firmware_args
 from harness.qemu.machine import Machine
 from harness.results import CheckResult
@@ -84,6 +85,9 @@ class GuestGap:
     gap_ms: float | None = None
     #: How coarse that figure is: the pass time around switchover, both sides.
     resolution_ms: float | None = None
+    #: Where the gap went, in ms on the host clock (figures, so that a large
+    #: gap can be explained): see :meth:`X86Dirtier.guest_gap`.
+    parts: dict[str, float] = field(default_factory=dict)
 
 
 class Workload(ABC):
@@ -136,25 +140,27 @@ class Workload(ABC):
         harness.checks.liveness's)."""
 
     def guest_gap(self, held_s: float, t_source_done: float | None,
-                  qemu_downtime_ms: float) -> GuestGap:
+                  qemu_downtime_ms: float, t_dst_ready: float | None = None,
+                  t_resumed: float | None = None) -> GuestGap:
         """What the guest saw of the switchover; ``held_s`` is how long the
-        harness itself kept it stopped (taken off the gap)."""
+        harness itself kept it stopped (taken off the gap).  Host times:
+        ``t_source_done`` the source's terminal state, ``t_dst_ready`` when the
+        destination could first run, ``t_resumed`` when it was let run."""
         return GuestGap()
 
 
-async def wait_progress(m: Machine, probe: Callable[[], tuple[int, str]], count: int,
-                        timeout: float, what: str) -> None:
-    """Wait until the guest's progress (heartbeats, passes) reaches ``count``;
-    ``probe`` returns it with a description of how far it got."""
+async def wait_warm_up(m: Machine, progress: Callable[[], int], describe: Callable[[], str],
+                       count: int, timeout: float = WARMUP_TIMEOUT,
+                       what: str = "source warm-up") -> None:
+    """Wait (harness.migration.waits.wait_progress) until the guest's
+    progress (heartbeats, passes) reaches ``count``; when it does not,
+    :class:`GuestProgressError` says how far it got (``describe``)."""
     try:
-        await poll_until(probe, lambda got: got[0] >= count, timeout=timeout, what=what,
-                         abort=lambda: None if m.alive else
-                         f"{m.role} QEMU died: {m.exit_reason()}")
+        await wait_progress(m, progress, count, timeout, what)
     except WaitAborted as exc:
         raise GuestProgressError(f"{what}: {exc.reason}", qemu_died=True) from None
-    except WaitTimeout as exc:
-        said = exc.last[1] if isinstance(exc.last, tuple) else exc.last
-        raise GuestProgressError(f"{what}: {said} after {timeout:.0f} s",
+    except WaitTimeout:
+        raise GuestProgressError(f"{what}: {describe()} after {timeout:.0f} s",
                                  qemu_died=False) from None
 
 
@@ -223,9 +229,8 @@ class X86Dirtier(_Dirtier):
 
     async def warm_up(self, src: Machine, src_ram: Path, figures: dict[str, Any]) -> None:
         hb, count = self.src.parser, self.spec.warmup_passes
-        await wait_progress(src, lambda: (hb.heartbeats, f"{hb.heartbeats}/{count} heartbeats "
-                                          f"(banner seen: {hb.banner_seen})"),
-                            count, WARMUP_TIMEOUT, "source warm-up")
+        await wait_warm_up(src, lambda: hb.heartbeats, lambda: f"{hb.heartbeats}/{count} "
+                           f"heartbeats (banner seen: {hb.banner_seen})", count)
         figures["warmup_passes"] = hb.heartbeats
 
     def before_cont(self, dst_ram: Path) -> None:
@@ -233,11 +238,10 @@ class X86Dirtier(_Dirtier):
 
     async def liveness(self, dst: Machine, dst_ram: Path) -> CheckResult:
         hb = self.dst.parser
-        want = self._beats_before + LIVENESS_HEARTBEATS
         try:
-            await poll_until(lambda: hb.heartbeats, lambda n: n >= want,
-                             timeout=LIVENESS_TIMEOUT, what="destination heartbeats after cont",
-                             abort=lambda: None if dst.alive else "destination QEMU died")
+            await wait_progress(dst, lambda: hb.heartbeats,
+                                self._beats_before + LIVENESS_HEARTBEATS, LIVENESS_TIMEOUT,
+                                "destination heartbeats after cont")
         except (WaitTimeout, WaitAborted):
             pass  # the check says how far it got
         # The region must have moved on from what the paused check read.
@@ -249,11 +253,14 @@ class X86Dirtier(_Dirtier):
             pages_changed=int((after != self._region_before).sum())))
 
     def guest_gap(self, held_s: float, t_source_done: float | None,
-                  qemu_downtime_ms: float) -> GuestGap:
+                  qemu_downtime_ms: float, t_dst_ready: float | None = None,
+                  t_resumed: float | None = None) -> GuestGap:
         src, dst = self.src.parser, self.dst.parser
         gap = None
         if src.last_heartbeat_t is not None and dst.first_heartbeat_t is not None:
             gap = (dst.first_heartbeat_t - src.last_heartbeat_t - held_s) * 1000
+        parts = _gap_parts(src.last_heartbeat_t, t_source_done, t_dst_ready, t_resumed,
+                           dst.first_heartbeat_t, self.dst.last_interval())
         # Resolution of the gap: a pass may have been under way on either
         # side.  On the source that is at least the last pass interval, and
         # when the guest was slowed (auto-converge throttling) the pass in
@@ -264,7 +271,29 @@ class X86Dirtier(_Dirtier):
             stop = t_source_done - qemu_downtime_ms / 1000
             src_res = max(src_res, stop - src.last_heartbeat_t)
         slack = src_res + (self.dst.last_interval() or 0.0)
-        return GuestGap(gap, slack * 1000 if slack else None)
+        return GuestGap(gap, slack * 1000 if slack else None, parts)
+
+
+def _gap_parts(last_src_beat: float | None, t_source_done: float | None,
+               t_dst_ready: float | None, t_resumed: float | None,
+               first_dst_beat: float | None, dst_interval: float | None) -> dict[str, float]:
+    """The guest gap cut where the host saw something happen (ms; a part is
+    left out when either end is unknown).  Last source heartbeat ->
+    ``source_done`` (the source's terminal state: the rest of its pass, QEMU's
+    downtime and any pre-switchover hold) -> ``destination_ready`` (what the
+    destination still loaded after the source was done) -> the harness's
+    checks (taken off the gap) -> ``resumed`` (``cont``, or postcopy's resume)
+    -> first destination heartbeat (the rest of the interrupted pass, run by
+    the destination's vCPU).  The destination's steady pass interval is given
+    beside the last part, which the guest bound allows for."""
+    def ms(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round((b - a) * 1000, 2)
+
+    parts = {"last_source_beat_to_source_done_ms": ms(last_src_beat, t_source_done),
+             "source_done_to_destination_ready_ms": ms(t_source_done, t_dst_ready),
+             "resumed_to_first_destination_beat_ms": ms(t_resumed, first_dst_beat),
+             "destination_pass_interval_ms": ms(0.0, dst_interval)}
+    return {k: v for k, v in parts.items() if v is not None}
 
 
 class E2kDirtier(_Dirtier):
@@ -288,11 +317,11 @@ class E2kDirtier(_Dirtier):
     async def warm_up(self, src: Machine, src_ram: Path, figures: dict[str, Any]) -> None:
         count = self.spec.warmup_passes
 
-        def progress() -> tuple[int, str]:
+        def describe() -> str:
             boots, passes = read_ram_marker(src_ram)
-            return passes, f"guest marker shows {passes}/{count} passes (boots {boots})"
+            return f"guest marker shows {passes}/{count} passes (boots {boots})"
 
-        await wait_progress(src, progress, count, WARMUP_TIMEOUT, "source warm-up")
+        await wait_warm_up(src, lambda: read_ram_marker(src_ram)[1], describe, count)
         figures["warmup_passes"] = read_ram_marker(src_ram)[1]
 
     def before_cont(self, dst_ram: Path) -> None:

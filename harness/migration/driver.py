@@ -38,14 +38,14 @@ from harness.migration.waits import (DEST_SETTLE_TIMEOUT, STATE_TIMEOUT, TERMINA
                                      is_migration, settled_status, states_since, wait_info,
                                      wait_state)
 from harness.qemu.build import QemuBuild
-from harness.qemu.machine import Machine
+from harness.qemu.machine import Event, Machine
 from harness.waiting import WaitTimeout, poll_until
 
 __all__ = ["BASE_CAPABILITIES", "DEST_SETTLE_TIMEOUT", "POSTCOPY_AFTER_SYNCS", "SAMPLE_PERIOD",
            "STATE_TIMEOUT", "TERMINAL", "MigrationRun", "PostcopyResume", "cancel", "configure",
-           "final_info", "is_migration", "postcopy_due", "resume_in_postcopy", "run_migration",
-           "settle_destination", "settled_status", "start", "start_postcopy_when_due",
-           "start_until"]
+           "event_stamp", "final_info", "is_migration", "postcopy_due", "pre_switchover_hold",
+           "resume_in_postcopy", "run_migration", "settle_destination", "settled_status", "start",
+           "start_postcopy_when_due", "start_until"]
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,10 @@ class MigrationRun:
     ram_at_switchover: Path | None = None
     ram_allocated_at_switchover: int = 0
     t_pre_switchover: float | None = None
-    #: Seconds the harness itself kept the source in ``pre-switchover``: from
-    #: the event's arrival to the reply to ``migrate-continue`` (the
+    #: Seconds the source waited in ``pre-switchover`` for the harness (the
     #: ``at_pre_switchover`` work, e.g. release-ram's copy of the source RAM,
-    #: plus one QMP round trip).  QEMU counts this wait in its ``downtime``,
+    #: then ``migrate-continue``), on QEMU's own clock: see
+    #: :func:`pre_switchover_hold`.  QEMU counts this wait in its ``downtime``,
     #: the VM being stopped before the pause (migration/migration.c):
     #: 7.2: migration_completion sets downtime_start, stops the VM, then
     #: migration_maybe_pause waits; migration_calculate_complete ends it.
@@ -105,6 +105,10 @@ class MigrationRun:
     #: migration_downtime_end ends it (migration_completion_end, or the end
     #: of postcopy_start).  So the downtime check takes it off QEMU's figure.
     source_held_s: float = 0.0
+    #: The same wait on the host clock, as a cross-check: from the
+    #: ``pre-switchover`` event's arrival to the reply to ``migrate-continue``
+    #: (it misses the event's trip to the harness and includes the reply's).
+    source_held_host_s: float = 0.0
     #: When the source reported its terminal state (host monotonic time).
     t_source_done: float | None = None
     error: str = ""
@@ -230,9 +234,9 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
                 if at_pre_switchover is not None:
                     await at_pre_switchover()
                 await src.execute("migrate-continue", {"state": "pre-switchover"})
-                run.source_held_s += time.monotonic() - got[0]
-                log.info("%s: held in pre-switchover %.3f s, continued", src.role,
-                         run.source_held_s)
+                run.source_held_host_s += time.monotonic() - got[0]
+                log.info("%s: held in pre-switchover %.3f s (host clock), continued", src.role,
+                         run.source_held_host_s)
                 continue
             run.status = status
             run.t_source_done = got[0]
@@ -243,6 +247,16 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
         await asyncio.gather(*tasks, return_exceptions=True)
     run.source_states = src.migration_states()
     run.states = states_since(src, src_since)
+    if pause:
+        held = pre_switchover_hold(src, src_since)
+        if held is None:
+            # A wait the migration never left (cancelled or failed in it),
+            # or unstamped events: the host's figure is all there is.
+            log.warning("%s: no QEMU timestamps around pre-switchover; the host's figure "
+                        "stands", src.role)
+        run.source_held_s = run.source_held_host_s if held is None else held
+        log.info("%s: pre-switchover hold %.3f s (QEMU's clock), %.3f s (host's)", src.role,
+                 run.source_held_s, run.source_held_host_s)
     if not run.status:
         run.info = await src.execute("query-migrate") if src.alive else {}
         run.status = str(run.info.get("status", "unknown"))
@@ -272,6 +286,45 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
         run.t_dst_ready = dst_done[0]
     run.info = await final_info(src)
     return run
+
+
+def event_stamp(ev: Event) -> float | None:
+    """QEMU's own time of an event (seconds): the ``timestamp`` every QMP
+    event carries, taken when QEMU builds it (qapi/qmp-event.c,
+    timestamp_put: g_get_real_time, in 7.2 and 10.0)."""
+    ts = ev.get("timestamp")
+    if not isinstance(ts, dict) or ts.get("seconds", -1) < 0:
+        return None
+    return float(ts["seconds"]) + float(ts.get("microseconds", 0)) / 1e6
+
+
+def pre_switchover_hold(src: Machine, since: int = 0) -> float | None:
+    """Seconds the source waited in ``pre-switchover`` (summed over every
+    such wait from event index ``since`` on), from QEMU's event timestamps;
+    None when a wait has no stamped MIGRATION event after it.
+
+    QEMU emits ``pre-switchover`` just before it sleeps on ``pause_sem`` and
+    the next MIGRATION state just after ``migrate-continue`` woke it
+    (migration/migration.c: 7.2 migration_maybe_pause -> ``device`` for
+    precopy, ``postcopy-active`` for postcopy; 10.0
+    migration_switchover_prepare -> ``device`` for both).  The two stamps
+    bracket exactly the wait QEMU counts in ``downtime``, with no QMP round
+    trip of the harness's inside."""
+    total, start = 0.0, None
+    for _, ev in src.events[since:]:
+        if ev.get("event") != "MIGRATION":
+            continue
+        stamp = event_stamp(ev)
+        if start is not None:
+            if stamp is None:
+                return None
+            total += stamp - start
+            start = None
+        if ev["data"]["status"] == "pre-switchover":
+            if stamp is None:
+                return None
+            start = stamp
+    return None if start is not None else total
 
 
 def postcopy_due(info: dict[str, Any], after: int = POSTCOPY_AFTER_SYNCS) -> bool:

@@ -55,20 +55,21 @@ from harness.errors import BuildError, HarnessError
 from harness.guest.workload import WARMUP_TIMEOUT, GuestProgressError, workload_for
 from harness.migration.context import (CellContext, CellFailure, CellHooks, Evidence, Inject,
                                        Progress)
-from harness.migration.driver import (POSTCOPY_AFTER_SYNCS, TERMINAL, MigrationRun, cancel,
-                                      configure, run_migration, settled_status)
+from harness.migration.driver import (POSTCOPY_AFTER_SYNCS, MigrationRun, cancel, configure,
+                                      run_migration, settled_status, start)
 from harness.migration.launch import prepare_machine
 from harness.migration.modes import CANCEL_RETRY, postcopy_after, side_args, side_caps
 from harness.migration.tls import creds_args
 from harness.migration.transports import SAVE_RESTORE, incoming_uri, save_restore_uris
 from harness.migration.verify import verify_paused
+from harness.migration.waits import wait_info
 from harness.qemu.build import QemuBuild, discover
 from harness.qemu.cmdline import MachinePaths
 from harness.qemu.machine import Machine
 from harness.qemu.machines import common_machine_type
 from harness.results import ERROR, FAILED, SKIPPED, CellResult, CheckResult, judge
 from harness.run.rundir import runtime_dir
-from harness.waiting import WaitTimeout, poll_until
+from harness.units import MiB
 
 __all__ = ["CellFailure", "CellHooks", "Evidence", "Inject", "Progress", "preflight",
            "run_cell", "run_cell_async", "WARMUP_TIMEOUT", "CANCEL_AFTER_TIMEOUT"]
@@ -79,6 +80,9 @@ log = logging.getLogger(__name__)
 CANCEL_AFTER_TIMEOUT = 30.0
 #: How often that first attempt is looked at (``query-migrate``) until then.
 CANCEL_POLL_INTERVAL = 0.02
+#: The first attempt's ``max-bandwidth`` (bytes/s): slow enough that it is
+#: still ``active`` whenever the cancel lands (see :func:`_cancel_first`).
+CANCEL_FIRST_BANDWIDTH = 32 * MiB
 
 
 def preflight(cell: Cell, src: QemuBuild, dst: QemuBuild) -> str | None:
@@ -317,26 +321,35 @@ async def _cancel_retry(ctx: CellContext) -> None:
 
 
 async def _cancel_first(ctx: CellContext) -> CancelEvidence:
+    """Migrate slowly, cancel once RAM is on its way, and put the cell's own
+    ``max-bandwidth`` back for the retry.
+
+    The cancel must land while the migration is ``active``.  At the cell's
+    own rate (10G) the whole first attempt took 80-300 ms on a loaded host,
+    so a harness stalled for one such moment saw it complete; at
+    ``CANCEL_FIRST_BANDWIDTH`` (as the cancel-in-active scenario's ``SLOW``,
+    harness.scenarios.rig) the 100 MiB region alone takes seconds to send."""
     cell, src = ctx.cell, ctx.src
     if cell.transport in SAVE_RESTORE:
         raise CellFailure(f"mode cancel-retry needs a live transport, not {cell.transport}",
                           ERROR)
     uri = await incoming_uri(cell.transport, ctx.dst, ctx.workdir, src)
-    log.info("first attempt: migrate to %s, to be cancelled", uri)
-    await src.execute("migrate", {"uri": uri})
-
-    def underway(info: dict[str, Any]) -> bool:
-        sending = info.get("status") != "setup" and info.get("ram", {}).get("transferred", 0) > 0
-        return sending or info.get("status") in TERMINAL
-
-    try:
-        info = await poll_until(lambda: src.execute("query-migrate"), underway,
-                                timeout=CANCEL_AFTER_TIMEOUT, interval=CANCEL_POLL_INTERVAL,
-                                what="first attempt under way")
-    except WaitTimeout as exc:
-        info = exc.last if isinstance(exc.last, dict) else {}
+    own = (await src.execute("query-migrate-parameters"))["max-bandwidth"]
+    await src.execute("migrate-set-parameters", {"max-bandwidth": CANCEL_FIRST_BANDWIDTH})
+    log.info("first attempt: migrate to %s at %d MiB/s, to be cancelled", uri,
+             CANCEL_FIRST_BANDWIDTH >> 20)
+    since = await start(src, uri)
+    info = await wait_info(src, lambda i: i.get("status") != "setup"
+                           and i.get("ram", {}).get("transferred", 0) > 0,
+                           CANCEL_AFTER_TIMEOUT, "first attempt under way",
+                           interval=CANCEL_POLL_INTERVAL)
     sent = info.get("ram", {}).get("transferred", 0)
-    outcome = await cancel(src)
+    outcome = await cancel(src, since)
+    # The retry migrates at the cell's own rate (migrate-set-parameters is
+    # accepted in any migration state: migration/options.c, 10.0;
+    # migration/migration.c, 7.2).
+    await src.execute("migrate-set-parameters", {"max-bandwidth": own})
+    ctx.figures["cancel_first_max_bandwidth"] = CANCEL_FIRST_BANDWIDTH
     return CancelEvidence(status_at_cancel=info.get("status"), bytes_sent=sent, outcome=outcome,
                           source_status=await src.status(),
                           return_path=bool(dict(cell.capabilities).get("return-path")))
@@ -464,15 +477,14 @@ async def _verify(ctx: CellContext, run: MigrationRun) -> None:
 
 async def _liveness_and_downtime(ctx: CellContext, run: MigrationRun) -> None:
     with ctx.phase("liveness"):
-        t_held = await _resume(ctx, run)
+        t_resumed = await _resume(ctx, run)
         ctx.record(await ctx.workload.liveness(ctx.dst, ctx.dst_paths.ram))
-    ctx.record(_downtime(ctx, run, t_held))
+    ctx.record(_downtime(ctx, run, t_resumed))
 
 
 async def _resume(ctx: CellContext, run: MigrationRun) -> float:
-    """``cont`` the destination; return how long the harness kept the guest
-    from running (from when the destination could first run to when it was
-    told to)."""
+    """``cont`` the destination; return when the guest was let run (host
+    time: the ``cont``, or postcopy's resume during the migration)."""
     dst, disk = ctx.dst, ctx.dst_paths.disk
     ctx.workload.before_cont(ctx.dst_paths.ram)
     locked_before = image_locked(disk) if disk else None
@@ -487,23 +499,30 @@ async def _resume(ctx: CellContext, run: MigrationRun) -> float:
                                           "after_cont": locked_after}
         if ctx.caps.get("late-block-activate"):
             ctx.record(check_late_block_activate(bool(locked_before), locked_after))
-    assert run.t_dst_ready is not None
-    return (run.t_dst_resumed or t_cont) - run.t_dst_ready
+    return run.t_dst_resumed or t_cont
 
 
-def _downtime(ctx: CellContext, run: MigrationRun, t_held: float) -> CheckResult:
+def _downtime(ctx: CellContext, run: MigrationRun, t_resumed: float) -> CheckResult:
     """QEMU's downtime and the guest's own gap, with the time the harness
     held the guest stopped (before ``cont``, and in pre-switchover) taken off."""
+    assert run.t_dst_ready is not None
+    # From when the destination could first run to when it was let run.
+    t_held = t_resumed - run.t_dst_ready
     qemu_ms = float(run.info.get("downtime", 0))
-    seen = ctx.workload.guest_gap(t_held + run.source_held_s, run.t_source_done, qemu_ms)
+    seen = ctx.workload.guest_gap(t_held + run.source_held_s, run.t_source_done, qemu_ms,
+                                  t_dst_ready=run.t_dst_ready, t_resumed=t_resumed)
     # Save/restore: the guest is down while the stream is written and read
     # back, which is not a live-migration downtime.
     gap = None if ctx.cell.transport in SAVE_RESTORE else seen.gap_ms
     ctx.figures["harness_held_paused_ms"] = round(t_held * 1000, 2)
+    if seen.parts:
+        ctx.figures["guest_gap_parts"] = seen.parts
     return check_downtime(DowntimeEvidence(
         qemu_downtime_ms=qemu_ms, limit_ms=ctx.limit_ms,
         tolerance_ms=ctx.cell.downtime_tolerance_ms, guest_gap_ms=gap,
-        heartbeat_interval_ms=seen.resolution_ms, harness_hold_ms=run.source_held_s * 1000))
+        heartbeat_interval_ms=seen.resolution_ms, harness_hold_ms=run.source_held_s * 1000,
+        harness_hold_host_ms=(run.source_held_host_s * 1000 if run.source_held_host_s
+                              else None)))
 
 
 async def _teardown(ctx: CellContext) -> None:
