@@ -39,10 +39,22 @@ class AfterCont:
     timeout_s: float = LIVENESS_TIMEOUT
 
 
-def _died(ev: AfterCont, figures: dict[str, object]) -> CheckResult | None:
-    if ev.alive:
-        return None
-    return CheckResult(NAME, False, f"destination died after cont: {ev.exit_reason}", figures)
+def _ran_on(ev: AfterCont, figures: dict[str, object], new: int, unit: str,
+            restarted: str | None) -> CheckResult | None:
+    """What every guest that counts its progress must show after ``cont``:
+    its QEMU alive, no restart from reset (``restarted`` says how it
+    showed), and ``ev.want`` new ``unit`` (heartbeats, passes).  None: all
+    held; else the failed check."""
+    if not ev.alive:
+        return CheckResult(NAME, False, f"destination died after cont: {ev.exit_reason}",
+                           figures)
+    if restarted:
+        return CheckResult(NAME, False, f"guest restarted on the destination ({restarted}): "
+                           "CPU state not migrated", figures)
+    if new < ev.want:
+        return CheckResult(NAME, False, f"only {new} {unit} in {ev.timeout_s:.0f} s after cont",
+                           figures)
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,14 +75,9 @@ def check_heartbeat_liveness(ev: HeartbeatLiveness) -> CheckResult:
     figures: dict[str, object] = {"heartbeats": ev.heartbeats, "restarts": ev.restarts,
                                   "pages_changed": ev.pages_changed, "destination_alive": ev.alive}
     new = ev.heartbeats - ev.beats_before
-    if dead := _died(ev, figures):
-        return dead
-    if ev.restarts:
-        return CheckResult(NAME, False, "guest restarted on the destination (banner printed "
-                           "again): CPU state not migrated", figures)
-    if new < ev.want:
-        return CheckResult(NAME, False, f"only {new} heartbeats in {ev.timeout_s:.0f} s after "
-                           "cont", figures)
+    if failed := _ran_on(ev, figures, new, "heartbeats",
+                         "banner printed again" if ev.restarts else None):
+        return failed
     if ev.pages_changed == 0:
         return CheckResult(NAME, False, "heartbeats but the region did not change", figures)
     return CheckResult(NAME, True, f"{new} heartbeats, {ev.pages_changed} pages changed", figures)
@@ -92,16 +99,11 @@ def check_marker_liveness(ev: MarkerLiveness) -> CheckResult:
                                   "passes_before": ev.passes_before,
                                   "passes_after": ev.passes_after, "destination_alive": ev.alive}
     new = ev.passes_after - ev.passes_before
-    if dead := _died(ev, figures):
-        return dead
-    if ev.boots_after != ev.boots_before:
-        return CheckResult(NAME, False,
-                           f"guest restarted on the destination (boots counter {ev.boots_before} "
-                           f"-> {ev.boots_after}, passes {ev.passes_before} -> "
-                           f"{ev.passes_after}): CPU state not migrated", figures)
-    if new < ev.want:
-        return CheckResult(NAME, False, f"only {new} passes in {ev.timeout_s:.0f} s after cont",
-                           figures)
+    restarted = (f"boots counter {ev.boots_before} -> {ev.boots_after}, passes "
+                 f"{ev.passes_before} -> {ev.passes_after}"
+                 if ev.boots_after != ev.boots_before else None)
+    if failed := _ran_on(ev, figures, new, "passes", restarted):
+        return failed
     return CheckResult(NAME, True, f"{new} passes after cont, no restart", figures)
 
 

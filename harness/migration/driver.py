@@ -449,20 +449,19 @@ async def configure(m: Machine, build: QemuBuild, caps: dict[str, bool],
     """Apply capabilities and parameters, then read them back: a silent mismatch
     would make every later verdict meaningless."""
     side = "source" if m.role == "src" else "destination"
-    try:
-        await m.execute("migrate-set-capabilities", {"capabilities": [
-            {"capability": k, "state": v} for k, v in caps.items()]})
-    except ExecuteError as exc:
-        log.warning("%s: capabilities %s refused: %s", m.role, caps, exc)
-        raise BuildError(build.name, f"{build.version_text} refused capabilities {caps} on the "
-                         f"{side}: {exc}") from exc
-    if params:
+
+    async def apply(command: str, args: dict[str, Any], what: str, settings: Any) -> None:
         try:
-            await m.execute("migrate-set-parameters", params)
+            await m.execute(command, args)
         except ExecuteError as exc:
-            log.warning("%s: parameters %s refused: %s", m.role, params, exc)
-            raise BuildError(build.name, f"{build.version_text} refused parameters {params} on "
+            log.warning("%s: %s %s refused: %s", m.role, what, settings, exc)
+            raise BuildError(build.name, f"{build.version_text} refused {what} {settings} on "
                              f"the {side}: {exc}") from exc
+
+    await apply("migrate-set-capabilities", {"capabilities": [
+        {"capability": k, "state": v} for k, v in caps.items()]}, "capabilities", caps)
+    if params:
+        await apply("migrate-set-parameters", params, "parameters", params)
     got_caps = {c["capability"]: c["state"] for c in await m.execute("query-migrate-capabilities")}
     got_params = await m.execute("query-migrate-parameters")
     wrong = [f"capability {k}={got_caps.get(k)!r} (set {v!r})" for k, v in caps.items()

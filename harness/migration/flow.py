@@ -107,16 +107,13 @@ def preflight(cell: Cell, src: QemuBuild, dst: QemuBuild) -> str | None:
             return f"accelerator {cell.target.accel} unusable with '{build.name}': {problem}"
         if build.resolve_machine(cell.target.machine) is None:
             return f"machine type '{cell.target.machine}' unknown to '{build.name}' {build.version_text}"
-        unknown = [c for c, _ in cell.capabilities if c not in build.capabilities]
-        if unknown:
-            raise BuildError(build.name, f"{build.version_text} has no migration capability "
-                             f"{', '.join(map(repr, unknown))} (cell {cell.id}, {cell.origin}); "
-                             f"it supports: {', '.join(build.capabilities)}")
-        unknown = [p for p, _ in cell.parameters if p not in build.parameters]
-        if unknown:
-            raise BuildError(build.name, f"{build.version_text} has no migration parameter "
-                             f"{', '.join(map(repr, unknown))} (cell {cell.id}, {cell.origin}); "
-                             f"it supports: {', '.join(sorted(build.parameters))}")
+        for what, wanted, known in (("capability", cell.capabilities, list(build.capabilities)),
+                                    ("parameter", cell.parameters, sorted(build.parameters))):
+            unknown = [k for k, _ in wanted if k not in known]
+            if unknown:
+                raise BuildError(build.name, f"{build.version_text} has no migration {what} "
+                                 f"{', '.join(map(repr, unknown))} (cell {cell.id}, "
+                                 f"{cell.origin}); it supports: {', '.join(known)}")
     return None
 
 

@@ -51,16 +51,11 @@ def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
                .not_valid_before(now - _dt.timedelta(minutes=5))
                .not_valid_after(now + _dt.timedelta(days=1))
                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-            key_encipherment=False, data_encipherment=False, key_agreement=False,
-            encipher_only=False, decipher_only=False), critical=True)
-    else:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, key_encipherment=True, key_cert_sign=False, crl_sign=False,
-            content_commitment=False, data_encipherment=False, key_agreement=False,
-            encipher_only=False, decipher_only=False), critical=True)
+    # A CA signs certificates and CRLs; a server or client key enciphers.
+    builder = builder.add_extension(x509.KeyUsage(
+        digital_signature=True, key_cert_sign=ca, crl_sign=ca, key_encipherment=not ca,
+        content_commitment=False, data_encipherment=False, key_agreement=False,
+        encipher_only=False, decipher_only=False), critical=True)
     if usage:
         builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
     if san:
