@@ -4,7 +4,8 @@
 #     (assembles the guest boot code in images/), chromium (the report's browser
 #     test) and postgresql (the history tests start a server of their own);
 #   - the Python package (pip, editable) with its `dev` extra: the `test` extra
-#     (pytest, pytest-xdist, build for testcases/test_install.py, ruff) and tox;
+#     (pytest, pytest-xdist, build for testcases/test_install.py, ruff, and the
+#     `avocado` extra: Avocado 113 with its HTML and CIT plugins) and tox;
 #   - QEMU 10.0 from bookworm-backports unpacked into a private prefix
 #     (scripts/setup-qemu-backports.sh; the system QEMU is never touched).
 # Safe to run again: each step is skipped when already done.
@@ -31,6 +32,8 @@ fi
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v -i 'running pip as the .root. user' >&2 || true
 python3 -c 'import harness, qemu.qmp, yaml, numpy, build, tox, plotly, rich, playwright, psycopg' || { echo "setup: Python dependencies failed to install" >&2; exit 1; }
 python3 -m ruff --version >/dev/null || { echo "setup: ruff failed to install" >&2; exit 1; }
+# The harness's Avocado plugins are found through the package's entry points.
+python3 -m avocado plugins 2>/dev/null | grep -q mharness-matrix || { echo "setup: the Avocado plugins (harness/avocado) are not registered" >&2; exit 1; }
 
 if [ -x scripts/setup-qemu-backports.sh ] || [ -f scripts/setup-qemu-backports.sh ]; then
   bash scripts/setup-qemu-backports.sh
