@@ -17,8 +17,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # stress-ng: the CPU hog benchmarks/flake_hunt.py runs beside the QEMU tests.
 # gcc, libc6-dev: the Linux guest's agent (images/linux/agent, built -static);
 # qemu-utils: qemu-img for the Linux cells' per-cell qcow2 disks and their check.
+# openssh-server, iproute2: the two SSH test hosts of testcases/netns_hosts.py.
 packages=(qemu-system-x86 qemu-system-arm binutils chromium postgresql stress-ng
-          gcc libc6-dev qemu-utils)
+          gcc libc6-dev qemu-utils openssh-server iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,147 @@
+"""Small Python programs the harness runs on a host with ``python3 -c``.
+
+They are constants: the values they work on travel as further argv items
+(one JSON argument), quoted with :func:`shlex.join` by the caller, so no
+matrix value is ever part of program text.
+
+:data:`WATCHDOG` is what ties a remote QEMU to the SSH session: it starts the
+command in a new session (its own process group) with a parent-death signal,
+writes an owner file (marker, its own PID, the child's PID) and then waits
+for either the child to exit or its stdin (the SSH channel) to reach EOF,
+which happens when the harness closes the channel, the connection drops or
+the harness dies.  On EOF it kills its process group by PID.  A line
+``TERM`` on stdin sends SIGTERM first (a polite stop).  It reports on stdout
+``pid N`` once started and ``exit S`` (``S`` as subprocess gives it,
+negative for a signal) at the end.
+
+:data:`SWEEP` kills leftovers of earlier runs by owner file: a child whose
+watchdog is gone, whose PID still runs and whose environment still carries
+the owner marker (so a recycled PID is never hit).  Never by name.
+"""
+from __future__ import annotations
+
+WATCHDOG = r'''
+import ctypes, json, os, select, signal, sys
+spec = json.loads(sys.argv[1])
+try:
+    os.setsid()
+except OSError:
+    pass  # already a session leader (the shell exec'd us): our own group already
+me = os.getpid()
+env = dict(os.environ)
+env.update(spec["env"])
+env["MHARNESS_OWNER"] = spec["marker"]
+libc = ctypes.CDLL(None, use_errno=True)
+child = os.fork()
+if child == 0:
+    try:
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != me:
+            os._exit(127)
+        fd = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(fd, 0)
+        os.dup2(2, 1)
+        os.execvpe(spec["argv"][0], spec["argv"], env)
+    except BaseException as exc:
+        os.write(2, ("cannot start %s: %s\n" % (spec["argv"][0], exc)).encode())
+    os._exit(127)
+owners = spec["owners"]
+os.makedirs(owners, mode=0o700, exist_ok=True)
+own = os.path.join(owners, "%d.owner" % child)
+with open(own, "w") as f:
+    json.dump({"marker": spec["marker"], "watchdog": me, "pid": child}, f)
+sys.stdout.write("pid %d\n" % child)
+sys.stdout.flush()
+pidfd = os.pidfd_open(child)
+status = None
+buf = b""
+while status is None:
+    ready, _, _ = select.select([0, pidfd], [], [])
+    if pidfd in ready:
+        status = os.waitpid(child, 0)[1]
+        break
+    data = os.read(0, 4096)
+    if not data:
+        break
+    buf += data
+    if b"TERM\n" in buf:
+        buf = b""
+        os.kill(child, signal.SIGTERM)
+if status is None:
+    os.kill(child, signal.SIGKILL)
+    status = os.waitpid(child, 0)[1]
+try:
+    os.unlink(own)
+except OSError:
+    pass
+code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+sys.stdout.write("exit %d\n" % code)
+sys.stdout.flush()
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+os.killpg(0, signal.SIGTERM)
+'''
+
+SWEEP = r'''
+import json, os, signal, sys
+owners = sys.argv[1]
+killed = []
+try:
+    names = os.listdir(owners)
+except FileNotFoundError:
+    names = []
+for name in names:
+    path = os.path.join(owners, name)
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        continue
+    try:
+        os.kill(rec["watchdog"], 0)
+        continue
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        continue
+    try:
+        with open("/proc/%d/environ" % rec["pid"], "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        env = []
+    if ("MHARNESS_OWNER=" + rec["marker"]).encode() in env:
+        os.kill(rec["pid"], signal.SIGKILL)
+        killed.append(rec["pid"])
+    os.unlink(path)
+print(json.dumps(killed))
+'''
+
+CHUNK_HASHES = r'''
+import hashlib, json, sys
+path, chunk = sys.argv[1], int(sys.argv[2])
+out = []
+with open(path, "rb") as f:
+    while True:
+        data = f.read(chunk)
+        if not data:
+            break
+        out.append(hashlib.sha256(data).hexdigest())
+print(json.dumps(out))
+'''
+
+FACTS = r'''
+import json, os, time
+facts = {"time": time.time()}
+try:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                facts["mem_available"] = int(line.split()[1]) * 1024
+except OSError:
+    pass
+try:
+    os.close(os.open("/dev/kvm", os.O_RDWR))
+    facts["kvm"] = None
+except OSError as exc:
+    facts["kvm"] = "/dev/kvm: " + exc.strerror
+print(json.dumps(facts))
+'''
