@@ -14,12 +14,15 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from qemu.qmp import EventListener, ExecInterruptedError, ExecuteError, QMPClient, StateError
 
 from harness.errors import QemuError
 from harness.qemu.process import QemuProcess
+
+if TYPE_CHECKING:
+    from harness.hosts.base import Host, HostProcess
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +64,21 @@ class Machine:
 
     def __init__(self, role: str, argv: list[str], env: dict[str, str], *,
                  qmp_path: Path, serial_path: Path, logdir: Path, t0: float,
-                 serial_sink: Callable[[bytes, float], None] | None = None) -> None:
+                 serial_sink: Callable[[bytes, float], None] | None = None,
+                 host: "Host | None" = None) -> None:
         self.role = role
+        #: Where QEMU runs (None or a local host: here).  On a remote host QEMU
+        #: connects to ports on the host's loopback that the SSH connection
+        #: forwards to the same local sockets (harness.hosts.ssh.listen_remote).
+        self.host = host
+        self._forwarded: list[int] = []
         self.argv = argv
         self.env = env
         self.qmp_path = qmp_path
         self.serial_path = serial_path
         self.logdir = logdir
         self.t0 = t0
-        self.proc: QemuProcess | None = None
+        self.proc: "QemuProcess | HostProcess | None" = None
         self.qmp = QMPClient(role)
         self.events: list[tuple[float, Event]] = []
         self._event_cond = asyncio.Condition()
@@ -96,8 +105,11 @@ class Machine:
         """Listen on QMP and serial sockets, start QEMU, wait for it to connect."""
         self._serial_server = await asyncio.start_unix_server(self._on_serial, str(self.serial_path))
         await self.qmp.start_server(str(self.qmp_path))
-        self.proc = QemuProcess(self.argv, self.logdir / f"{self.role}.stderr",
-                                env=self.env, name=self.role)
+        if self.host is not None and not self.host.is_local:
+            self.proc = self._start_remote()
+        else:
+            self.proc = QemuProcess(self.argv, self.logdir / f"{self.role}.stderr",
+                                    env=self.env, name=self.role)
         accept = asyncio.ensure_future(self.qmp.accept())
         deadline = time.monotonic() + ACCEPT_TIMEOUT
         while not accept.done():
@@ -117,6 +129,19 @@ class Machine:
         listener = EventListener()
         self.qmp.register_listener(listener)
         self._tasks.append(asyncio.ensure_future(self._pump_events(listener)))
+
+    def _start_remote(self) -> "HostProcess":
+        from harness.hosts.qemu_args import remote_chardevs
+        host = self.host
+        assert host is not None
+        qmp_port = host.listen_remote(str(self.qmp_path))  # type: ignore[attr-defined]
+        self._forwarded.append(qmp_port)
+        serial_port = host.listen_remote(str(self.serial_path))  # type: ignore[attr-defined]
+        self._forwarded.append(serial_port)
+        argv = remote_chardevs(self.argv, self.qmp_path, self.serial_path, qmp_port,
+                               serial_port)
+        return host.start(argv, self.logdir / f"{self.role}.stderr", env=self.env,
+                          name=self.role)
 
     async def wait_exit(self, timeout: float) -> int | None:
         """Wait up to ``timeout`` s for QEMU to exit on its own (a destination
@@ -150,6 +175,9 @@ class Machine:
             log.info("%s QEMU pid %d torn down: %s", self.role, self.proc.pid,
                      self.proc.describe_exit())
             self._log({"dir": "exit", "how": self.proc.describe_exit()})
+        for port in self._forwarded:
+            self.host.unlisten_remote(port)  # type: ignore[union-attr]
+        self._forwarded.clear()
         self.serial.close()
         if not self._transcript.closed:
             self._transcript.close()
