@@ -113,3 +113,39 @@ def parse_hosts(raw: Any, *, file: str = "",
             netns=strings["netns"], workdir=strings["workdir"] or HostSpec.workdir,
             connect_timeout=float(timeout))
     return out
+
+
+def hosts_from_yaml(node: Any, file: str, base_dir: str = "",
+                    load: Callable[[str], Any] | None = None) -> dict[str, HostSpec]:
+    """``hosts:`` from the matrix loader's positioned YAML (harness.matrix.yamlpos
+    nodes, read by shape so this module needs no matrix import): a mapping, or
+    a string naming an inventory file (relative to the matrix) holding one,
+    read with ``load`` (the loader's ``load_yaml``)."""
+    value = getattr(node, "value", None)
+    if isinstance(value, str) and not hasattr(node, "entries"):
+        path = os.path.join(base_dir, os.path.expanduser(value))
+        if not os.path.exists(path):
+            raise MatrixError(f"inventory file {path} not found", file, node.line, "hosts")
+        if load is None:
+            raise MatrixError("an inventory file needs the matrix loader", file, node.line, "hosts")
+        inner = load(path)
+        inner_hosts = getattr(inner, "entries", {}).get("hosts")
+        return hosts_from_yaml(inner_hosts.value if inner_hosts else inner, path, base_dir, load)
+
+    lines: dict[int, dict[str | None, int]] = {}
+
+    def plain(n: Any) -> Any:
+        if hasattr(n, "entries"):
+            out = {}
+            lines[id(out)] = {None: n.line}
+            for k, e in n.entries.items():
+                out[k] = plain(e.value)
+                lines[id(out)][k] = e.key_line
+            return out
+        if hasattr(n, "items"):
+            return [plain(i) for i in n.items]
+        return getattr(n, "value", n)
+
+    raw = plain(node)
+    return parse_hosts(raw, file=file, line_of=lambda n, k: lines.get(id(n), {}).get(
+        k, lines.get(id(n), {}).get(None, getattr(node, "line", 0))))
