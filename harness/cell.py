@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from harness.known_issues import KnownIssue
 from harness.units import MiB  # noqa: F401  (re-exported: callers import it from here)
 
 
@@ -86,6 +87,13 @@ class Cell:
     timeout: float = 60.0
     downtime_tolerance_ms: float = 250.0
     expect_fail: tuple[str, ...] = ()
+    #: How many times the runner runs the cell (``repeat: N``): an intermittent
+    #: defect is counted ("k of N runs failed"), not sampled once.
+    repeat: int = 1
+    #: The ``known-issues:`` declarations that name this cell; which of them
+    #: apply is decided on the builds' versions when the cell has run
+    #: (harness.known_issues).
+    known_issues: tuple[KnownIssue, ...] = ()
     tier: str = ""
     #: Where the cell was declared, "matrix.yaml:42", for error messages.
     origin: str = ""
@@ -114,6 +122,10 @@ class Cell:
         data = asdict(self)
         data.pop("tier", None)
         data.pop("origin", None)
+        # How often it runs and what is known about its builds do not change
+        # the migration: not part of the seed.
+        data.pop("repeat", None)
+        data.pop("known_issues", None)
         # Builds by name: their paths hold home directories, which differ
         # between machines while the cell is the same.
         data["src_build"] = self.src_build.name
@@ -142,6 +154,8 @@ class Cell:
             "timeout": self.timeout,
             "downtime_tolerance_ms": self.downtime_tolerance_ms,
             "expect_fail": list(self.expect_fail),
+            "repeat": self.repeat,
+            "known_issues": [ki.id for ki in self.known_issues],
             "mode": self.mode or "precopy",
             "fault": self.fault or None,
             "tier": self.tier,

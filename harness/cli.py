@@ -1,8 +1,10 @@
 """The ``mharness`` command.
 
-Exit status contract (CI scripts rely on it): 0 when every selected cell passed
-or was skipped with a reason, 1 when any cell failed, 2 for bad input (matrix,
-options, a build lacking what the matrix asks for), 130 when interrupted.
+Exit status contract (CI scripts rely on it): 0 when every selected cell passed,
+was a known failure (``--strict``: 1) or was skipped with a reason beside cells
+that ran, 1 when any cell failed, 2 for bad input (matrix, options, a build
+lacking what the matrix asks for), 5 when no selected cell ran (all skipped, or
+none selected), 130 when interrupted.
 """
 from __future__ import annotations
 
@@ -181,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"in {results_dir}", file=sys.stderr)
         _finished(finisher.finished)
         return 130
-    status = _report(state, results_dir)
+    status = _report(state, results_dir, strict=args.strict)
     problems = _finished(finisher.finished)
     return status or problems
 
@@ -299,18 +301,35 @@ class _Named:
         self.id = id
 
 
-def _report(state: Any, results_dir: Path) -> int:
+def _report(state: Any, results_dir: Path, strict: bool = False) -> int:
     from harness.report.console import summary, table
-    from harness.run.runner import exit_status
+    from harness.report.porter import porter_summary
+    from harness.run.runner import exit_status, nothing_ran
 
     print()
     print(table(state.results))
-    failed = [r for r in state.results if r.verdict in ("failed", "error", "flaky")]
+    failed = [r for r in state.results
+              if r.verdict in ("failed", "error", "flaky", "known-failure")]
     for r in failed:
         print(f"\n{r.id}: {r.verdict}: {r.reason}" + (f"\n  logs: {r.logdir}" if r.logdir else ""))
+    noted = [r for r in state.results if getattr(r, "notes", None)]
+    if noted:
+        print()
+    for r in noted:
+        print(f"note: {r.id}: " + "; ".join(r.notes))
+    porter = porter_summary(state.results)
+    if porter:
+        print(f"\n{porter}")
     print(f"\n{summary(state)}")
     print(f"results: {results_dir / 'results.json'}  junit: {results_dir / 'junit.xml'}")
-    return exit_status(state)
+    status = exit_status(state, strict=strict)
+    why = nothing_ran(state) if not state.interrupted else None
+    if why:
+        print(f"mharness: nothing ran: {why} (exit {status})", file=sys.stderr)
+    elif strict and status and any(r.verdict == "known-failure" for r in state.results) \
+            and all(r.verdict != "failed" and r.verdict != "error" for r in state.results):
+        print("mharness: --strict: known failures fail the run (exit 1)", file=sys.stderr)
+    return status
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -351,7 +370,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         caps = ",".join(k for k, v in c.capabilities if v) or "-"
         params = ",".join(f"{k}={v}" for k, v in c.parameters) or "-"
         print(f"{c.id}  [{c.src_build.name}->{c.dst_build.name} {c.target.machine} "
-              f"{c.target.accel} {c.transport} caps={caps} params={params}]")
+              f"{c.target.accel} {c.transport} caps={caps} params={params}"
+              + (f" repeat={c.repeat}" if c.repeat > 1 else "")
+              + (f" known-issues={','.join(k.id for k in c.known_issues)}"
+                 if c.known_issues else "") + "]")
     if plan.coverings:
         print()
         for r in plan.coverings:
@@ -518,6 +540,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--rerun-failed", default=None, metavar="RESULTS_DIR",
                      help="rerun only the cells that failed in that earlier run (its tier and "
                           "seed unless given); one that passes now is reported flaky")
+    run.add_argument("--strict", action="store_true",
+                     help="known failures (a build's known issues, matrix.yaml known-issues:) "
+                          "fail the run: exit 1 instead of 0")
     _add_history_args(run)
     run.set_defaults(func=cmd_run)
 

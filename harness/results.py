@@ -23,6 +23,10 @@ class Verdict(StrEnum):
     ERROR = "error"
     #: Failed in an earlier run and passed on rerun (``--rerun-failed``).
     FLAKY = "flaky"
+    #: Failed only checks that a known issue of its build explains
+    #: (``matrix.yaml`` ``known-issues:``, harness.known_issues): a defect of
+    #: the build, shown as such, never as passed; exit 0 unless ``--strict``.
+    KNOWN_FAILURE = "known-failure"
 
 
 PASSED = Verdict.PASSED
@@ -30,6 +34,7 @@ FAILED = Verdict.FAILED
 SKIPPED = Verdict.SKIPPED
 ERROR = Verdict.ERROR
 FLAKY = Verdict.FLAKY
+KNOWN_FAILURE = Verdict.KNOWN_FAILURE
 
 
 @dataclass
@@ -42,6 +47,9 @@ class CheckResult:
     figures: dict[str, Any] = field(default_factory=dict)
     #: True when the cell declared this check a negative control.
     expected_to_fail: bool = False
+    #: The id of the known issue that explains this check's failure, if any
+    #: (set by harness.known_issues when the cell is judged).
+    known_issue: str | None = None
 
     @property
     def as_expected(self) -> bool:
@@ -62,6 +70,15 @@ class CellResult:
     builds: dict[str, Any] = field(default_factory=dict)
     logdir: str | None = None
     duration: float = 0.0
+    #: Said beside the verdict without changing it ("known issue X did not
+    #: reproduce: remove it?").
+    notes: list[str] = field(default_factory=list)
+    #: The known issues that matched the builds this cell ran on, each with
+    #: ``reproduced`` (harness.known_issues).
+    known_issues: list[dict[str, Any]] = field(default_factory=list)
+    #: A ``repeat: N`` cell's runs: each run's verdict, reason, checks,
+    #: figures and log folder (``cells/<id>/run-<i>/``).
+    runs: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -169,7 +169,7 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
     text = BASE + "tiers2: {}\n"
     assert_error(tmp_path, text, "tiers2", "tiers2",
                  "unknown key (allowed: version, defaults, builds, targets, "
-                 "transports, capsets, paramsets, tiers)")
+                 "transports, capsets, paramsets, tiers, known-issues)")
 
 
 # --- types -----------------------------------------------------------------------
@@ -369,7 +369,7 @@ def test_covering_keys_are_checked_and_other_strategies_unknown(tmp_path: Path) 
     assert_error(tmp_path, text, "covering", "tiers.smoke.covering.strength",
                  "unknown key (allowed: order, target, transport, build, src-build, "
                  "dst-build, capset, capabilities, parameters, paramset, mode, timeout, "
-                 "downtime-tolerance-ms, expect-fail)")
+                 "downtime-tolerance-ms, expect-fail, repeat)")
     text = with_tiers("""\
         smoke:
           pairwise: {target: [t1]}
@@ -386,7 +386,8 @@ def test_product_refuses_name_and_duplicates(tmp_path: Path) -> None:
         """)
     assert_error(tmp_path, text, "name: x", "tiers.smoke.product.name",
                  "unknown key (allowed: target, transport, capset, paramset, "
-                 "src-build, dst-build, mode, timeout, downtime-tolerance-ms, expect-fail)")
+                 "src-build, dst-build, mode, timeout, downtime-tolerance-ms, expect-fail, "
+                 "repeat)")
     text = with_tiers("""\
         smoke:
           product: {target: [t1, t1], transport: [unix]}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, NoReturn, Protocol
 
@@ -19,6 +19,7 @@ from harness.cell import BuildSpec, Cell, TargetSpec
 from harness.errors import MatrixError
 from harness.failpaths import TARGET as SCENARIO_TARGET
 from harness.failpaths import scenario_cell
+from harness.known_issues import KnownIssue, applicable
 from harness.matrix.schema import DEFAULT_SET, CellDecl, Defaults, ScenarioDecl, TierSpec
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Definitions(Protocol):
     target_builds: Mapping[str, str]
     capsets: Mapping[str, tuple[tuple[str, bool], ...]]
     paramsets: Mapping[str, tuple[tuple[str, Any], ...]]
+    known_issues: Sequence[KnownIssue]
 
 
 # --- ids and cells ----------------------------------------------------------
@@ -99,6 +101,9 @@ def make_cell(decl: CellDecl, tier: str, defs: Definitions) -> Cell:
                                if decl.downtime_tolerance_ms is not None
                                else defs.defaults.downtime_tolerance_ms),
         expect_fail=decl.expect_fail,
+        repeat=decl.repeat,
+        known_issues=applicable(defs.known_issues, cell_id(decl, defs.target_builds[decl.target]),
+                                decl.target, (decl.src_build, decl.dst_build)),
         tier=tier,
         origin=f"{defs.path}:{decl.line}",
         mode=decl.mode,
@@ -168,8 +173,10 @@ def make_scenario_cell(decl: ScenarioDecl, tier: str, defs: Definitions) -> Cell
     """A failure-path scenario on one build: the cell the runner hands to
     ``harness.scenarios`` instead of the migration flow."""
     build = build_for_arch(defs.builds[decl.build], SCENARIO_TARGET.arch)
-    return scenario_cell(decl.scenario, build, decl.label, tier=tier,
+    cell = scenario_cell(decl.scenario, build, decl.label, tier=tier,
                          origin=f"{defs.path}:{decl.line}")
+    return replace(cell, known_issues=applicable(defs.known_issues, cell.id, cell.target.name,
+                                                 (decl.build, decl.build)))
 
 
 def _add_scenarios(tier: TierSpec, cells: dict[str, Cell], own: dict[str, CellDecl],
@@ -202,7 +209,7 @@ def _add_scenarios(tier: TierSpec, cells: dict[str, Cell], own: dict[str, CellDe
 
 def _same(a: Cell, b: Cell) -> bool:
     """Same inputs (tier and origin aside): safe to run once under one id."""
-    return a.fingerprint() == b.fingerprint()
+    return a.fingerprint() == b.fingerprint() and a.repeat == b.repeat
 
 
 # --- builds and capabilities ------------------------------------------------

@@ -25,10 +25,12 @@ from typing import Any, Callable, TypeVar, overload
 from harness.cell import BuildSpec, Cell, TargetSpec, WorkloadSpec
 from harness.errors import MatrixError
 from harness.failpaths import SCENARIO_IDS, build_label
+from harness.known_issues import KnownIssue
 from harness.matrix import schema as s
 from harness.matrix.expand import (
     ARCH_PLACEHOLDER, build_for_arch, expand_tiers, select, with_build,
 )
+from harness.matrix.known import check_cell_names, parse_known_issues
 from harness.matrix.schema import CellDecl, Defaults, ScenarioDecl, TierSpec, Where
 from harness.matrix.yamlpos import YEntry, YMap, YNode, YScalar, load_yaml
 from harness.migration.transports import FLOW_TRANSPORTS, KNOWN_TRANSPORTS
@@ -76,6 +78,9 @@ class Matrix:
     build_override: BuildSpec | None = None
     #: Build name -> the ``version:`` the file declares for it.
     build_versions: dict[str, str] = field(default_factory=dict)
+    #: ``known-issues:``: builds' own defects (harness.known_issues); each cell
+    #: carries the ones that name it.
+    known_issues: tuple[KnownIssue, ...] = ()
 
     def build_specs(self) -> list[BuildSpec]:
         """Concrete builds to probe (``doctor``): ``{arch}`` substituted.
@@ -149,10 +154,16 @@ def load_matrix(path: str | Path) -> Matrix:
         targets={name: spec for name, (spec, _) in targets.items()},
         target_builds={name: build for name, (_, build) in targets.items()},
         transports=transports, capsets=capsets, paramsets=paramsets, tiers={},
-        build_versions=build_versions)
+        build_versions=build_versions,
+        known_issues=parse_known_issues(entries.get("known-issues"), where.key("known-issues"),
+                                        builds, targets))
     tiers = _Tiers(matrix, where.key("tiers")).parse(entries["tiers"].value)
     matrix = replace(matrix, tiers=tiers)
     matrix = replace(matrix, expanded=expand_tiers(tiers, matrix))
+    if "known-issues" in entries:
+        check_cell_names(entries["known-issues"].value, where.key("known-issues"),
+                         matrix.known_issues,
+                         (c.id for cells in matrix.expanded.values() for c in cells))
     log.debug("loaded %s: %d builds, %d targets, tiers %s", file, len(builds), len(targets),
               ", ".join(tiers))
     return matrix
@@ -625,7 +636,7 @@ class _Tiers:
                         f"also lists", e["paramset"].key_line)
         timeout, tolerance, expect_fail = self._settings(e, where)
         return replace(spec, timeout=timeout, downtime_tolerance_ms=tolerance,
-                       expect_fail=expect_fail)
+                       expect_fail=expect_fail, repeat=self._repeat(e, where))
 
     def _cell(self, node: YNode, where: Where) -> CellDecl:
         m = s.as_map(node, where)
@@ -708,6 +719,18 @@ class _Tiers:
             expect_fail = tuple(sorted(n for n, _, _ in checks))
         return timeout, tolerance, expect_fail
 
+    @staticmethod
+    def _repeat(e: dict[str, YEntry], where: Where) -> int:
+        """``repeat: N``: run the cell N times (1 <= N <= MAX_REPEAT)."""
+        if "repeat" not in e:
+            return 1
+        node = e["repeat"].value
+        n = s.as_int(node, where.key("repeat"), minimum=1)
+        if n > s.MAX_REPEAT:
+            raise where.key("repeat").error(f"must be at most {s.MAX_REPEAT}, got {n}",
+                                            node.line)
+        return n
+
     def _decls(self, dims: dict[str, list[tuple[str, int]]], e: dict[str, YEntry],
                where: Where, line: int, name: str | None) -> list[CellDecl]:
         timeout, tolerance, expect_fail = self._settings(e, where)
@@ -728,7 +751,7 @@ class _Tiers:
                 src_build=src or default_build, dst_build=dst or default_build,
                 where=where.path, line=line, timeout=timeout,
                 downtime_tolerance_ms=tolerance, expect_fail=expect_fail, name=name,
-                mode=mode))
+                mode=mode, repeat=self._repeat(e, where)))
         return decls
 
     def _check_cycles(self, tiers: dict[str, TierSpec]) -> None:

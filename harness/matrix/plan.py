@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from harness.cell import BuildSpec, Cell
 from harness.errors import MatrixError
+from harness.known_issues import applicable
 from harness.matrix.covering import (
     FLOW_UNSUPPORTED_CAPS,
     Context,
@@ -390,8 +391,9 @@ def _cell(matrix: Matrix, tier: str, cov: CoveringSpec, row: Mapping[str, Any],
         parts.append(f"{src}-to-{dst}")
     elif src != default_build:
         parts.append(src)
+    cell_id = "-".join(parts)
     return Cell(
-        id="-".join(parts),
+        id=cell_id,
         target=target,
         src_build=build_for_arch(matrix.build_override or matrix.builds[src], target.arch),
         dst_build=build_for_arch(matrix.build_override or matrix.builds[dst], target.arch),
@@ -402,6 +404,8 @@ def _cell(matrix: Matrix, tier: str, cov: CoveringSpec, row: Mapping[str, Any],
         downtime_tolerance_ms=(cov.downtime_tolerance_ms if cov.downtime_tolerance_ms
                                is not None else matrix.defaults.downtime_tolerance_ms),
         expect_fail=cov.expect_fail,
+        repeat=cov.repeat,
+        known_issues=applicable(matrix.known_issues, cell_id, target_name, (src, dst)),
         tier=tier,
         origin=origin,
         mode=mode,

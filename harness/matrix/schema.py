@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 VERSION = 1
 
 TOP_KEYS = ("version", "defaults", "builds", "targets", "transports", "capsets",
-            "paramsets", "tiers")
+            "paramsets", "tiers", "known-issues")
 TOP_REQUIRED = ("version", "builds", "targets", "transports", "tiers")
 DEFAULTS_KEYS = ("timeout", "downtime-tolerance-ms", "capabilities", "parameters")
 BUILD_KEYS = ("binary", "prefix", "data-dirs", "env", "extra-args", "required", "version")
@@ -35,7 +35,15 @@ TARGET_REQUIRED = ("arch", "machine", "build")
 WORKLOAD_KEYS = ("kind", "region", "base", "warmup-passes")
 TIER_KEYS = ("description", "include", "cells", "product", "covering", "filter")
 #: Per-cell settings that both an explicit cell and a product may carry.
-CELL_SETTINGS = ("timeout", "downtime-tolerance-ms", "expect-fail")
+CELL_SETTINGS = ("timeout", "downtime-tolerance-ms", "expect-fail", "repeat")
+#: ``repeat: N`` at most this (a typo of 1000 would hold a nightly for hours).
+MAX_REPEAT = 100
+#: A ``known-issues:`` entry (harness.known_issues.KnownIssue), keyed by its id.
+KNOWN_ISSUE_KEYS = ("title", "build", "cells", "targets", "checks", "intermittent",
+                    "reference")
+KNOWN_ISSUE_REQUIRED = ("title", "build", "checks", "reference")
+#: ``build:`` of a known issue: a build name, versions, or both.
+KNOWN_ISSUE_BUILD_KEYS = ("name", "versions")
 #: The dimensions a cell is made of; a product takes a list for each.
 DIMENSIONS = ("target", "transport", "capset", "paramset", "src-build", "dst-build", "mode")
 CELL_KEYS = DIMENSIONS + CELL_SETTINGS + ("name", "fault")
@@ -124,6 +132,7 @@ class CellDecl:
     timeout: float | None = None
     downtime_tolerance_ms: float | None = None
     expect_fail: tuple[str, ...] = ()
+    repeat: int = 1
     name: str | None = None
     #: "" = precopy (harness.migration.modes).
     mode: str = ""
@@ -174,6 +183,7 @@ class CoveringSpec:
     timeout: float | None = None
     downtime_tolerance_ms: float | None = None
     expect_fail: tuple[str, ...] = ()
+    repeat: int = 1
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,14 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
+from harness.known_issues import known_failure_summary
 from harness.results import CellResult, RunState
 
 if TYPE_CHECKING:
     from harness.report.history import CellRow, RunRow
 
 _MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "error": "ERROR",
-         "flaky": "FLAKY"}
+         "flaky": "FLAKY", "known-failure": "KNOWN-FAIL"}
 
 
 class Progress:
@@ -82,6 +83,9 @@ def summary(state: RunState) -> str:
     parts = [f"{counts.get(k, 0)} {k}" for k in ("passed", "failed", "error", "skipped")]
     if counts.get("flaky"):
         parts.insert(1, f"{counts['flaky']} flaky")
+    known = known_failure_summary(state.results)   # "1 known failure (e2k: ..., known-issue ...)"
+    if known:
+        parts.insert(1, known)
     text = ", ".join(parts) + f" in {time.monotonic() - state.started:.1f} s"
     if state.interrupted:
         text += f" (interrupted: {state.total - len(state.results)} cells not run)"

@@ -18,7 +18,7 @@ from typing import Any
 from harness import __version__
 from harness.fileio import write_atomic
 from harness.report.figures import key_figures
-from harness.results import ERROR, FAILED, FLAKY, SKIPPED, CellResult, RunState
+from harness.results import ERROR, FAILED, FLAKY, KNOWN_FAILURE, SKIPPED, CellResult, RunState
 
 SCHEMA = "mharness-results/1"
 SUMMARY_SCHEMA = "mharness-summary/1"
@@ -101,7 +101,7 @@ def write_junit(state: "RunState") -> Path:
     counts = state.counts()
     suite.set("failures", str(counts.get(FAILED, 0)))
     suite.set("errors", str(counts.get(ERROR, 0)))
-    suite.set("skipped", str(counts.get(SKIPPED, 0)))
+    suite.set("skipped", str(counts.get(SKIPPED, 0) + counts.get(KNOWN_FAILURE, 0)))
     if counts.get(FLAKY):
         suite.set("flaky", str(counts[FLAKY]))
     for r in state.results:
@@ -113,6 +113,16 @@ def write_junit(state: "RunState") -> Path:
             ET.SubElement(case, "error", message=r.reason).text = _details(r)
         elif r.verdict == SKIPPED:
             ET.SubElement(case, "skipped", message=r.reason)
+        elif r.verdict == KNOWN_FAILURE:
+            # JUnit has no known-failure state.  Skipped-with-message is what
+            # dashboards (Jenkins, GitLab, GitHub reporters) show as neither
+            # green nor red, with the message beside it (pytest writes its
+            # xfail the same way); the known-issue ids ride as a property.
+            props = ET.SubElement(case, "properties")
+            ET.SubElement(props, "property", name="known-issue", value=",".join(
+                k["id"] for k in r.known_issues if k.get("reproduced")))
+            ET.SubElement(case, "skipped", type="known-failure",
+                          message=f"known failure: {r.reason}").text = _details(r)
         elif r.verdict == FLAKY:
             # JUnit has no flaky state: a passing case marked with a property
             # (and the reason in system-err) so dashboards can still pick it out.
@@ -126,7 +136,9 @@ def write_junit(state: "RunState") -> Path:
 
 
 def _details(r: CellResult) -> str:
-    lines = [f"{c.name}: {'ok' if c.as_expected else 'WRONG'} - {c.summary}" for c in r.checks]
+    lines = [f"{c.name}: {'ok' if c.as_expected else 'WRONG'} - {c.summary}"
+             + (f" [known issue {c.known_issue}]" if getattr(c, "known_issue", None) else "")
+             for c in r.checks]
     if r.logdir:
         lines.append(f"logs: {r.logdir}")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 Listener = Callable[[str, RunState], None]
 
 _STYLE = {"passed": "green", "failed": "bold red", "error": "bold magenta", "skipped": "dim",
-          "flaky": "yellow"}
+          "flaky": "yellow", "known-failure": "yellow"}
 
 
 def _duration(seconds: float) -> str:

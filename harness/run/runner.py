@@ -34,7 +34,8 @@ from harness.cell import Cell
 from harness.qemu.build import discover
 from harness.qemu.process import kill_all
 from harness.report.files import read_results_json, write_junit, write_results_json
-from harness.results import ERROR, FAILED, FLAKY, PASSED, SKIPPED, CellResult, RunState
+from harness.results import (ERROR, FAILED, FLAKY, KNOWN_FAILURE, PASSED, SKIPPED, CellResult,
+                             RunState)
 from harness.run.cellrun import run_logged
 from harness.run.pool import WORKER_GRACE, WorkerPool
 from harness.scenarios.cells import scenario_needs
@@ -188,6 +189,14 @@ def _record(state: RunState, result: CellResult, keep_logs: bool, notify: Listen
     if result.verdict == PASSED and not keep_logs and result.logdir:
         shutil.rmtree(result.logdir, ignore_errors=True)
         result.logdir = None
+        for run in result.runs:
+            run["logdir"] = None
+    elif not keep_logs:
+        # A repeated cell keeps the evidence of its failing runs only.
+        for run in result.runs:
+            if run.get("verdict") == PASSED and run.get("logdir"):
+                shutil.rmtree(run["logdir"], ignore_errors=True)
+                run["logdir"] = None
     result = done(result)
     state.results.append(result)
     write_results_json(state)
@@ -253,11 +262,46 @@ def fits(cell: Cell, running: Sequence[Cell], budget: Budget) -> bool:
     return used_cpus + cpus <= budget.cpus + 1e-9 and used_mem + mem <= budget.memory
 
 
-def exit_status(state: RunState) -> int:
-    """0 when every cell passed, was flaky or skipped with a reason, 1 otherwise."""
+#: ``mharness run`` when no selected cell ran (pytest's "no tests ran").
+EXIT_NOTHING_RAN = 5
+
+
+def exit_status(state: RunState, strict: bool = False) -> int:
+    """130 interrupted; 1 when a cell failed or errored (or, with ``strict``,
+    is a known failure); 5 when no selected cell ran (all skipped, or none
+    selected: a nightly job with a mistyped build must not stay green); 0
+    otherwise: every cell passed, was flaky, a known failure, or skipped
+    with a reason beside cells that ran."""
     if state.interrupted:
         return 130
-    return 0 if all(r.verdict in (PASSED, SKIPPED, FLAKY) for r in state.results) else 1
+    ok = (PASSED, SKIPPED, FLAKY) if strict else (PASSED, SKIPPED, FLAKY, KNOWN_FAILURE)
+    if not all(r.verdict in ok for r in state.results):
+        return 1
+    return EXIT_NOTHING_RAN if nothing_ran(state) else 0
+
+
+def nothing_ran(state: RunState) -> str | None:
+    """Why no selected cell ran, in one line, or None when some cell ran.
+
+    "all 8 cells skipped: source build '/usr/bin/qemu-system-e2k' is e2k,
+    cell needs x86_64", from the cells' own skip reasons (the most common
+    first, with counts when they differ)."""
+    if any(r.verdict != SKIPPED for r in state.results):
+        return None
+    if not state.results:
+        asked = ", ".join(f"{k} {state.meta[k]}" for k in ("tier", "select", "shard")
+                          if state.meta.get(k))
+        return "no cell selected" + (f" ({asked})" if asked else "")
+    reasons: dict[str, int] = {}
+    for r in state.results:
+        why = r.reason or "no reason given"
+        reasons[why] = reasons.get(why, 0) + 1
+    n = len(state.results)
+    head = f"all {n} cells skipped" if n > 1 else "the only cell was skipped"
+    if len(reasons) == 1:
+        return f"{head}: {next(iter(reasons))}"
+    ranked = sorted(reasons.items(), key=lambda kv: -kv[1])
+    return f"{head}: " + "; ".join(f"{why} ({k} cells)" if k > 1 else why for why, k in ranked)
 
 
 # --- merging results folders ------------------------------------------------------------
@@ -298,6 +342,6 @@ def merge_results(dirs: Sequence[Path], out: Path) -> RunState:
     return state
 
 
-__all__ = ["Budget", "FLAKY", "RunState", "WORKER_GRACE", "cell_needs", "default_results_dir",
-           "exit_status", "failed_in", "fits", "mark_flaky", "merge_results", "parse_shard",
+__all__ = ["Budget", "EXIT_NOTHING_RAN", "FLAKY", "RunState", "WORKER_GRACE", "cell_needs", "default_results_dir",
+           "exit_status", "failed_in", "nothing_ran", "fits", "mark_flaky", "merge_results", "parse_shard",
            "run_cells", "shard"]
