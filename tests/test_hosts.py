@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import MatrixError
-from harness.hosts import LOCAL, LocalHost, parse_hosts
+from harness.hosts import LOCAL, parse_hosts
+from harness.hosts.local import LocalHost
 from harness.hosts.remote_scripts import WATCHDOG
 
 
@@ -56,3 +57,4 @@ def test_remote_command_is_quoted_argv() -> None:
     """What SshHost sends: shlex.join of argv; a shell splits it back unchanged."""
     argv = ["python3", "-c", WATCHDOG, '{"argv": ["/q; rm -rf /", "$(x)"]}']
     assert shlex.split(shlex.join(argv)) == argv
+
