@@ -9,7 +9,10 @@ passes under ``mharness run``.
 - status: ``passed`` -> PASS, ``failed`` -> FAIL (a check came out other than
   declared: a failing check, or a negative control whose check passed),
   ``skipped`` -> SKIP (the host or build cannot run the cell), ``error`` ->
-  ERROR (the harness could not run it), ``flaky`` -> WARN;
+  ERROR (the harness could not run it), ``flaky`` -> WARN, ``known-failure``
+  (only checks a declared known issue of the build covers failed) -> WARN: Avocado
+  shows it apart from PASS and does not fail the job, as ``mharness run`` exits 0
+  for it unless ``--strict``;
 - the fail reason is the harness's reason, word for word;
 - the test's output (its ``stdout`` file and ``debug.log``) gets one line per
   check with its summary, then the cell's scalar figures and phases: what a
@@ -42,6 +45,7 @@ STATUS: dict[str, str] = {
     Verdict.SKIPPED: "skip",
     Verdict.ERROR: "error",
     Verdict.FLAKY: "warn",
+    Verdict.KNOWN_FAILURE: "warn",
 }
 
 

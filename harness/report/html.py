@@ -42,8 +42,8 @@ REPORT = "report.html"
 #: Points per plotted series at most (a plot is a few hundred pixels wide).
 MAX_POINTS = 120
 _MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "error": "ERROR",
-         "flaky": "FLAKY"}
-_VERDICTS = ("passed", "failed", "error", "flaky", "skipped")
+         "flaky": "FLAKY", "known-failure": "KNOWN-FAIL"}
+_VERDICTS = ("passed", "failed", "error", "known-failure", "flaky", "skipped")
 #: Cell figures left out of the page: they are in results.json, and large.
 _SKIP_FIGURES = {"samples", "query_migrate", "coverage"}
 
@@ -326,7 +326,7 @@ def _header(state: RunState, results: Sequence[CellResult], elapsed: float | Non
     total = getattr(state, "total", len(results)) or len(results)
     interrupted = (f'<p class="warn">Interrupted: {total - len(results)} of {total} cells '
                    'were not run.</p>') if state.interrupted else ""
-    failing = [r for r in results if r.verdict in ("failed", "error", "flaky")]
+    failing = [r for r in results if r.verdict in ("failed", "error", "known-failure", "flaky")]
     fail_list = ""
     if failing:
         items = "".join(f'<li><a href="#c-{_e(r.id)}"><b class="vb v-{_e(r.verdict)}">'

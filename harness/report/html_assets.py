@@ -10,7 +10,7 @@ become markup.
 from __future__ import annotations
 
 STYLE = r"""
-:root { --passed:#2e9d48; --failed:#d62728; --error:#7b1fa2; --skipped:#9e9e9e; --flaky:#f0a000; }
+:root { --passed:#2e9d48; --failed:#d62728; --error:#7b1fa2; --skipped:#9e9e9e; --flaky:#f0a000; --known-failure:#c9a800; }
 body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1.5em 2em; color: #222; }
 h1 { font-size: 1.5em; margin: .6em 0 .2em; } h2 { font-size: 1.2em; margin: 1.2em 0 .4em; }
 code { font: 13px ui-monospace, monospace; }
@@ -18,6 +18,7 @@ code { font: 13px ui-monospace, monospace; }
 .v-passed.badge, .vb.v-passed { background: var(--passed); } .v-failed.badge, .vb.v-failed { background: var(--failed); }
 .v-error.badge, .vb.v-error { background: var(--error); } .v-skipped.badge, .vb.v-skipped { background: var(--skipped); }
 .v-flaky.badge, .vb.v-flaky { background: var(--flaky); }
+.v-known-failure.badge, .vb.v-known-failure { background: var(--known-failure); }
 .vb { display:inline-block; min-width:3.6em; text-align:center; color:#fff; border-radius:3px; font-size:12px; padding:0 .3em; }
 .facts { display:grid; grid-template-columns:max-content 1fr; gap:0 1em; margin:.5em 0; }
 .facts dt { color:#666; } .facts dd { margin:0; }
@@ -37,7 +38,7 @@ table.grid td { vertical-align:middle; max-width:14em; }
 .sq { display:inline-block; width:13px; height:13px; margin:1px; border-radius:2px; background:#ccc; }
 .sq.v-passed { background:var(--passed); } .sq.v-failed { background:var(--failed); }
 .sq.v-error { background:var(--error); } .sq.v-skipped { background:var(--skipped); }
-.sq.v-flaky { background:var(--flaky); } .sq.off { opacity:.1; } .sq:hover { outline:2px solid #000; }
+.sq.v-flaky { background:var(--flaky); } .sq.v-known-failure { background:var(--known-failure); } .sq.off { opacity:.1; } .sq:hover { outline:2px solid #000; }
 details.cell { border-top:1px solid #eee; padding:.2em 0; }
 details.cell > summary { cursor:pointer; } details.cell[open] > summary { background:#f4f6fa; }
 details.cell .dur { color:#888; margin-left:.5em; }
@@ -63,7 +64,7 @@ SCRIPT = r"""
   "use strict";
   var CELLS = null, RUNS = [];
   var COLORS = {passed: "#2e9d48", failed: "#d62728", error: "#7b1fa2", skipped: "#9e9e9e",
-                flaky: "#f0a000"};
+                flaky: "#f0a000", "known-failure": "#c9a800"};
 
   function el(tag, cls, text) {
     var e = document.createElement(tag);
