@@ -123,7 +123,19 @@ class Machine:
                 accept.cancel()
                 raise QemuError(f"{self.role} QEMU did not connect to QMP in {ACCEPT_TIMEOUT:.0f} s")
             await asyncio.wait([accept], timeout=0.05)
-        accept.result()
+        try:
+            accept.result()
+        except Exception as exc:  # qemu.qmp ConnectError/EOFError: QEMU died mid-handshake
+            # QEMU can connect to the QMP socket and then abort before the
+            # greeting completes (seen: 7.2 asserting in kvm_dirty_ring_reap_one
+            # at start with a dirty ring).  Say that QEMU died, with its stderr,
+            # rather than surfacing the QMP library's connection error.
+            status = await asyncio.to_thread(self.proc.wait, 2.0)
+            if status is None:
+                raise QemuError(f"{self.role} QEMU (pid {self.proc.pid}) broke off the QMP "
+                                f"handshake: {exc!r}") from exc
+            raise QemuError(f"{self.role} QEMU exited at start-up "
+                            f"({self.proc.describe_exit()}): {self.proc.stderr_tail(5)}") from exc
         log.info("%s QEMU pid %d connected to QMP (%s)", self.role, self.proc.pid, self.qmp_path)
         self._log({"dir": "connect", "pid": self.proc.pid})
         listener = EventListener()
