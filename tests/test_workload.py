@@ -150,6 +150,15 @@ def test_x86_guest_gap_says_where_the_gap_went(tmp_path):
         "resumed_to_first_destination_beat_ms": 300, "destination_pass_interval_ms": 100})
     # Unknown ends leave their part out.
     assert "source_done_to_destination_ready_ms" not in x86.guest_gap(0.0, 10.2, 50).parts
+    # Resolution: the source's last interval (0.1 s) plus, on the destination,
+    # the larger of its steady interval (0.1 s) and its first pass after cont
+    # (0.3 s), which is the rest of the interrupted pass...
+    assert gap.resolution_ms == pytest.approx(400)
+    # ...but not in postcopy, where that pass waited for pages still on the
+    # source: time the guest really was stopped.
+    postcopy = x86.guest_gap(held_s=0.8, t_source_done=10.2, qemu_downtime_ms=50,
+                             t_dst_ready=10.5, t_resumed=11.3, postcopy=True)
+    assert postcopy.resolution_ms == pytest.approx(200)
 
 
 def test_workloads_without_heartbeats_see_no_gap(tmp_path):

@@ -507,7 +507,8 @@ def _downtime(ctx: CellContext, run: MigrationRun, t_resumed: float) -> CheckRes
     t_held = t_resumed - run.t_dst_ready
     qemu_ms = float(run.info.get("downtime", 0))
     seen = ctx.workload.guest_gap(t_held + run.source_held_s, run.t_source_done, qemu_ms,
-                                  t_dst_ready=run.t_dst_ready, t_resumed=t_resumed)
+                                  t_dst_ready=run.t_dst_ready, t_resumed=t_resumed,
+                                  postcopy="postcopy-active" in run.states)
     # Save/restore: the guest is down while the stream is written and read
     # back, which is not a live-migration downtime.
     gap = None if ctx.cell.transport in SAVE_RESTORE else seen.gap_ms
