@@ -61,9 +61,16 @@ def _package_logger() -> logging.Logger:
 @contextmanager
 def cell_logging(cell_id: str, logdir: Path) -> Iterator[Path]:
     """Stamp records with ``cell_id`` and write them to ``logdir/harness.log``
-    while the block runs; yields that path."""
+    while the block runs; yields that path.
+
+    Re-entrant: inside a block already logging this cell (a pytest fixture
+    around a test that runs the cell through ``harness.run.cellrun``), records
+    keep going to the outer block's file, once, rather than twice."""
     logdir.mkdir(parents=True, exist_ok=True)
     path = logdir / CELL_LOG
+    if current_cell.get() == cell_id:
+        yield path
+        return
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.addFilter(_OnlyCell(cell_id))
