@@ -11,6 +11,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from harness.progress import CellProgress
+
 
 class Verdict(StrEnum):
     """A cell's verdict.  A ``StrEnum`` so results.json and comparisons with
@@ -124,6 +126,9 @@ class RunState:
     meta: dict[str, Any] = field(default_factory=dict)
     #: Ids of the cells running now (several with jobs > 1).
     running: list[str] = field(default_factory=list)
+    #: What each running cell last reported (its phase, its migration's
+    #: progress), by cell id: the live display (harness.progress).
+    progress: dict[str, CellProgress] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

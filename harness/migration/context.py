@@ -24,6 +24,7 @@ from harness.cell import Cell
 from harness.errors import HarnessError
 from harness.guest.workload import Workload
 from harness.migration.driver import BASE_CAPABILITIES, MigrationRun
+from harness.progress import MigrationProgress, ProgressFn
 from harness.qemu.build import QemuBuild
 from harness.qemu.cmdline import MachinePaths
 from harness.qemu.machine import Machine
@@ -31,8 +32,10 @@ from harness.results import FAILED, CheckResult
 
 log = logging.getLogger(__name__)
 
-#: Told the name of each phase as it starts (the runner's progress line).
-Progress = Callable[[str], None]
+#: Told the name of each phase as it starts, and each sample of the migration
+#: under way (:class:`harness.progress.MigrationProgress`): the runner's
+#: live progress.
+Progress = ProgressFn
 
 #: A fault injector for the harness's own tests: called with the source's and
 #: destination's RAM files while both VMs are stopped, before the checks.
@@ -142,3 +145,8 @@ class CellContext:
         finally:
             self.evidence.phases[name] = time.monotonic() - t
             log.debug("phase %s: done in %.3f s", name, self.evidence.phases[name])
+
+    def report_sample(self, sample: dict[str, Any]) -> None:
+        """Pass a migration sample (the driver's ``on_sample``) to progress
+        output."""
+        self.progress(MigrationProgress.from_sample(sample))

@@ -196,7 +196,8 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
                         timeout: float, t0: float, restore_uri: str | None = None,
                         postcopy_after: int = POSTCOPY_AFTER_SYNCS,
                         at_pre_switchover: Callable[[], Awaitable[None]] | None = None,
-                        refusals: list[dict[str, Any]] | None = None
+                        refusals: list[dict[str, Any]] | None = None,
+                        on_sample: Callable[[dict[str, Any]], None] | None = None
                         ) -> MigrationRun:
     """Migrate ``src`` to ``dst`` (already listening on ``uri``, or, with
     ``restore_uri``, told to read the saved stream from there once the source
@@ -209,13 +210,17 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
     postcopy-ram; ``at_pre_switchover`` runs while the source is held in
     ``pre-switchover`` (its RAM still and not yet sent in full);
     ``refusals``: see :func:`start`.
+
+    ``on_sample`` is told each ``query-migrate`` sample as it is recorded
+    (the cell's live progress, harness.progress).
     """
     run = MigrationRun(uri=uri, caps=caps)
     dst_since = len(dst.events)
     postcopy = caps.get("postcopy-ram", False)
     pause = caps.get("pause-before-switchover", False)
     run.since = src_since = await start(src, uri, refusals=refusals)
-    tasks = [asyncio.ensure_future(_sampler(src, run, postcopy, t0, postcopy_after, timeout))]
+    tasks = [asyncio.ensure_future(_sampler(src, run, postcopy, t0, postcopy_after, timeout,
+                                            on_sample))]
     if postcopy:
         tasks.append(asyncio.ensure_future(_resume_in_postcopy(dst, run, dst_since, timeout)))
     deadline = time.monotonic() + timeout
@@ -335,9 +340,10 @@ def postcopy_due(info: dict[str, Any], after: int = POSTCOPY_AFTER_SYNCS) -> boo
 
 
 async def _sampler(src: Machine, run: MigrationRun, postcopy: bool, t0: float,
-                   postcopy_after: int, timeout: float) -> None:
+                   postcopy_after: int, timeout: float,
+                   on_sample: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Sample ``query-migrate`` every ``SAMPLE_PERIOD`` until a terminal
-    state, starting postcopy when it is due."""
+    state, starting postcopy when it is due; each sample also to ``on_sample``."""
 
     async def look() -> dict[str, Any] | None:
         try:
@@ -345,6 +351,8 @@ async def _sampler(src: Machine, run: MigrationRun, postcopy: bool, t0: float,
         except ExecuteError:
             return None
         run.samples.append(_sample(info, time.monotonic() - t0))
+        if on_sample is not None:
+            on_sample(run.samples[-1])
         if postcopy and run.t_postcopy_started is None and postcopy_due(info, postcopy_after):
             run.postcopy_after_syncs = info.get("ram", {}).get("dirty-sync-count", 0)
             run.t_postcopy_started = time.monotonic()

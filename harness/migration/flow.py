@@ -394,7 +394,7 @@ async def _run_migration(ctx: CellContext) -> MigrationRun | None:
     t_start = time.monotonic()
     run = await run_migration(src, dst, uri, caps, cell.timeout, ctx.t0, restore,
                               postcopy_after=postcopy_after(cell.mode) or POSTCOPY_AFTER_SYNCS,
-                              at_pre_switchover=hold)
+                              at_pre_switchover=hold, on_sample=ctx.report_sample)
     log.info("migration ended %s after %.1f s", run.status, time.monotonic() - t_start)
     if "allocated" in held_copy:
         run.ram_at_switchover = snapshot

@@ -7,7 +7,9 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 from harness.known_issues import known_failure_summary
+from harness.progress import MigrationProgress
 from harness.results import CellResult, RunState
+from harness.units import GiB, KiB, MiB
 
 if TYPE_CHECKING:
     from harness.report.history import CellRow, RunRow
@@ -26,9 +28,12 @@ class Progress:
 
     def __call__(self, event: str, state: RunState) -> None:
         done = len(state.results)
-        if event in ("phase", "cell-start") and self.tty:
+        if event in ("phase", "cell-start", "progress") and self.tty:
             elapsed = time.monotonic() - state.started
-            self._line(f"[{done + 1}/{state.total}] {state.current}: {state.phase}  ({elapsed:.0f} s)")
+            cell = state.progress.get(state.current)
+            moving = f"  {migration_text(cell.migration)}" if cell and cell.migration else ""
+            self._line(f"[{done + 1}/{state.total}] {state.current}: {state.phase}{moving}  "
+                       f"({elapsed:.0f} s)")
         elif event == "cell-end":
             self._line(cell_line(done, state.total, state.results[-1]), final=True)
 
@@ -47,6 +52,31 @@ def cell_line(done: int, total: int, r: CellResult) -> str:
     if r.reason:
         msg += f": {r.reason}"
     return msg
+
+
+def _size(n: int) -> str:
+    if n >= 10 * GiB:
+        return f"{n / GiB:.1f} GiB"
+    if n >= MiB:
+        return f"{n / MiB:.1f} MiB"
+    return f"{n / KiB:.0f} KiB"
+
+
+def migration_text(m: MigrationProgress) -> str:
+    """A running migration in one line: "active  iter 3  remaining 12.5 MiB
+    sent 301.2 MiB  dirty 2.1k pages/s" (the figures QEMU gave, as they came)."""
+    parts = [m.status or "?"]
+    if m.iteration is not None:
+        parts.append(f"iter {m.iteration}")
+    if m.remaining is not None:
+        parts.append(f"remaining {_size(m.remaining)}")
+    if m.transferred is not None:
+        parts.append(f"sent {_size(m.transferred)}")
+    if m.dirty_rate:
+        rate = m.dirty_rate
+        parts.append(f"dirty {rate / 1000:.1f}k pages/s" if rate >= 1000
+                     else f"dirty {rate} pages/s")
+    return "  ".join(parts)
 
 
 def _fmt_ms(v: object) -> str:

@@ -1,11 +1,14 @@
 """Live progress on a terminal, drawn with ``rich``: a bar of cells done,
 pass/fail counts, elapsed time and an estimate of the time left, and one line
-per running cell with its phase.  Finished cells scroll above the display, one
-line each, as the plain listener prints them, so the terminal's scrollback
-reads like a CI log once the run is over.
+per running cell with its phase and, while it migrates, its migration's
+progress (status, iteration, remaining and sent bytes, dirty rate: the
+latest ``query-migrate`` sample, ``RunState.progress``), at ``-j 1`` and
+``-j N`` alike.  Finished cells scroll above the display, one line each, as
+the plain listener prints them, so the terminal's scrollback reads like a CI
+log once the run is over.
 
 It is a listener of the runner (``listener(event, state)``, events
-``cell-start``, ``phase``, ``cell-end``, ``run-end``), like
+``cell-start``, ``phase``, ``progress``, ``cell-end``, ``run-end``), like
 :class:`harness.report.console.Progress`, which stays the choice when the
 output is not a terminal (CI logs, pipes): see :func:`progress_listener`.
 """
@@ -17,7 +20,7 @@ import sys
 import time
 from typing import Any, Callable, TextIO
 
-from harness.report.console import Progress, cell_line
+from harness.report.console import Progress, cell_line, migration_text
 from harness.results import RunState
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,8 @@ class LiveProgress:
                     self._since[cid] = now
                     self._phase[cid] = state.phase or "start"
         elif event == "phase":
-            # Phases are reported for the one cell the runner runs itself.
+            # A runner that keeps no per-cell progress reports phases for the
+            # one cell it runs itself (state.progress wins when it has one).
             if state.current in self._since:
                 self._phase[state.current] = state.phase
         elif event == "cell-end" and state.results:
@@ -125,11 +129,19 @@ class LiveProgress:
             Text(f"elapsed {_duration(elapsed)}, ETA "
                  + ("-" if eta is None else _duration(eta)), style="cyan"))
         running = Table(box=None, show_header=False, padding=(0, 1), pad_edge=False)
+        for _ in range(5):
+            running.add_column(no_wrap=True, overflow="ellipsis")
         now = time.monotonic()
         for cid, since in list(self._since.items()):
+            if cid not in state.running:
+                continue   # finished: its line is printed at its cell-end, just after
+            cell = state.progress.get(cid)
+            phase = cell.phase if cell is not None else self._phase.get(cid, "")
+            moving = cell.migration if cell is not None else None
             running.add_row(Text("\u25b6", style="cyan"), Text(cid),
-                            Text(self._phase.get(cid, ""), style="bold"),
-                            Text(f"{now - since:.0f} s", style="dim"))
+                            Text(phase, style="bold"),
+                            Text(f"{now - since:.0f} s", style="dim"),
+                            Text(migration_text(moving) if moving else "", style="cyan"))
         return Group(head, running)
 
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable
 
 from harness.cell import Cell
 from harness.known_issues import apply_known_issues, combine_runs
 from harness.logs import CELL_LOG, cell_logging
 from harness.migration.flow import run_cell
+from harness.progress import ProgressFn, ProgressUpdate
 from harness.results import ERROR, SKIPPED, CellResult
 from harness.scenarios.cells import run_scenario_cell
 
@@ -35,17 +35,19 @@ log = logging.getLogger(__name__)
 
 
 def run_any(cell: Cell, logdir: Path,
-            progress: Callable[[str], None] | None = None) -> CellResult:
+            progress: ProgressFn | None = None) -> CellResult:
     """The one dispatch on a cell's kind: a failure-path scenario cell runs
     its scenario (``harness.scenarios``), any other cell the migration flow.
     Serial runs, workers and the pytest entry points all come through here."""
     if cell.scenario:
+        if progress is not None:   # a scenario reports no phases of its own
+            progress(f"scenario {cell.scenario}")
         return run_scenario_cell(cell, logdir)
     return run_cell(cell, logdir, progress)
 
 
 def run_logged(cell: Cell, logdir: Path,
-               progress: Callable[[str], None] | None = None) -> CellResult:
+               progress: ProgressFn | None = None) -> CellResult:
     """``run_cell`` with the cell's records in ``logdir/harness.log``, judged
     with its known issues; ``cell.repeat`` times when it says so."""
     if cell.repeat > 1:
@@ -54,7 +56,7 @@ def run_logged(cell: Cell, logdir: Path,
 
 
 def _run_repeated(cell: Cell, logdir: Path,
-                  progress: Callable[[str], None] | None) -> CellResult:
+                  progress: ProgressFn | None) -> CellResult:
     """N runs, one folder each; one result ("k of N runs failed").  A run that
     is skipped (the build or host cannot run it) ends the series: the rest
     would be skipped for the same reason."""
@@ -62,9 +64,10 @@ def _run_repeated(cell: Cell, logdir: Path,
     with cell_logging(cell.id, logdir):
         log.info("cell %s: %d runs", cell.id, cell.repeat)
         for i in range(1, cell.repeat + 1):
-            def on_phase(phase: str, i: int = i) -> None:
-                if progress is not None:
-                    progress(f"run {i}/{cell.repeat}: {phase}")
+            def on_phase(update: ProgressUpdate, i: int = i) -> None:
+                if progress is not None:   # phases named with the run, samples as they are
+                    progress(f"run {i}/{cell.repeat}: {update}" if isinstance(update, str)
+                             else update)
             run = _run_once(cell, logdir / f"run-{i}", on_phase)
             runs.append(run)
             if run.verdict == SKIPPED:
@@ -76,7 +79,7 @@ def _run_repeated(cell: Cell, logdir: Path,
 
 
 def _run_once(cell: Cell, logdir: Path,
-              progress: Callable[[str], None] | None) -> CellResult:
+              progress: ProgressFn | None) -> CellResult:
     with cell_logging(cell.id, logdir):
         log.info("cell %s starts: builds %s -> %s, target %s, transport %s, log folder %s",
                  cell.id, cell.src_build.name, cell.dst_build.name, cell.target.name,

@@ -26,11 +26,15 @@ keeps the guarantees of ``harness.qemu.process`` simple:
 
 The runner and each worker talk over one ``Pipe``: the runner sends
 ``(cell, logdir)``, or ``None`` to say leave; the worker answers with the
-cell's result (JSON text, as results.json will hold it).  The runner blocks
+cell's result (JSON text, as results.json will hold it).  While the cell runs
+the worker also sends ``(PROGRESS, update)``: each phase the cell enters and
+samples of its migration (harness.progress), the samples throttled to a few a
+second (:class:`harness.progress.Throttle`), so the pipe never carries much
+and the runner's live display shows every running cell.  The runner blocks
 on the pipes and the processes' sentinels together
-(``multiprocessing.connection.wait``): a result or a worker's death wakes it
-at once, and a worker that dies mid-cell makes that cell ``error`` with how it
-died while the run goes on.
+(``multiprocessing.connection.wait``): a result, a progress update or a
+worker's death wakes it at once, and a worker that dies mid-cell makes that
+cell ``error`` with how it died while the run goes on.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Callable
 
 from harness.cell import Cell
 from harness.logs import cell_logging
@@ -55,6 +60,7 @@ from harness.qemu.process import (
     forget_inherited,
     kill_all,
 )
+from harness.progress import ProgressUpdate, Throttle
 from harness.results import ERROR, CellResult
 from harness.run.cellrun import run_logged
 
@@ -65,6 +71,12 @@ WORKER_GRACE = 15.0
 
 #: Forked, never spawned: see the module docstring.
 _FORK = multiprocessing.get_context("fork")
+
+#: Tags a worker's progress message: ``(PROGRESS, update)``.
+PROGRESS = "progress"
+
+#: Told a running cell's progress: its id and the update.
+OnProgress = Callable[[str, ProgressUpdate], None]
 
 
 @dataclass
@@ -114,14 +126,18 @@ class WorkerPool:
         except OSError:
             pass   # it died: wait() sees its sentinel and reports the cell
 
-    def wait(self) -> list[CellResult]:
-        """Block until a busy worker answers or dies; the results of those
-        that did (a dead worker's cell: ``error``)."""
+    def wait(self, on_progress: OnProgress | None = None) -> list[CellResult]:
+        """Block until a busy worker answers, reports progress or dies; the
+        results of those that finished (a dead worker's cell: ``error``).
+        Progress goes to ``on_progress``; it may be all that came (then the
+        list is empty)."""
         busy = self.busy
         if not busy:
             return []
         ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
-        return [self._collect(w) for w in busy if w.conn in ready or w.process.sentinel in ready]
+        results = (self._collect(w, on_progress) for w in busy
+                   if w.conn in ready or w.process.sentinel in ready)
+        return [r for r in results if r is not None]
 
     def close(self) -> None:
         """The run is done and every worker idle: tell them to leave and wait."""
@@ -140,7 +156,7 @@ class WorkerPool:
             else:
                 _tell_to_leave(w)
         self._reap()
-        late = [r for r in map(_take_result, self.busy) if r is not None]
+        late = [r for r in (_read(w)[0] for w in self.busy) if r is not None]
         for w in self._workers:
             w.conn.close()
         self._workers.clear()
@@ -161,14 +177,17 @@ class WorkerPool:
         log.debug("forked worker pid %d", worker.pid)
         return worker
 
-    def _collect(self, w: Worker) -> CellResult:
-        """The answer of a worker whose pipe or sentinel is ready."""
-        result = _take_result(w)
+    def _collect(self, w: Worker, on_progress: OnProgress | None) -> CellResult | None:
+        """The answer of a worker whose pipe or sentinel is ready (None:
+        only progress came, the cell runs on)."""
+        result, closed = _read(w, on_progress)
         if result is not None:
             w.cell = None
             if not w.process.is_alive():
                 self._drop(w)
             return result
+        if not closed and w.process.is_alive():
+            return None
         # No answer: the worker has died or is dying (it closed its end).
         w.process.join(WORKER_GRACE)
         if w.process.exitcode is None:
@@ -202,17 +221,31 @@ def _tell_to_leave(w: Worker) -> None:
         pass   # already gone
 
 
-def _take_result(w: Worker) -> CellResult | None:
-    """The cell result waiting in ``w``'s pipe, or None (nothing there, or it
-    closed).  A result the runner cannot read is that cell's error."""
+def _read(w: Worker, on_progress: OnProgress | None = None) -> tuple[CellResult | None, bool]:
+    """Everything waiting in ``w``'s pipe: progress updates to
+    ``on_progress``, up to the cell's result.  Returns the result (None: not
+    there yet) and whether the pipe is closed.  A result the runner cannot read
+    is that cell's error."""
+    assert w.cell is not None
+    while True:
+        try:
+            if not w.conn.poll():
+                return None, False
+            message = w.conn.recv()
+        except (EOFError, OSError):
+            return None, True
+        if isinstance(message, tuple) and len(message) == 2 and message[0] == PROGRESS:
+            if on_progress is not None:
+                on_progress(w.cell.id, message[1])
+            continue
+        return _parse_result(w, message), False
+
+
+def _parse_result(w: Worker, text: object) -> CellResult:
     assert w.cell is not None
     try:
-        if not w.conn.poll():
-            return None
-        text = w.conn.recv()
-    except (EOFError, OSError):
-        return None
-    try:
+        if not isinstance(text, str):
+            raise TypeError(f"not JSON text but {type(text).__name__}")
         return CellResult.from_json(json.loads(text))
     except (ValueError, TypeError) as exc:
         return CellResult(id=w.cell.id, verdict=ERROR, inputs=w.cell.inputs(),
@@ -250,7 +283,7 @@ def _serve(conn: Connection, runner_ends: list[Connection], parent: int) -> None
         log.debug("worker pid %d ready", os.getpid())
         while (job := conn.recv()) is not None:
             cell, logdir = job
-            result = run_logged(cell, logdir)
+            result = run_logged(cell, logdir, Throttle(_progress_sender(conn)))
             conn.send(json.dumps(result.to_json(), default=str))
     except EOFError:
         pass   # the runner is gone (its death signal is on its way too)
@@ -259,6 +292,19 @@ def _serve(conn: Connection, runner_ends: list[Connection], parent: int) -> None
         sys.exit(130)
     finally:
         kill_all()
+
+
+def _progress_sender(conn: Connection) -> Callable[[ProgressUpdate], None]:
+    """A running cell's progress, sent to the runner.  A pipe that fails
+    is the runner's end: the cell goes on (its death signal is on its way)."""
+
+    def send(update: ProgressUpdate) -> None:
+        try:
+            conn.send((PROGRESS, update))
+        except OSError as exc:
+            log.debug("progress not sent: %r", exc)
+
+    return send
 
 
 def _as_ctrl_c(_signum: int, _frame: object) -> None:

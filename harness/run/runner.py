@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from harness.cell import Cell
+from harness.progress import CellProgress, ProgressUpdate, Throttle
 from harness.qemu.build import discover
 from harness.qemu.process import kill_all
 from harness.report.files import read_results_json, write_junit, write_results_json
@@ -208,15 +209,27 @@ def _run_serial(cells: list[Cell], state: RunState, keep_logs: bool, notify: Lis
     for cell in cells:
         state.current, state.phase = cell.id, "start"
         state.running = [cell.id]
+        state.progress = {cell.id: CellProgress()}
         notify("cell-start", state)
 
-        def on_phase(phase: str) -> None:
-            state.phase = phase
-            notify("phase", state)
+        def on_phase(update: ProgressUpdate, cell_id: str = cell.id) -> None:
+            if isinstance(update, str):
+                state.phase = update
+            _progressed(state, notify, cell_id, update)
 
-        result = run_logged(cell, cell_logdir(state.results_dir, cell.id), on_phase)
-        state.running = []
+        result = run_logged(cell, cell_logdir(state.results_dir, cell.id), Throttle(on_phase))
+        state.running, state.progress = [], {}
         _record(state, result, keep_logs, notify, done)
+
+
+def _progressed(state: RunState, notify: Listener, cell_id: str, update: ProgressUpdate) -> None:
+    """A running cell's progress into ``state.progress``: event ``phase`` for
+    a phase it entered, ``progress`` for a sample of its migration."""
+    progress = state.progress.get(cell_id)
+    if progress is None:
+        return   # late news of a cell already recorded
+    progress.update(update)
+    notify("phase" if isinstance(update, str) else "progress", state)
 
 
 def _run_parallel(cells: list[Cell], state: RunState, keep_logs: bool, notify: Listener,
@@ -232,6 +245,10 @@ def _run_parallel(cells: list[Cell], state: RunState, keep_logs: bool, notify: L
     def show_running() -> None:
         state.running = [c.id for c in pool.running]
         state.current = ", ".join(state.running)
+        state.progress = {i: state.progress.get(i) or CellProgress() for i in state.running}
+
+    def on_progress(cell_id: str, update: ProgressUpdate) -> None:
+        _progressed(state, notify, cell_id, update)
 
     try:
         while queue or pool.running:
@@ -241,7 +258,7 @@ def _run_parallel(cells: list[Cell], state: RunState, keep_logs: bool, notify: L
                 show_running()
                 state.phase = "running"
                 notify("cell-start", state)
-            for result in pool.wait():
+            for result in pool.wait(on_progress):
                 show_running()
                 _record(state, result, keep_logs, notify, done)
     except BaseException:
