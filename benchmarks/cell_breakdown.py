@@ -12,6 +12,17 @@ time of every phase of the cell, the cell's wall time, QEMU's own
 ``total-time`` and ``downtime``, and the throughput of the exact RAM
 comparison inside the cell.
 
+CPU-seconds per phase per process.  Every cell is measured with
+:class:`CpuMeter`: at each phase boundary of the flow it reads the harness's
+own CPU time (``time.process_time``) and each QEMU's (utime + stime of
+``/proc/<pid>/stat``; the PIDs are the flow's Machine objects).  What a QEMU
+spends after its last sample (quitting, exiting) is the difference between
+``getrusage(RUSAGE_CHILDREN)`` over the cell, which counts every QEMU the
+cell started once reaped, and the samples; what the harness spends outside
+the phases (build discovery from its cache, the static VMState check,
+removing the RAM files) is its total less the phases.  ``--cpu`` prints the
+table per configuration.
+
 Side by side, in the same run, it times ``harness.checks.ram.compare_files``
 alone on two identical 1 GiB files in /dev/shm against two naive pure-Python
 baselines, and prints MiB/s and the ratios.
@@ -37,10 +48,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import mmap
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -48,7 +61,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 # Runnable as a plain script from a checkout (python3 benchmarks/cell_breakdown.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -57,6 +70,7 @@ import numpy as np  # noqa: E402
 
 from harness.cell import BuildSpec, Cell, MiB, TargetSpec, WorkloadSpec  # noqa: E402
 from harness.checks.ram import compare_files  # noqa: E402
+from harness.migration import context as flow_context  # noqa: E402
 from harness.migration.flow import run_cell  # noqa: E402
 from harness.qemu.build import QemuBuild, discover  # noqa: E402
 from harness.qemu.process import Interrupted, install_signal_handlers, kill_all  # noqa: E402
@@ -79,6 +93,148 @@ PHASE_COLUMNS: list[tuple[str, tuple[str, ...]]] = [
     ("verify", ("verify",)),
     ("live+tdown", ("liveness", "teardown")),
 ]
+
+
+# --- CPU-seconds per phase per process ----------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+#: The processes a cell's CPU is split between, in table order.
+PROCESSES = ("harness", "src", "dst")
+#: Pseudo-phases: the harness outside the flow's phases, and the QEMUs after
+#: their last sample (the teardown's quit and exit).
+OUTSIDE = "outside phases"
+EXIT = "QEMU exit"
+
+
+def proc_cpu(pid: int) -> float | None:
+    """utime + stime of a process (all its threads), seconds; None once gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def children_cpu() -> float:
+    """CPU of every reaped child of this process (RUSAGE_CHILDREN), seconds."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+@dataclass
+class CellCpu:
+    """Where one cell's CPU-seconds went: ``phases[phase][process]``."""
+
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    harness: float = 0.0
+    qemus: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.harness + self.qemus
+
+    def of(self, process: str) -> float:
+        return self.harness if process == "harness" else sum(
+            p.get(process, 0.0) for p in self.phases.values())
+
+    def rows(self) -> list[tuple[str, dict[str, float]]]:
+        return list(self.phases.items())
+
+
+class CpuMeter:
+    """Samples the harness's and both QEMUs' CPU time at every phase boundary
+    of the cell flow, by wrapping ``CellContext.phase`` (the flow's one phase
+    timer) while a cell runs; nothing in the flow changes.  A QEMU is known by
+    its PID, so a destination replaced mid-cell (cancel-retry) is counted
+    from its own start."""
+
+    def __init__(self) -> None:
+        self._cpu = CellCpu()
+
+    @staticmethod
+    def _sample(ctx: Any) -> dict[str, tuple[int, float | None]]:
+        out: dict[str, tuple[int, float | None]] = {"harness": (0, time.process_time())}
+        for role in ("src", "dst"):
+            m = getattr(ctx, role, None)
+            if m is not None and m.proc is not None:
+                out[role] = (m.proc.pid, proc_cpu(m.proc.pid))
+        return out
+
+    def _add(self, name: str, before: dict[str, tuple[int, float | None]],
+             after: dict[str, tuple[int, float | None]]) -> None:
+        row = self._cpu.phases.setdefault(name, {})
+        for proc, (pid, value) in after.items():
+            if value is None:
+                continue        # exited during the phase: its rest is in EXIT
+            pid0, value0 = before.get(proc, (pid, 0.0))
+            start = value0 if pid0 == pid and value0 is not None else 0.0
+            row[proc] = row.get(proc, 0.0) + value - start
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[CellCpu]:
+        """Measure the cells run inside the block (one at a time)."""
+        original = flow_context.CellContext.phase
+        meter = self
+
+        @contextlib.contextmanager
+        def phase(ctx: Any, name: str) -> Iterator[None]:
+            before = meter._sample(ctx)
+            try:
+                with original(ctx, name):
+                    yield
+            finally:
+                meter._add(name, before, meter._sample(ctx))
+
+        self._cpu = CellCpu()
+        h0, c0 = time.process_time(), children_cpu()
+        flow_context.CellContext.phase = phase  # type: ignore[method-assign]
+        try:
+            yield self._cpu
+        finally:
+            flow_context.CellContext.phase = original  # type: ignore[method-assign]
+            cpu = self._cpu
+            cpu.harness = time.process_time() - h0
+            cpu.qemus = children_cpu() - c0
+            sampled_harness = sum(p.get("harness", 0.0) for p in cpu.phases.values())
+            sampled_qemus = sum(v for p in cpu.phases.values()
+                                for k, v in p.items() if k != "harness")
+            cpu.phases[OUTSIDE] = {"harness": cpu.harness - sampled_harness}
+            cpu.phases[EXIT] = {"src+dst": cpu.qemus - sampled_qemus}
+
+
+def measured_run(cell: Cell, logdir: Path, **kwargs: Any) -> tuple[CellResult, CellCpu]:
+    """``run_cell`` with its CPU-seconds split per phase and process."""
+    with CpuMeter().measuring() as cpu:
+        result = run_cell(cell, logdir, **kwargs)
+    return result, cpu
+
+
+def cpu_table(cpus: Sequence[CellCpu], title: str = "") -> str:
+    """Median CPU-seconds per phase (rows) and process (columns) over ``cpus``."""
+    if not cpus:
+        return ""
+    phases: list[str] = []
+    for c in cpus:
+        phases += [p for p in c.phases if p not in phases]
+    cols = list(PROCESSES) + ["src+dst"]
+    lines = [f"| {title or 'phase'} | " + " | ".join(cols) + " | all |",
+             "|---|" + "---|" * (len(cols) + 1)]
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values) if values else 0.0
+
+    for name in phases:
+        cells = [med([c.phases.get(name, {}).get(col, 0.0) for c in cpus]) for col in cols]
+        row_total = med([sum(c.phases.get(name, {}).values()) for c in cpus])
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" if v else "" for v in cells)
+                     + f" | {row_total:.3f} |")
+    totals = [med([c.harness for c in cpus]), med([c.of("src") for c in cpus]),
+              med([c.of("dst") for c in cpus])]
+    lines.append("| **total** | " + " | ".join(f"{v:.3f}" for v in totals)
+                 + f" | {med([c.phases.get(EXIT, {}).get('src+dst', 0.0) for c in cpus]):.3f}"
+                 + f" | {med([c.total for c in cpus]):.3f} |")
+    return "\n".join(lines)
 
 
 # --- cells -------------------------------------------------------------------
@@ -120,9 +276,12 @@ class Rep:
     guest_gap_ms: float | None
     foreign_qemus: int
     loadavg: float
+    #: CPU-seconds per phase per process (CpuMeter).
+    cpu: CellCpu | None = None
 
     @classmethod
-    def from_result(cls, r: CellResult, foreign: int, load: float) -> "Rep":
+    def from_result(cls, r: CellResult, foreign: int, load: float,
+                    cpu: CellCpu | None = None) -> "Rep":
         ram = r.check("ram")
         down = r.check("downtime")
         f = r.figures
@@ -134,7 +293,7 @@ class Rep:
             ram_transferred_mib=(round(f["ram_transferred"] / MiB, 1)
                                  if f.get("ram_transferred") else None),
             guest_gap_ms=down.figures.get("guest_gap_ms") if down else None,
-            foreign_qemus=foreign, loadavg=load)
+            foreign_qemus=foreign, loadavg=load, cpu=cpu)
 
 
 @dataclass
@@ -176,9 +335,9 @@ def run_config(cfg: Config, build: BuildSpec, reps: int, logroot: Path,
     for i in range(reps):
         foreign, load = foreign_qemus(), os.getloadavg()[0]
         logdir = logroot / cell.id / f"rep{i + 1}"
-        result = run_cell(cell, logdir, progress=lambda phase: say(
+        result, cpu = measured_run(cell, logdir, progress=lambda phase: say(
             f"  {cfg.label} rep {i + 1}/{reps}: {phase}"))
-        rep = Rep.from_result(result, foreign, load)
+        rep = Rep.from_result(result, foreign, load, cpu)
         cfg.reps.append(rep)
         if result.verdict == SKIPPED:
             cfg.skipped = result.reason
@@ -190,6 +349,7 @@ def run_config(cfg: Config, build: BuildSpec, reps: int, logroot: Path,
         print(f"  {cfg.label} rep {i + 1}/{reps}: {result.verdict}, "
               f"{rep.wall_s:.2f} s wall, migrate {rep.phases.get('migrate', 0):.2f} s, "
               f"downtime {rep.downtime_ms} ms, {rep.dirty_sync_count} dirty syncs, "
+              f"{cpu.total:.2f} CPU-s (harness {cpu.harness:.2f}, QEMUs {cpu.qemus:.2f}), "
               f"other qemus {foreign}, load {load:.2f}{note}", flush=True)
 
 
@@ -303,12 +463,15 @@ def config_columns(cfg: Config) -> dict[str, dict[str, float] | None]:
     cols["downtime ms"] = _summary([r.downtime_ms for r in ok])
     cols["RAM cmp MiB/s"] = _summary([r.compare_mib_per_s for r in ok])
     cols["dirty syncs"] = _summary([r.dirty_sync_count for r in ok])
+    cols["CPU-s"] = _summary([r.cpu.total for r in ok if r.cpu])
+    cols["CPU-s harness"] = _summary([r.cpu.harness for r in ok if r.cpu])
+    cols["CPU-s QEMUs"] = _summary([r.cpu.qemus for r in ok if r.cpu])
     return cols
 
 
 def markdown_table(configs: list[Config]) -> str:
     heads = ["guest", "ok"] + [t for t, _ in PHASE_COLUMNS] + [
-        "other", "cell wall", "QEMU total ms", "downtime ms", "RAM cmp MiB/s"]
+        "other", "cell wall", "CPU-s", "QEMU total ms", "downtime ms", "RAM cmp MiB/s"]
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * len(heads)) + "|"]
     for cfg in configs:
         if cfg.skipped:
@@ -320,6 +483,7 @@ def markdown_table(configs: list[Config]) -> str:
             row.append(_mm([sum(r.phases.get(n, 0.0) for n in names) for r in ok], ".2f"))
         row.append(_mm([r.wall_s - sum(r.phases.values()) for r in ok], ".2f"))
         row.append(_mm([r.wall_s for r in ok], ".2f"))
+        row.append(_mm([r.cpu.total if r.cpu else None for r in ok], ".2f"))
         row.append(_mm([r.total_time_ms for r in ok], ".0f"))
         row.append(_mm([r.downtime_ms for r in ok], ".0f"))
         row.append(_mm([r.compare_mib_per_s for r in ok], ".0f"))
@@ -384,6 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-compare", action="store_true",
                    help="skip the stand-alone RAM comparison benchmark")
     p.add_argument("--no-cells", action="store_true", help="only the RAM comparison benchmark")
+    p.add_argument("--cpu", action="store_true",
+                   help="also print CPU-seconds per phase per process for each configuration")
     args = p.parse_args(argv)
 
     reps = 1 if args.quick else args.reps
@@ -466,11 +632,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                   if r.verdict not in (PASSED, SKIPPED)]
         for cfg, i, r in failed:
             print(f"\n{cfg.label} rep {i}: {r.verdict}: {r.reason}")
+        if args.cpu:
+            print("\nCPU-seconds per phase per process, median over passed reps "
+                  f"('{OUTSIDE}': the harness between phases; '{EXIT}': the QEMUs after "
+                  "their last sample):")
+            for cfg in configs:
+                cpus = [r.cpu for r in cfg.reps if r.cpu and r.verdict == PASSED]
+                if cpus:
+                    print("\n" + cpu_table(cpus, cfg.label))
     for cfg in configs:
         report["configs"].append({
             "accel": cfg.accel, "memory_mib": cfg.memory // MiB, "region_mib": cfg.region // MiB,
             "skipped": cfg.skipped, "columns": config_columns(cfg),
-            "reps": [r.__dict__ for r in cfg.reps],
+            "reps": [{**r.__dict__, "cpu": r.cpu.__dict__ if r.cpu else None}
+                     for r in cfg.reps],
         })
 
     load_end = os.getloadavg()

@@ -50,6 +50,11 @@ class WorkloadSpec:
     warmup_passes: int = 3
 
 
+#: Firmware a target may name (``firmware:`` in matrix.yaml); the first is the default.
+FIRMWARES = ("seabios", "qboot")
+DEFAULT_FIRMWARE = FIRMWARES[0]
+
+
 @dataclass(frozen=True)
 class TargetSpec:
     """The machine being migrated: architecture, machine type, accelerator, size."""
@@ -65,6 +70,11 @@ class TargetSpec:
     #: ``-accel NAME,KEY=VALUE,...`` properties, e.g. KVM's ``dirty-ring-size``
     #: (which the ``dirty-limit`` capability needs).
     accel_options: tuple[tuple[str, str], ...] = ()
+    #: What starts the guest (x86): ``seabios``, QEMU's default BIOS, which
+    #: boots the dirtier's disk after a full POST; or ``qboot`` (``-bios
+    #: qboot.rom``, shipped with QEMU), which skips the POST and starts the
+    #: dirtier's PVH build given as ``-kernel`` (harness.guest.dirtier).
+    firmware: str = "seabios"
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,8 @@ class Cell:
         # their seeds.
         if not self.target.accel_options:
             data["target"].pop("accel_options")
+        if self.target.firmware == DEFAULT_FIRMWARE:
+            data["target"].pop("firmware")
         for key in ("mode", "fault", "scenario"):
             if not data[key]:
                 data.pop(key)

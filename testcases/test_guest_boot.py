@@ -17,7 +17,7 @@ import pytest
 from harness.cell import BuildSpec, TargetSpec
 from harness.run.rundir import runtime_dir
 from harness.qemu.build import discover
-from harness.qemu.cmdline import MachinePaths, machine_argv
+from harness.qemu.cmdline import MachinePaths, firmware_args, machine_argv
 from harness.qemu.machine import Machine
 from harness.guest import dirtier as d
 
@@ -39,8 +39,12 @@ async def _boot(target: TargetSpec, logdir: Path, want: int, timeout: float):
                              disk=d.make_disk(work / "disk", wl.region_base, wl.region_size,
                                               ram_size=target.memory))
         parser = d.HeartbeatParser()
+        # qboot: the dirtier's PVH build as -kernel (the disk stays attached).
+        boot = firmware_args(target.arch, work, target.firmware) + d.boot_args(
+            target.firmware, work, wl.region_base, wl.region_size, target.memory)
         t0 = time.monotonic()
-        async with Machine("src", machine_argv(build, target, paths, incoming=False),
+        async with Machine("src", machine_argv(build, target, paths, incoming=False,
+                                               extra=tuple(boot)),
                            build.env(), qmp_path=paths.qmp, serial_path=paths.serial,
                            logdir=logdir, t0=t0, serial_sink=parser.feed) as m:
             while parser.heartbeats < want:
@@ -58,11 +62,12 @@ async def _boot(target: TargetSpec, logdir: Path, want: int, timeout: float):
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.mark.parametrize("firmware", ["seabios", "qboot"])
 @pytest.mark.parametrize("accel", ["tcg", "kvm"])
 @pytest.mark.parametrize("machine", ["q35", "pc"])
-def test_dirtier_boots_and_its_ram_agrees_with_serial(machine, accel, tmp_path):
+def test_dirtier_boots_and_its_ram_agrees_with_serial(machine, accel, firmware, tmp_path):
     target = TargetSpec(name="boot", machine=machine, accel=accel, memory=256 * MiB,
-                        cpu="qemu64,-kvmclock" if accel == "kvm" else None)
+                        cpu="qemu64,-kvmclock" if accel == "kvm" else None, firmware=firmware)
     want = 20 if accel == "tcg" else 2
     parser, region, status, first = asyncio.run(_boot(target, tmp_path, want, 60))
     assert status == "paused"
@@ -70,4 +75,5 @@ def test_dirtier_boots_and_its_ram_agrees_with_serial(machine, accel, tmp_path):
     assert parser.sequence_errors == 0
     assert region.ok, region.reason
     assert d.heartbeat_agrees(region, parser.last_value), (region, parser.last_value)
-    print(f"\n{machine}/{accel}: first heartbeat after {first:.2f} s, rate {parser.rate()} /s")
+    print(f"\n{machine}/{accel}/{firmware}: first heartbeat after {first:.2f} s, "
+          f"rate {parser.rate()} /s")

@@ -94,7 +94,7 @@ def test_unknown_key_lists_allowed_keys(tmp_path: Path) -> None:
     text = BASE.replace("build: sys, memory: 256M", "build: sys, memroy: 256M")
     assert_error(tmp_path, text, "memroy", "targets.t1.memroy",
                  "unknown key (allowed: arch, machine, accel, accel-options, memory, cpu, smp, "
-                 "build, workload)")
+                 "build, workload, firmware)")
 
 
 def test_unknown_key_on_its_own_line_in_block_style(tmp_path: Path) -> None:

@@ -7,6 +7,9 @@ what it needs around that, and nothing that starts processes:
 
 * :func:`make_disk` - a per-cell copy of the cached image with the region
   patched into the sector's parameter block;
+* :func:`make_kernel` - the same for the PVH build (``-kernel``, booted by
+  qboot instead of SeaBIOS: a target's ``firmware: qboot``), and
+  :func:`boot_args` - what that needs on the command line;
 * :class:`HeartbeatParser` - incremental parsing of the serial stream
   (banner, heartbeats, restarts, stalls), cheap at ~1000 bytes/s for minutes;
 * :func:`read_region_bytes` and :func:`check_invariant` - the one-step
@@ -26,19 +29,24 @@ from typing import Sequence, Union
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.guest.images import build_image
+from harness.guest.images import PVH_LOAD_END, build_image
 from harness.fileio import write_atomic
 from harness.units import PAGE
 
 __all__ = [
     "BANNER", "PAGE", "PARAM_OFFSET", "PARAM_MAGIC", "PARAM_FORMAT", "IMAGE_NAME",
+    "PVH_IMAGE_NAME", "PVH_MIN_REGION_BASE", "KERNEL_NAME",
     "DEFAULT_REGION_BASE", "DEFAULT_REGION_PAGES", "MIN_REGION_BASE", "MAX_REGION_END",
-    "make_disk", "read_params", "Stall", "HeartbeatParser", "InvariantResult",
+    "make_disk", "make_kernel", "boot_args", "read_params", "Stall", "HeartbeatParser", "InvariantResult",
     "check_invariant", "read_region_bytes", "heartbeat_agrees",
 ]
 
 BANNER = b"MHDIRTIER\r\n"
 IMAGE_NAME = "dirtier-x86"
+#: The PVH build of the same source (harness.guest.images), for ``-kernel``.
+PVH_IMAGE_NAME = "dirtier-x86-pvh"
+#: The per-cell copy of the PVH build in the cell's runtime folder.
+KERNEL_NAME = "dirtier-pvh.elf"
 
 #: Byte offset of the parameter block inside the boot sector (and the disk).
 PARAM_OFFSET = 0x1F0
@@ -53,10 +61,56 @@ DEFAULT_REGION_PAGES = 25600            # 100 MiB
 MIN_REGION_BASE = 0x100000
 #: The guest runs 32-bit without paging, so it can only address below 4 GiB.
 MAX_REGION_END = 1 << 32
+#: The PVH build's code is loaded at 1 MiB (images/x86/pvh.ld): its region
+#: starts above it.
+PVH_MIN_REGION_BASE = PVH_LOAD_END
 
 # The restart detector below restarts its match at the current byte only;
 # that is correct because the banner's first byte occurs nowhere else in it.
 assert BANNER[0] not in BANNER[1:]
+
+
+def _check_region(region_base: int, region_size: int, ram_size: int | None,
+                  min_base: int = MIN_REGION_BASE, below: str = "") -> None:
+    """Refuse a region the guest cannot dirty (ValueError says why)."""
+    if region_base % PAGE:
+        raise ValueError(f"region_base 0x{region_base:x} is not aligned to {PAGE} bytes")
+    if region_size <= 0 or region_size % PAGE:
+        raise ValueError(f"region_size {region_size} is not a positive multiple of {PAGE}")
+    if region_base < MIN_REGION_BASE:
+        raise ValueError(f"region_base 0x{region_base:x} is below 1 MiB "
+                         f"(boot code, BIOS data and ROM holes live there)")
+    if region_base < min_base:
+        raise ValueError(f"region_base 0x{region_base:x} is below 0x{min_base:x} ({below})")
+    end = region_base + region_size
+    if end > MAX_REGION_END:
+        raise ValueError(f"region end 0x{end:x} is above 4 GiB (the guest is 32-bit, no paging)")
+    if ram_size is not None and end > ram_size:
+        raise ValueError(f"region end 0x{end:x} is beyond guest RAM (0x{ram_size:x} bytes)")
+
+
+def _patched(name: str, region_base: int, region_size: int) -> bytearray:
+    """The cached image ``name`` with the region in its parameter block."""
+    image = bytearray(build_image(name).read_bytes())
+    off = param_offset(image, name)
+    struct.pack_into(PARAM_FORMAT, image, off, PARAM_MAGIC, region_base, region_size // PAGE)
+    return image
+
+
+def param_offset(image: bytes | bytearray, what: str) -> int:
+    """Where the parameter block sits: sector offset ``PARAM_OFFSET`` in the
+    boot block; in the PVH ELF, wherever its one copy of the magic is (the
+    build strips symbols, so the magic occurs once)."""
+    if image[:4] != b"\x7fELF":
+        if bytes(image[PARAM_OFFSET:PARAM_OFFSET + 4]) != PARAM_MAGIC:
+            raise HarnessError(f"{what} has no parameter block at 0x{PARAM_OFFSET:x} (found "
+                               f"{bytes(image[PARAM_OFFSET:PARAM_OFFSET + 4])!r})")
+        return PARAM_OFFSET
+    off = bytes(image).find(PARAM_MAGIC)
+    if off < 0 or bytes(image).find(PARAM_MAGIC, off + 1) >= 0:
+        raise HarnessError(f"{what}: expected the parameter block's magic {PARAM_MAGIC!r} "
+                           f"exactly once in the ELF file")
+    return off
 
 
 def make_disk(dest: Path, region_base: int, region_size: int,
@@ -69,36 +123,47 @@ def make_disk(dest: Path, region_base: int, region_size: int,
     contiguous from 0 up to the machine's below-4G split, which the caller
     must respect for large guests.
     """
-    if region_base % PAGE:
-        raise ValueError(f"region_base 0x{region_base:x} is not aligned to {PAGE} bytes")
-    if region_size <= 0 or region_size % PAGE:
-        raise ValueError(f"region_size {region_size} is not a positive multiple of {PAGE}")
-    if region_base < MIN_REGION_BASE:
-        raise ValueError(f"region_base 0x{region_base:x} is below 1 MiB "
-                         f"(boot code, BIOS data and ROM holes live there)")
-    end = region_base + region_size
-    if end > MAX_REGION_END:
-        raise ValueError(f"region end 0x{end:x} is above 4 GiB (the guest is 32-bit, no paging)")
-    if ram_size is not None and end > ram_size:
-        raise ValueError(f"region end 0x{end:x} is beyond guest RAM (0x{ram_size:x} bytes)")
+    _check_region(region_base, region_size, ram_size)
+    return write_atomic(Path(dest), _patched(IMAGE_NAME, region_base, region_size))
 
-    image = bytearray(build_image(IMAGE_NAME).read_bytes())
-    magic = bytes(image[PARAM_OFFSET:PARAM_OFFSET + 4])
-    if magic != PARAM_MAGIC:
-        raise HarnessError(f"image '{IMAGE_NAME}' has no parameter block at "
-                           f"0x{PARAM_OFFSET:x} (found {magic!r})")
-    struct.pack_into(PARAM_FORMAT, image, PARAM_OFFSET, PARAM_MAGIC,
-                     region_base, region_size // PAGE)
-    return write_atomic(Path(dest), image)
+
+def make_kernel(dest: Path, region_base: int, region_size: int,
+                ram_size: int | None = None) -> Path:
+    """Write the PVH build to ``dest`` (for ``-kernel``) with the region patched in.
+
+    Same rules as :func:`make_disk`, and the region must start above the
+    code, which is loaded at 1 MiB (:data:`PVH_MIN_REGION_BASE`).
+    """
+    _check_region(region_base, region_size, ram_size, PVH_MIN_REGION_BASE,
+                  "the PVH build's code is loaded at 1 MiB")
+    return write_atomic(Path(dest), _patched(PVH_IMAGE_NAME, region_base, region_size))
+
+
+def boot_args(firmware: str, workdir: Path, region_base: int, region_size: int,
+              ram_size: int | None = None) -> list[str]:
+    """What the dirtier needs on a QEMU command line besides the firmware
+    itself (harness.qemu.cmdline.firmware_args) and its disk: nothing with
+    SeaBIOS, which boots the disk; with qboot, the PVH build as ``-kernel``
+    (one copy per cell folder, the same for both sides).  The disk stays
+    attached either way, so the block layer's part of a migration (image
+    locking, late-block-activate) is the same on both paths."""
+    if firmware != "qboot":
+        return []
+    kernel = workdir / KERNEL_NAME
+    if not kernel.exists():
+        make_kernel(kernel, region_base, region_size, ram_size)
+    return ["-kernel", str(kernel)]
 
 
 def read_params(disk: Path) -> tuple[int, int]:
-    """``(region_base, region_pages)`` from a disk made by :func:`make_disk`."""
-    with open(disk, "rb") as f:
-        f.seek(PARAM_OFFSET)
-        magic, base, pages = struct.unpack(PARAM_FORMAT, f.read(PARAM_SIZE))
-    if magic != PARAM_MAGIC:
-        raise HarnessError(f"{disk}: no dirtier parameter block at 0x{PARAM_OFFSET:x}")
+    """``(region_base, region_pages)`` from a disk made by :func:`make_disk`
+    (or a kernel made by :func:`make_kernel`)."""
+    data = Path(disk).read_bytes()
+    try:
+        off = param_offset(data, str(disk))
+    except HarnessError:
+        raise HarnessError(f"{disk}: no dirtier parameter block") from None
+    _magic, base, pages = struct.unpack_from(PARAM_FORMAT, data, off)
     return base, pages
 
 

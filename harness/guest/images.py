@@ -26,6 +26,7 @@ import hashlib
 import os
 import runpy
 import shutil
+import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -167,6 +168,48 @@ def _linux_key(root: Traversable) -> str:
     return linux_build.key_text(_input(root, "linux/packages.txt").read_text())
 
 
+#: Where pvh.ld links the dirtier's PVH build, and the end of what it loads
+#: there (checked at build time): the region must stay clear of it.
+PVH_LOAD_ADDR = 0x100000
+PVH_LOAD_END = 0x101000
+
+
+def _build_pvh_x86(inputs: list[Path], work: Path) -> bytes:
+    """The dirtier's PVH build: the same source assembled with ``PVH=1`` and
+    linked by ``x86/pvh.ld`` into an ELF for ``-kernel`` (one loadable
+    segment at 1 MiB and the XEN_ELFNOTE_PHYS32_ENTRY note), symbols
+    stripped so the file holds the parameter block's magic only once."""
+    src, script = inputs
+    obj = work / "pvh.o"
+    out = work / "pvh.elf"
+    _run([_tool("as"), "--32", "--defsym", "PVH=1", str(src), "-o", str(obj)], work)
+    _run([_tool("ld"), "-m", "elf_i386", "-T", str(script), "-s", "--build-id=none",
+          str(obj), "-o", str(out)], work)
+    data = out.read_bytes()
+    if data[:4] != b"\x7fELF":
+        raise ImageError(f"{src}: the PVH build is not an ELF file")
+    _check_pvh_segments(src, data)
+    return data
+
+
+def _check_pvh_segments(src: Path, data: bytes) -> None:
+    """The loadable segments lie in [PVH_LOAD_ADDR, PVH_LOAD_END) and a PT_NOTE
+    exists: what harness.guest.dirtier promises about where the code is."""
+    phoff, = struct.unpack_from("<I", data, 0x1C)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x2A)
+    notes = 0
+    for i in range(phnum):
+        p_type, _off, _vaddr, paddr, _filesz, memsz = struct.unpack_from(
+            "<IIIIII", data, phoff + i * phentsize)
+        if p_type == 1 and not (PVH_LOAD_ADDR <= paddr and paddr + memsz <= PVH_LOAD_END):
+            raise ImageError(f"{src}: the PVH build loads 0x{paddr:x}+0x{memsz:x}, outside "
+                             f"[0x{PVH_LOAD_ADDR:x}, 0x{PVH_LOAD_END:x})")
+        notes += p_type == 4
+    if not notes:
+        raise ImageError(f"{src}: the PVH build has no PT_NOTE segment (QEMU would not "
+                         f"find its entry point)")
+
+
 def _build_python_listing(inputs: list[Path], work: Path) -> bytes:
     """Run a Python listing (e.g. ``e2k/dirtier.py``) and return its ``build()`` bytes."""
     (src,) = inputs
@@ -187,6 +230,16 @@ RECIPES: dict[str, Recipe] = {
         tools=("as", "ld"),
         version="1",
         build=_build_boot_sector_x86,
+    ),
+    # The same dirtier as a PVH ELF for -kernel, booted by qboot (a target's
+    # ``firmware: qboot``): no SeaBIOS POST, no disk boot.
+    "dirtier-x86-pvh": Recipe(
+        name="dirtier-x86-pvh",
+        inputs=("x86/dirtier.S", "x86/pvh.ld"),
+        tools=("as", "ld"),
+        version="1",
+        build=_build_pvh_x86,
+        pad_to=16 * 1024,
     ),
     # e2k firmware for qemu-e2k's -bios, from the project's own encoder.
     "dirtier-e2k": Recipe(

@@ -43,7 +43,7 @@ from harness.checks.liveness import (LIVENESS_HEARTBEATS, LIVENESS_TIMEOUT, Hear
                                      check_marker_liveness, check_still_running)
 from harness.checks.modes import check_zero_pages
 from harness.errors import HarnessError
-from harness.guest.dirtier import HeartbeatParser, read_region_bytes
+from harness.guest.dirtier import HeartbeatParser, boot_args, read_region_bytes
 from harness.guest.e2k_dirtier import DEFAULT_MARKER_ADDR, MARKER_SIZE, make_firmware, read_marker
 from harness.guest.pattern import check_pattern, loader_args, make_pattern
 from harness.migration.waits import wait_progress
@@ -224,7 +224,10 @@ class X86Dirtier(_Dirtier):
         self._beats_before = 0
 
     def machine_args(self, role: str) -> list[str]:
-        return firmware_args(self.cell.target.arch, self.workdir)
+        target = self.cell.target
+        return firmware_args(target.arch, self.workdir, target.firmware) + boot_args(
+            target.firmware, self.workdir, self.spec.region_base, self.spec.region_size,
+            target.memory)
 
     def serial_sink(self, role: str) -> SerialSink:
         return (self.src if role == "src" else self.dst).feed

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar, overload
 
-from harness.cell import BuildSpec, Cell, TargetSpec, WorkloadSpec
+from harness.cell import FIRMWARES, BuildSpec, Cell, TargetSpec, WorkloadSpec
 from harness.errors import MatrixError
 from harness.failpaths import SCENARIO_IDS, build_label
 from harness.known_issues import KnownIssue
@@ -35,6 +35,7 @@ from harness.matrix.schema import CellDecl, Defaults, ScenarioDecl, TierSpec, Wh
 from harness.matrix.yamlpos import YEntry, YMap, YNode, YScalar, load_yaml
 from harness.migration.transports import FLOW_TRANSPORTS, KNOWN_TRANSPORTS
 from harness.migration.modes import PRECOPY, fault_problem, mode_needs, mode_problem
+from harness.guest.dirtier import PVH_MIN_REGION_BASE
 from harness.units import format_size
 
 log = logging.getLogger(__name__)
@@ -385,7 +386,31 @@ def _target(name: str, node: YNode, where: Where, builds: dict[str, BuildSpec]
             f"workload region {format_size(spec.workload.region_base)}"
             f"+{format_size(spec.workload.region_size)} does not fit in memory "
             f"{format_size(spec.memory)}", line)
+    if "firmware" in e:
+        spec = replace(spec, firmware=_firmware(e["firmware"], where.key("firmware"), spec))
     return spec, build
+
+
+def _firmware(entry: YEntry, where: Where, spec: TargetSpec) -> str:
+    """``firmware: seabios|qboot``: what starts the guest (see TargetSpec.firmware).
+    qboot starts the dirtier's PVH build, so it needs an x86 dirtier whose
+    region lies above that build's code."""
+    name = s.as_str(entry.value, where)
+    line = entry.value.line
+    if name not in FIRMWARES:
+        raise where.error(f"unknown firmware {name!r} (known: {', '.join(FIRMWARES)})", line)
+    if name == "qboot":
+        if spec.arch not in ("x86_64", "i386"):
+            raise where.error(f"firmware qboot is for x86 targets, not arch {spec.arch!r}", line)
+        if spec.workload.kind != "dirtier":
+            raise where.error(f"firmware qboot starts the dirtier (as a PVH kernel); workload "
+                              f"kind {spec.workload.kind!r} has nothing for it to start "
+                              f"(use seabios)", line)
+        if spec.workload.region_base < PVH_MIN_REGION_BASE:
+            raise where.error(f"firmware qboot loads the dirtier's code at 1 MiB: the workload "
+                              f"region must start at or above {PVH_MIN_REGION_BASE:#x}, not "
+                              f"{format_size(spec.workload.region_base)}", line)
+    return name
 
 
 def _first(entries: dict[str, YEntry], keys: Sequence[str]) -> YEntry | None:

@@ -30,7 +30,7 @@ TOP_REQUIRED = ("version", "builds", "targets", "transports", "tiers")
 DEFAULTS_KEYS = ("timeout", "downtime-tolerance-ms", "capabilities", "parameters")
 BUILD_KEYS = ("binary", "prefix", "data-dirs", "env", "extra-args", "required", "version")
 TARGET_KEYS = ("arch", "machine", "accel", "accel-options", "memory", "cpu", "smp", "build",
-               "workload")
+               "workload", "firmware")
 TARGET_REQUIRED = ("arch", "machine", "build")
 WORKLOAD_KEYS = ("kind", "region", "base", "warmup-passes")
 TIER_KEYS = ("description", "include", "cells", "product", "covering", "filter")

@@ -19,10 +19,19 @@ E2K_BIOS_ENV = "MHARNESS_E2K_BIOS"
 E2K_PLACEHOLDER_BIOS_SIZE = 64 * 1024
 
 
-def firmware_args(arch: str, workdir: Path) -> list[str]:
-    """Firmware a target needs on its command line (none for x86: SeaBIOS is built in)."""
+#: qboot's file name on QEMU's data path (``-L``): QEMU resolves ``-bios NAME``
+#: there (system/datadir.c qemu_find_file, QEMU_FILE_TYPE_BIOS; softmmu/ in
+#: 7.2), and both builds here ship it (Debian's qemu-system-data).
+QBOOT_ROM = "qboot.rom"
+
+
+def firmware_args(arch: str, workdir: Path, firmware: str = "seabios") -> list[str]:
+    """Firmware a target needs on its command line: none for x86 with SeaBIOS
+    (QEMU's default BIOS), ``-bios qboot.rom`` with ``firmware: qboot`` (a
+    firmware without SeaBIOS's POST: it sets up the machine and starts the
+    ``-kernel`` it is given, see harness.guest.dirtier.boot_args)."""
     if arch != "e2k":
-        return []
+        return ["-bios", QBOOT_ROM] if firmware == "qboot" else []
     bios = os.environ.get(E2K_BIOS_ENV)
     if not bios:
         placeholder = workdir / "e2k-placeholder.bios"

@@ -1,8 +1,18 @@
 # dirtier.S - bare-metal x86 "dirtier" guest for migration tests.
 #
-# A 512-byte MBR boot block.  SeaBIOS loads it at 0x7c00 and jumps to it in
-# real mode.  It switches to 32-bit flat protected mode (no paging, no
-# interrupts), prints "MHDIRTIER\r\n" on COM1, then loops forever:
+# One source, two builds that share everything from the 32-bit entry on:
+#
+# * the boot block (default): a 512-byte MBR.  SeaBIOS loads it at 0x7c00 and
+#   jumps to it in real mode; it switches to 32-bit flat protected mode;
+# * the PVH kernel (``--defsym PVH=1``, linked by pvh.ld at 0x100000): an ELF
+#   that QEMU's ``-kernel`` loads (hw/i386/x86.c x86_load_linux -> load_elfboot,
+#   which reads the XEN_ELFNOTE_PHYS32_ENTRY note) and a firmware without a
+#   full POST starts (qboot, ``-bios qboot.rom``: fw_cfg.c boot_pvh_from_fw_cfg).
+#   PVH enters in 32-bit protected mode, paging off, with flat segments
+#   whose GDT may be gone (xen/include/public/arch-x86/hvm/start_info.h): it
+#   loads its own GDT and joins the boot block's code at pm32.
+#
+# From pm32 on both print "MHDIRTIER\r\n" on COM1, then loop forever:
 #
 #     for p in 0 .. region_pages-1 (ascending):  inc byte [region_base + p*4096]
 #     passes += 1
@@ -12,11 +22,17 @@
 # v,v,...,v,v-1,...,v-1 (mod 256) in address order, which the host checks on
 # a paused migration destination.
 #
-# The region is taken from the parameter block at offset 0x1F0 of this sector
+# The region is taken from the parameter block at offset 0x1F0 of the code
 # (see README.md); the host patches a copy of the built image per test cell.
 #
 # Build: as --32 dirtier.S -o dirtier.o
 #        ld -m elf_i386 -Ttext 0x7c00 -e _start --oformat binary dirtier.o -o dirtier.bin
+# PVH:   as --32 --defsym PVH=1 dirtier.S -o dirtier-pvh.o
+#        ld -m elf_i386 -T pvh.ld -s dirtier-pvh.o -o dirtier-pvh.elf
+
+        .ifndef PVH
+        .set PVH, 0
+        .endif
 
         .set COM1,       0x3f8
         .set PARAM_OFF,  0x1f0
@@ -25,8 +41,18 @@
         .set DATA_SEL,   0x10
 
         .text
-        .code16
         .globl _start
+        .if PVH
+        .code32
+# PVH entry (the ELF note below names it): %ebx holds the start_info address,
+# which the dirtier does not need.  No stack yet, and no interrupts.
+_start:
+        cli
+        cld
+        lgdtl   gdt_desc
+        ljmpl   $CODE_SEL, $pm32
+        .else
+        .code16
 _start:
         cli
         cld
@@ -48,6 +74,7 @@ real_cs0:
         orl     $1, %eax                # PE
         movl    %eax, %cr0
         ljmpl   $CODE_SEL, $pm32
+        .endif
 
         .code32
 pm32:
@@ -137,7 +164,7 @@ gdt_desc:
         .word   gdt_end - gdt - 1
         .long   gdt
 
-# Parameter block: 12 bytes at offset 0x1F0, little-endian.
+# Parameter block: 12 bytes at offset 0x1F0 of the code, little-endian.
         .org    PARAM_OFF
 param_magic:
         .ascii  "MHPB"
@@ -148,3 +175,18 @@ param_pages:
 
         .org    0x1fe
         .byte   0x55, 0xaa
+
+        .if PVH
+# The PVH entry point for QEMU's ELF loader: a note named "Xen" of type
+# XEN_ELFNOTE_PHYS32_ENTRY (18) holding the 32-bit physical entry address
+# (xen/include/public/elfnote.h; QEMU hw/i386/x86.c read_pvh_start_addr).
+        .section .note.Xen, "a", @note
+        .balign 4
+        .long   4                       # namesz: "Xen\0"
+        .long   4                       # descsz
+        .long   18                      # XEN_ELFNOTE_PHYS32_ENTRY
+        .asciz  "Xen"
+        .balign 4
+        .long   _start
+        .balign 4
+        .endif

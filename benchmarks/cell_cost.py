@@ -1,0 +1,431 @@
+#!/usr/bin/env python3
+"""Cells at the physical limit (issue #16): today's path and the new one, side by side.
+
+A benchmark, not a test: it prints figures and judges nothing.  The machine
+here is shared and busy, so every comparison is made in ONE run, alternating
+the old and the new path cell by cell (ABAB...), with the load average printed
+beside every figure; ratios from one run mean more than absolute seconds.
+
+Targets (each selectable; default 1-3):
+
+1. ``--kvm``: smoke's KVM cells (matrix.yaml, ``--tier``'s cells with
+   ``accel: kvm``) with ``firmware: seabios`` (SeaBIOS's full POST, the old
+   path) against the firmware the matrix gives them (qboot: the dirtier's PVH
+   build from ``-bios qboot.rom -kernel``): wall time and CPU-seconds per cell
+   (target: <= 1.5 s and <= 1.5 CPU-s).
+2. ``--tcg``: smoke's TCG cell ``x86_64-q35-tcg-unix-precopy`` (256 MiB guest):
+   the old path (the RAM comparison's chunk test ``numpy``) against the new
+   one (``memcmp``), and the same cell with qboot, for what SeaBIOS costs under
+   TCG; CPU-seconds per phase per process (cell_breakdown.CpuMeter; target:
+   <= 0.8 CPU-s in all).
+3. ``--compare``: the RAM comparison alone, on two identical RAM-sized files in
+   /dev/shm: ``compare_files`` with each chunk test, against the baselines on
+   the same files: one libc ``memcmp`` over both whole mappings (memcmp speed)
+   and one ``numpy.array_equal`` over them (target: compare_files / memcmp >= 0.8).
+4. ``--release BEFORE_REV``: ``mharness run --tier release -j 2`` from a clean
+   export of BEFORE_REV (``git archive``) and then of the working tree's
+   committed HEAD (``--after-rev``), each in its own folder, results and
+   history kept out of the checkout: wall time and CPU-seconds of the whole
+   run (the runner, its workers and every QEMU: RUSAGE_CHILDREN).  Long (about
+   4 min a run idle): it refuses to start while the 1-minute load average is 3
+   or more unless ``--force``, because the figures would measure the neighbours.
+
+Usage::
+
+    python3 benchmarks/cell_cost.py                    # targets 1-3, 3 reps each
+    python3 benchmarks/cell_cost.py --kvm --reps 5
+    python3 benchmarks/cell_cost.py --release d2eeb45  # target 4 only
+    python3 benchmarks/cell_cost.py --json cost.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path[:0] = [str(REPO), str(HERE)]
+
+import numpy as np  # noqa: E402
+
+import cell_breakdown as cb  # noqa: E402
+from harness.cell import Cell, MiB  # noqa: E402
+from harness.checks import ram  # noqa: E402
+from harness.guest.images import build_image  # noqa: E402
+from harness.guest.dirtier import IMAGE_NAME, PVH_IMAGE_NAME  # noqa: E402
+from harness.matrix import load_matrix, tier_cells  # noqa: E402
+from harness.qemu.build import discover  # noqa: E402
+from harness.qemu.process import Interrupted, install_signal_handlers, kill_all  # noqa: E402
+from harness.results import PASSED  # noqa: E402
+
+TCG_CELL = "x86_64-q35-tcg-unix-precopy"
+#: Above this 1-minute load average the release tier is not run (see --force).
+QUIET_LOAD = 3.0
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+# --- paths: what "old" and "new" mean for a cell ------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to run a cell: a firmware and a RAM-comparison chunk test."""
+
+    label: str
+    firmware: str | None = None     # None: the cell's own
+    engine: str = ram.DEFAULT_ENGINE
+
+    def cell(self, cell: Cell) -> Cell:
+        if self.firmware is None or self.firmware == cell.target.firmware:
+            return cell
+        name = cell.target.name.removesuffix("-qboot")
+        return replace(cell, id=f"{cell.id}-as-{self.firmware}",
+                       target=replace(cell.target, name=name, firmware=self.firmware))
+
+
+@dataclass
+class Sample:
+    variant: str
+    cell: str
+    verdict: str
+    reason: str
+    wall_s: float
+    cpu: cb.CellCpu
+    load: float
+    phases: dict[str, float] = field(default_factory=dict)
+    compare_mib_s: float | None = None
+
+
+def run_variant(cell: Cell, v: Variant, logroot: Path) -> Sample:
+    """One cell on one path, measured (CPU per phase per process)."""
+    c = v.cell(cell)
+    ram.DEFAULT_ENGINE, saved = v.engine, ram.DEFAULT_ENGINE
+    try:
+        before = load()
+        result, cpu = cb.measured_run(c, logroot / v.label / c.id / str(time.monotonic_ns()))
+    finally:
+        ram.DEFAULT_ENGINE = saved
+    check = result.check("ram")
+    return Sample(v.label, c.id, str(result.verdict), result.reason, result.duration, cpu,
+                  before, dict(result.phases),
+                  check.figures.get("compare_mib_per_s") if check else None)
+
+
+def alternate(cells: Sequence[Cell], variants: Sequence[Variant], reps: int,
+              logroot: Path, say: Callable[[str], None]) -> list[Sample]:
+    """Every cell on every path, ``reps`` times, the paths alternating (their
+    order flips each rep, so neither always runs first)."""
+    samples: list[Sample] = []
+    for i in range(reps):
+        order = list(variants) if i % 2 == 0 else list(reversed(variants))
+        for cell in cells:
+            for v in order:
+                say(f"rep {i + 1}/{reps}: {cell.id} [{v.label}]")
+                s = run_variant(cell, v, logroot)
+                samples.append(s)
+                note = "" if s.verdict == PASSED else f"  <-- {s.verdict}: {s.reason[:120]}"
+                say("")
+                print(f"  rep {i + 1} {s.cell:<44} {v.label:<16} {s.wall_s:5.2f} s wall "
+                      f"{s.cpu.total:5.2f} CPU-s (harness {s.cpu.harness:.2f}, QEMUs "
+                      f"{s.cpu.qemus:.2f})  load {s.load:.2f}{note}", flush=True)
+    return samples
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarize(samples: list[Sample], variants: Sequence[Variant], target_wall: float | None,
+              target_cpu: float) -> dict[str, Any]:
+    """Medians per variant over passed samples, and the before/after lines."""
+    out: dict[str, Any] = {}
+    for v in variants:
+        ok = [s for s in samples if s.variant == v.label and s.verdict == PASSED]
+        out[v.label] = {
+            "passed": f"{len(ok)}/{sum(1 for s in samples if s.variant == v.label)}",
+            "wall_s": _median([s.wall_s for s in ok]),
+            "cpu_s": _median([s.cpu.total for s in ok]),
+            "cpu_harness_s": _median([s.cpu.harness for s in ok]),
+            "cpu_qemus_s": _median([s.cpu.qemus for s in ok]),
+            "wall_max_s": max((s.wall_s for s in ok), default=None),
+            "cpu_max_s": max((s.cpu.total for s in ok), default=None),
+            "load": [round(s.load, 2) for s in samples if s.variant == v.label],
+        }
+    print(f"\n  {'path':<16} {'passed':>6} {'wall s (med/max)':>17} {'CPU-s (med/max)':>16} "
+          f"{'harness':>8} {'QEMUs':>6}  load averages")
+    for v in variants:
+        m = out[v.label]
+        if m["wall_s"] is None:
+            print(f"  {v.label:<16} {m['passed']:>6}  (none passed)")
+            continue
+        print(f"  {v.label:<16} {m['passed']:>6} {m['wall_s']:8.2f}/{m['wall_max_s']:<8.2f} "
+              f"{m['cpu_s']:7.2f}/{m['cpu_max_s']:<8.2f} {m['cpu_harness_s']:8.2f} "
+              f"{m['cpu_qemus_s']:6.2f}  {', '.join(f'{x:.1f}' for x in m['load'])}")
+    first, last = out[variants[0].label], out[variants[-1].label]
+    if first["cpu_s"] and last["cpu_s"]:
+        goal = (f"target <= {target_wall} s and <= {target_cpu} CPU-s" if target_wall
+                else f"target <= {target_cpu} CPU-s")
+        print(f"  before -> after: wall {first['wall_s']:.2f} -> {last['wall_s']:.2f} s "
+              f"({first['wall_s'] / last['wall_s']:.1f}x), CPU {first['cpu_s']:.2f} -> "
+              f"{last['cpu_s']:.2f} CPU-s ({first['cpu_s'] / last['cpu_s']:.1f}x); {goal}")
+    return out
+
+
+def cpu_tables(samples: list[Sample], variants: Sequence[Variant]) -> None:
+    for v in variants:
+        cpus = [s.cpu for s in samples if s.variant == v.label and s.verdict == PASSED]
+        if cpus:
+            print("\n" + cb.cpu_table(cpus, f"{v.label}: CPU-s"))
+
+
+# --- target 3: the RAM comparison against memcmp on the same buffers ----------
+
+
+def _pair(size: int, where: Path) -> tuple[Path, Path]:
+    a, b = where / "a.ram", where / "b.ram"
+    cb._write_pair(a, b, size)
+    return a, b
+
+
+def _on_mapped(a: Path, b: Path, fn: Callable[[np.ndarray, np.ndarray], bool]) -> bool:
+    """``fn`` over both files mapped whole (fresh maps, as compare_files makes
+    them, so every method pays the same page faults)."""
+    with open(a, "rb") as fa, open(b, "rb") as fb, \
+            mmap.mmap(fa.fileno(), 0, prot=mmap.PROT_READ) as ma, \
+            mmap.mmap(fb.fileno(), 0, prot=mmap.PROT_READ) as mb:
+        x, y = np.frombuffer(ma, np.uint8), np.frombuffer(mb, np.uint8)
+        try:
+            return fn(x, y)
+        finally:
+            del x, y        # release the buffer exports before the maps close
+
+
+def memcmp_whole(a: Path, b: Path) -> bool:
+    """The baseline: libc memcmp once over both whole mappings."""
+    memcmp = ram._memcmp
+    assert memcmp is not None
+    return _on_mapped(a, b, lambda x, y: memcmp(x.ctypes.data, y.ctypes.data, x.nbytes) == 0)
+
+
+def numpy_whole(a: Path, b: Path) -> bool:
+    return _on_mapped(a, b, lambda x, y: bool(np.array_equal(x, y)))
+
+
+def bench_compare(sizes: Sequence[int], reps: int, say: Callable[[str], None]) -> dict[str, Any]:
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    methods: list[tuple[str, Callable[[Path, Path], Any]]] = [
+        ("memcmp (baseline)", memcmp_whole),
+        ("numpy.array_equal whole", numpy_whole),
+    ] + [(f"compare_files [{e}]", lambda a, b, e=e: compare_checked(a, b, e))
+         for e in sorted(ram.ENGINES, reverse=True)]
+    out: dict[str, Any] = {}
+    for size in sizes:
+        tmp = Path(tempfile.mkdtemp(prefix="mharness-cost-", dir=base))
+        try:
+            say(f"writing two {size // MiB} MiB files")
+            a, b = _pair(size, tmp)
+            speeds: dict[str, list[float]] = {m: [] for m, _ in methods}
+            loads = []
+            for i in range(reps):
+                loads.append(load())
+                order = methods if i % 2 == 0 else list(reversed(methods))
+                for name, fn in order:
+                    say(f"RAM compare {size // MiB} MiB: {name} {i + 1}/{reps}")
+                    t = time.perf_counter()
+                    fn(a, b)
+                    speeds[name].append(size / MiB / (time.perf_counter() - t))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        say("")
+        med = {m: statistics.median(v) for m, v in speeds.items()}
+        base_speed = med["memcmp (baseline)"]
+        print(f"\n  two identical {size // MiB} MiB files in {tmp.parent}, {reps} rep(s), "
+              f"load {', '.join(f'{x:.1f}' for x in loads)}")
+        for name, _ in methods:
+            print(f"  {name:<28} {med[name]:8.0f} MiB/s (median; min {min(speeds[name]):.0f})"
+                  f"  ratio to memcmp {med[name] / base_speed:.2f}")
+        out[f"{size // MiB}M"] = {"mib_per_s": {m: [round(x) for x in v] for m, v in speeds.items()},
+                                  "ratio_to_memcmp": {m: round(med[m] / base_speed, 2)
+                                                      for m in med},
+                                  "load": loads}
+    return out
+
+
+def compare_checked(a: Path, b: Path, engine: str) -> None:
+    diff = ram.compare_files(a, b, engine=engine)
+    if diff.differing_pages:
+        raise RuntimeError(f"{engine}: {diff.differing_pages} pages differ in identical files")
+
+
+# --- target 4: the release tier before and after --------------------------------
+
+
+def export_tree(rev: str, dest: Path) -> None:
+    """A clean copy of ``rev`` (git archive: no worktree, no index touched)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+
+
+def run_release(tree: Path, label: str, jobs: int, tier: str) -> dict[str, Any]:
+    """``mharness run --tier TIER -j JOBS`` from ``tree``; wall time and CPU of
+    everything it started (the child and its descendants, once reaped)."""
+    results = tree / "bench-results"
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    argv = [sys.executable, "-m", "harness", "run", "--tier", tier, "-j", str(jobs),
+            "--no-history", "--results", str(results)]
+    print(f"\n  {label}: {' '.join(argv[1:])} (in {tree}), load {load():.2f}", flush=True)
+    c0, l0, t0 = cb.children_cpu(), os.getloadavg(), time.monotonic()
+    proc = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True)
+    wall, cpu, l1 = time.monotonic() - t0, cb.children_cpu() - c0, os.getloadavg()
+    tail = [line for line in proc.stdout.splitlines() if line.strip()][-3:]
+    counts = _verdicts(results)
+    print(f"  {label}: exit {proc.returncode}, {wall:.0f} s wall, {cpu:.0f} CPU-s, "
+          f"load {l0[0]:.2f} -> {l1[0]:.2f}; cells {counts}", flush=True)
+    for line in tail:
+        print(f"    {line}")
+    return {"label": label, "exit": proc.returncode, "wall_s": round(wall, 1),
+            "cpu_s": round(cpu, 1), "load_before": l0, "load_after": l1, "verdicts": counts}
+
+
+def _verdicts(results: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    try:
+        data = json.loads((results / "results.json").read_text())
+    except (OSError, ValueError):
+        return counts
+    for c in data.get("cells", []):
+        counts[c.get("verdict", "?")] = counts.get(c.get("verdict", "?"), 0) + 1
+    return counts
+
+
+def bench_release(before: str, after: str, jobs: int, tier: str) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="mharness-release-"))
+    runs = []
+    try:
+        for label, rev in (("before", before), ("after", after)):
+            tree = root / label
+            export_tree(rev, tree)
+            runs.append({**run_release(tree, f"{label} ({rev})", jobs, tier), "rev": rev})
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    b, a = runs
+    print(f"\n  release tier before -> after: wall {b['wall_s']:.0f} -> {a['wall_s']:.0f} s, "
+          f"CPU {b['cpu_s']:.0f} -> {a['cpu_s']:.0f} CPU-s "
+          f"({b['cpu_s'] / max(a['cpu_s'], 1e-9):.2f}x; target: half)")
+    return {"runs": runs}
+
+
+# --- main -----------------------------------------------------------------------
+
+
+def smoke_cells(tier: str) -> list[Cell]:
+    matrix = load_matrix(REPO / "matrix.yaml")
+    return tier_cells(matrix, tier, resolve=discover)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kvm", action="store_true", help="target 1: KVM cells, SeaBIOS vs qboot")
+    p.add_argument("--tcg", action="store_true", help="target 2: the TCG cell, old vs new")
+    p.add_argument("--compare", action="store_true", help="target 3: RAM comparison vs memcmp")
+    p.add_argument("--release", metavar="BEFORE_REV",
+                   help="target 4: the release tier at BEFORE_REV and at --after-rev")
+    p.add_argument("--after-rev", default="HEAD", help="the 'after' revision (default HEAD)")
+    p.add_argument("--release-tier", default="release", help=argparse.SUPPRESS)
+    p.add_argument("-j", "--jobs", type=int, default=2, help="release tier's -j (default 2)")
+    p.add_argument("--force", action="store_true",
+                   help=f"run the release tier even at a load average >= {QUIET_LOAD}")
+    p.add_argument("--tier", default="smoke", help="tier whose cells are measured (default smoke)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions per path (default 3)")
+    p.add_argument("--sizes", default="256,1024", help="RAM compare sizes in MiB (default 256,1024)")
+    p.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
+    p.add_argument("--keep", action="store_true", help="keep the cells' logs (printed path)")
+    args = p.parse_args(argv)
+    if not (args.kvm or args.tcg or args.compare or args.release):
+        args.kvm = args.tcg = args.compare = True
+
+    tty = sys.stderr.isatty()
+
+    def say(text: str) -> None:
+        if tty:
+            sys.stderr.write("\r\033[K" + text[:120])
+            sys.stderr.flush()
+
+    install_signal_handlers()
+    report: dict[str, Any] = {"load_start": os.getloadavg(), "reps": args.reps}
+    logroot = Path(tempfile.mkdtemp(prefix="mharness-cost-"))
+    print(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"RAM compare engines: {', '.join(ram.ENGINES)} (default {ram.DEFAULT_ENGINE})")
+    try:
+        if args.kvm or args.tcg:
+            for image in (IMAGE_NAME, PVH_IMAGE_NAME):
+                build_image(image)          # built once, outside every measurement
+            cells = smoke_cells(args.tier)
+        if args.kvm:
+            kvm = [c for c in cells if c.kind == "migration" and c.target.accel == "kvm"]
+            print(f"\n1. KVM cells of {args.tier}: {', '.join(c.id for c in kvm)}")
+            variants = [Variant("seabios (before)", firmware="seabios"),
+                        Variant("matrix (after)")]
+            samples = alternate(kvm, variants, args.reps, logroot, say)
+            report["kvm"] = summarize(samples, variants, 1.5, 1.5)
+            cpu_tables(samples, variants)
+        if args.tcg:
+            tcg = [c for c in cells if c.id == TCG_CELL]
+            print(f"\n2. TCG cell {TCG_CELL} ({tcg[0].target.memory // MiB} MiB guest)")
+            variants = [Variant("numpy (before)", engine="numpy"),
+                        Variant("qboot (info)", firmware="qboot"),
+                        Variant("memcmp (after)")]
+            samples = alternate(tcg, variants, args.reps, logroot, say)
+            report["tcg"] = summarize(samples, variants, None, 0.8)
+            cpu_tables(samples, variants)
+        if args.compare:
+            print("\n3. RAM comparison against memcmp on the same mappings")
+            sizes = [int(x) * MiB for x in args.sizes.split(",")]
+            report["compare"] = bench_compare(sizes, max(args.reps, 3), say)
+        if args.release:
+            print(f"\n4. Release tier, -j {args.jobs}")
+            if load() >= QUIET_LOAD and not args.force:
+                print(f"  not run: load average {load():.2f} >= {QUIET_LOAD} (the figures would "
+                      f"measure the neighbours); run it on a quiet machine:\n"
+                      f"    python3 benchmarks/cell_cost.py --release {args.release}")
+                report["release"] = {"skipped": f"load {load():.2f}"}
+            else:
+                report["release"] = bench_release(args.release, args.after_rev, args.jobs,
+                                                  args.release_tier)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        say("")
+        print(f"\ninterrupted ({str(exc) or 'Ctrl-C'})", file=sys.stderr)
+        report["interrupted"] = True
+    finally:
+        kill_all()
+    report["load_end"] = os.getloadavg()
+    print(f"\nload average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"figures: {args.json}")
+    if args.keep:
+        print(f"cell logs: {logroot}")
+    else:
+        shutil.rmtree(logroot, ignore_errors=True)
+    return 130 if report.get("interrupted") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
