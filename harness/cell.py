@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from harness.known_issues import KnownIssue
+from harness.migration.dst_start import PAUSED as DST_PAUSED
 from harness.units import MiB  # noqa: F401  (re-exported: callers import it from here)
 
 
@@ -115,6 +116,10 @@ class Cell:
     #: the migration flow ("" = a migration cell).  Its target is the scenario
     #: rig's guest and its builds the build it runs on (both sides).
     scenario: str = ""
+    #: How the destination QEMU starts: ``paused`` (``-S``, the harness sends
+    #: ``cont``) or ``autostart`` (QEMU runs the guest itself after
+    #: switchover); see harness.migration.dst_start.
+    dst_start: str = DST_PAUSED
 
     @property
     def kind(self) -> str:
@@ -149,6 +154,8 @@ class Cell:
         for key in ("mode", "fault", "scenario"):
             if not data[key]:
                 data.pop(key)
+        if self.dst_start == DST_PAUSED:
+            data.pop("dst_start")
         return json.dumps(data, sort_keys=True, default=str)
 
     def inputs(self) -> dict[str, Any]:
@@ -170,6 +177,7 @@ class Cell:
             "known_issues": [ki.id for ki in self.known_issues],
             "mode": self.mode or "precopy",
             "fault": self.fault or None,
+            "dst_start": self.dst_start,
             "tier": self.tier,
             "origin": self.origin,
             "seed": self.seed,

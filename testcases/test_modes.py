@@ -10,10 +10,14 @@ downtime checks and adds the behaviour check of its feature
 Negative controls: each behaviour check is re-judged on the evidence of a
 plain precopy migration (same guest, feature off) and must fail there, so a
 check that passes whatever QEMU did would be caught; and the auto-converge
-cell without the capability must not converge within its bound (a cell of
-the ``controls`` tier).
+cells' KVM guest without the capability must not converge within its bound
+(cells of the ``controls`` tier, at 32 MiB/s: at the auto-converge cells'
+128 MiB/s the guest, slowed by a CPU hog, came within 1.5x of converging).
 """
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 
@@ -21,11 +25,13 @@ from harness.checks.modes import check_modes
 from harness.checks.sides import (check_late_block_activate, check_release_ram,
                                   check_switchover_ack)
 from harness.matrix import tier_cells
+from harness.migration.dst_start import AUTOSTART
 from harness.migration.modes import CANCEL_RETRY, postcopy_after
 from harness.migration.driver import MigrationRun
 from harness.migration.flow import run_cell
 from harness.qemu.build import discover
-from harness.results import PASSED, SKIPPED
+from harness.results import KNOWN_FAILURE, PASSED, SKIPPED
+from harness.run.cellrun import run_logged
 from harness.run.runner import cell_logdir
 
 FEATURES = ("xbzrle", "multifd", "postcopy-ram", "pause-before-switchover", "auto-converge",
@@ -40,9 +46,13 @@ CHECK_OF = {"xbzrle": "xbzrle", "multifd": "multifd", "postcopy-ram": "postcopy"
 
 
 def test_mode_cell(mode_cell, run_state, record):
-    result = record(run_cell(mode_cell, cell_logdir(run_state.results_dir, mode_cell.id)))
+    # Through the runner's own path: known issues and repeat apply as under
+    # mharness run.  A known failure is a visible xfail, never a pass.
+    result = record(run_logged(mode_cell, cell_logdir(run_state.results_dir, mode_cell.id)))
     if result.verdict == SKIPPED:
         pytest.skip(result.reason)
+    if result.verdict == KNOWN_FAILURE:
+        pytest.xfail(result.reason)
     assert result.verdict == PASSED, result.reason
     if "converged" in mode_cell.expect_fail:
         # Declared not to complete (a refused TLS peer, 10.0's multifd+zlib
@@ -69,6 +79,24 @@ def test_mode_cell(mode_cell, run_state, record):
         first = result.check("cancel-retry")
         assert first is not None and first.passed, first
         assert first.figures["bytes_sent_before_cancel"] > 0
+    if mode_cell.dst_start == AUTOSTART:
+        assert_autostarted(result)
+
+
+def assert_autostarted(result) -> None:
+    """QEMU started the destination's guest itself: its RESUME came with no
+    ``cont`` from the harness before the harness's own ``stop`` (the ``cont``
+    after the checks only undoes that stop), and QEMU's downtime was plausible."""
+    auto = result.check("autostart")
+    assert auto is not None and auto.passed, auto
+    assert auto.figures["started_by_itself"] and auto.figures["source_runstate"] == "running"
+    commands = [e["cmd"] for e in map(json.loads, (Path(result.logdir) / "dst.qmp.jsonl")
+                                      .read_text().splitlines())
+                if e.get("dir") == ">" and e.get("cmd") in ("cont", "stop")]
+    assert commands[:2] == ["stop", "cont"], commands
+    assert result.check("downtime-plausible").passed
+    # The guest's gap is judged without a hold before cont (there was none).
+    assert result.figures["harness_held_paused_ms"] == 0
 
 
 @pytest.fixture(scope="module")

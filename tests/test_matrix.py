@@ -368,8 +368,8 @@ def test_covering_keys_are_checked_and_other_strategies_unknown(tmp_path: Path) 
         """)
     assert_error(tmp_path, text, "covering", "tiers.smoke.covering.strength",
                  "unknown key (allowed: order, target, transport, build, src-build, "
-                 "dst-build, capset, capabilities, parameters, paramset, mode, timeout, "
-                 "downtime-tolerance-ms, expect-fail, repeat)")
+                 "dst-build, capset, capabilities, parameters, paramset, mode, dst-start, "
+                 "timeout, downtime-tolerance-ms, expect-fail, repeat)")
     text = with_tiers("""\
         smoke:
           pairwise: {target: [t1]}
@@ -386,8 +386,8 @@ def test_product_refuses_name_and_duplicates(tmp_path: Path) -> None:
         """)
     assert_error(tmp_path, text, "name: x", "tiers.smoke.product.name",
                  "unknown key (allowed: target, transport, capset, paramset, "
-                 "src-build, dst-build, mode, timeout, downtime-tolerance-ms, expect-fail, "
-                 "repeat)")
+                 "src-build, dst-build, mode, dst-start, timeout, downtime-tolerance-ms, "
+                 "expect-fail, repeat)")
     text = with_tiers("""\
         smoke:
           product: {target: [t1, t1], transport: [unix]}

@@ -74,6 +74,12 @@ class DowntimeEvidence:
     harness_hold_ms: float = 0.0
     #: The same hold on the host's clock (a cross-check; not judged).
     harness_hold_host_ms: float | None = None
+    #: QEMU's ``total-time`` of the migration (None or 0: not reported), for
+    #: the plausibility check.
+    total_time_ms: float | None = None
+    #: The migration switched to postcopy: the destination guest runs before
+    #: its RAM has arrived, so its gap is not a measure of the stop.
+    postcopy: bool = False
 
 
 HOLD_REASON = ("with pause-before-switchover the source is already stopped while the harness "
@@ -122,3 +128,90 @@ def check_downtime(ev: DowntimeEvidence) -> CheckResult:
     return CheckResult("downtime", True,
                        f"{qemu_ms:.0f} ms{held} <= {ev.limit_ms:.0f} + {ev.tolerance_ms:.0f} ms"
                        + guest, figures)
+
+
+# --- is QEMU's figure plausible at all? ---------------------------------------------
+
+PLAUSIBLE = "downtime-plausible"
+#: How far QEMU's ``downtime`` may be off what the guest itself saw before the
+#: figure is implausible, as a factor...
+PLAUSIBILITY_FACTOR = 20.0
+#: ...when the guest saw more than this without running (ms): below it a
+#: loaded host explains the difference (benchmarks/README.md, timing row 2:
+#: 944 ms of guest gap beside 45 ms of QEMU downtime with a CPU hog on both
+#: cores, from the destination's load and its vCPU's first run; twice that).
+PLAUSIBILITY_FLOOR_MS = 2000.0
+#: ...and this much on top of the factor the other way (ms): QEMU may end its
+#: downtime a little after the guest runs again (with return-path the source
+#: waits for the destination's close: migration/migration.c,
+#: await_return_path_close_on_source in 7.2), never by seconds.
+PLAUSIBILITY_MARGIN_MS = 1000.0
+PLAUSIBILITY_REASON = (
+    "QEMU's downtime is the time the guest is stopped: it can be neither longer than the "
+    "migration's own total-time (both on QEMU_CLOCK_REALTIME, the downtime starting after "
+    f"the migration did: migration/migration.c) nor {PLAUSIBILITY_FACTOR:.0f}x off what the "
+    "guest saw (its gap, less the heartbeat resolution; allowing "
+    f"{PLAUSIBILITY_FLOOR_MS:.0f} ms of host lag one way and {PLAUSIBILITY_MARGIN_MS:.0f} ms "
+    "of return-path tail the other)")
+
+
+def check_downtime_plausible(ev: DowntimeEvidence) -> CheckResult:
+    """QEMU's ``downtime`` against the migration's own ``total-time`` and the
+    guest's gap: a figure that cannot be true is itself a failure, whatever
+    the limit.  Separate from :func:`check_downtime`, so a cell that expects
+    the downtime check to fail (a negative control) is still judged here.
+
+    - reported downtime > total-time: impossible by construction;
+    - too small: the guest was certainly stopped ``gap - resolution`` ms, more
+      than ``PLAUSIBILITY_FLOOR_MS``, and QEMU reports under 1/20 of it
+      (not judged for postcopy, where the destination guest runs, slowed by
+      page faults that are not downtime);
+    - too large: QEMU reports more than 20x the most the guest can have been
+      stopped (``gap + resolution``) plus ``PLAUSIBILITY_MARGIN_MS``.
+
+    QEMU's figure is judged less the harness's own hold in pre-switchover
+    (see :func:`check_downtime`); a guest gap that is missing or not
+    positive (no heartbeats, save/restore, a fault the cell injects) is not
+    compared."""
+    judged = ev.qemu_downtime_ms - ev.harness_hold_ms
+    res = ev.heartbeat_interval_ms or 0.0
+    figures: dict[str, object] = {
+        "qemu_downtime_ms": ev.qemu_downtime_ms, "qemu_downtime_judged_ms": round(judged, 2),
+        "total_time_ms": ev.total_time_ms,
+        "guest_gap_ms": None if ev.guest_gap_ms is None else round(ev.guest_gap_ms, 2),
+        "heartbeat_interval_ms": round(res, 2), "factor": PLAUSIBILITY_FACTOR,
+        "floor_ms": PLAUSIBILITY_FLOOR_MS, "margin_ms": PLAUSIBILITY_MARGIN_MS,
+        "reason": PLAUSIBILITY_REASON}
+    problems = []
+    if ev.total_time_ms and ev.qemu_downtime_ms > ev.total_time_ms:
+        problems.append(f"reported {ev.qemu_downtime_ms:.0f} ms > the migration's total-time "
+                        f"{ev.total_time_ms:.0f} ms")
+    compared = ev.guest_gap_ms is not None and ev.guest_gap_ms > 0
+    if compared:
+        assert ev.guest_gap_ms is not None
+        least, most = ev.guest_gap_ms - res, ev.guest_gap_ms + res
+        too_large = PLAUSIBILITY_FACTOR * most + PLAUSIBILITY_MARGIN_MS
+        figures["too_large_above_ms"] = round(too_large, 2)
+        if judged > too_large:
+            problems.append(f"reported {judged:.0f} ms > {PLAUSIBILITY_FACTOR:.0f} x the "
+                            f"{most:.0f} ms the guest can have been stopped (gap "
+                            f"{ev.guest_gap_ms:.0f} + resolution {res:.0f}) + "
+                            f"{PLAUSIBILITY_MARGIN_MS:.0f} ms")
+        if not ev.postcopy and least > PLAUSIBILITY_FLOOR_MS:
+            figures["too_small_below_ms"] = round(least / PLAUSIBILITY_FACTOR, 2)
+            if judged * PLAUSIBILITY_FACTOR < least:
+                problems.append(f"reported {judged:.0f} ms < 1/{PLAUSIBILITY_FACTOR:.0f} of "
+                                f"the {least:.0f} ms the guest was stopped at least (gap "
+                                f"{ev.guest_gap_ms:.0f} - resolution {res:.0f})")
+    if problems:
+        log.warning("QEMU's downtime figure is implausible: %s", "; ".join(problems))
+        return CheckResult(PLAUSIBLE, False,
+                           "QEMU's downtime figure is implausible: " + "; ".join(problems),
+                           figures)
+    against = [f"total-time {ev.total_time_ms:.0f} ms"] if ev.total_time_ms else []
+    if compared:
+        against.append(f"the guest's {ev.guest_gap_ms:.0f} ms gap")
+    return CheckResult(PLAUSIBLE, True,
+                       f"reported {ev.qemu_downtime_ms:.0f} ms fits "
+                       + (" and ".join(against) if against else "(nothing to compare with)"),
+                       figures)

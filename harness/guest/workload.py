@@ -100,6 +100,10 @@ class Workload(ABC):
     #: Rewrites its region while it runs: pages a running guest changed after
     #: the copy was taken (postcopy, background-snapshot) are explained.
     writes_region: ClassVar[bool] = False
+    #: (stop, cont) host times of the harness stopping a destination that
+    #: already ran (dst-start autostart, postcopy) for its checks; see
+    #: :meth:`harness_stopped`.
+    harness_stop: tuple[float, float] | None = None
 
     def __init__(self, cell: Cell, workdir: Path) -> None:
         self.cell = cell
@@ -149,6 +153,25 @@ class Workload(ABC):
         before its first output).  ``postcopy``: it ran while its RAM was
         still arriving."""
         return GuestGap()
+
+    def harness_stopped(self, t_stop: float, t_cont: float) -> None:
+        """The harness stopped the running destination at ``t_stop`` (for its
+        checks) and let it run again at ``t_cont``: that pause is the
+        harness's, not the switchover's (see :meth:`stopped_before`)."""
+        self.harness_stop = (t_stop, t_cont)
+
+    def stopped_before(self, t_first_output: float | None) -> float:
+        """Seconds of the harness's own stop inside a gap that ends at the
+        guest's first output on the destination (host time of its arrival).
+
+        An autostarted destination is stopped moments after QEMU started it,
+        often before its first heartbeat: the gap then spans the harness's
+        checks, which are taken off.  Output that arrived while it was
+        stopped was written before the stop, so then nothing is."""
+        if self.harness_stop is None or t_first_output is None:
+            return 0.0
+        t_stop, t_cont = self.harness_stop
+        return t_cont - t_stop if t_first_output > t_cont else 0.0
 
 
 async def wait_warm_up(m: Machine, progress: Callable[[], int], describe: Callable[[], str],
@@ -261,6 +284,12 @@ class X86Dirtier(_Dirtier):
                   qemu_downtime_ms: float, t_dst_ready: float | None = None,
                   t_resumed: float | None = None, postcopy: bool = False) -> GuestGap:
         src, dst = self.src.parser, self.dst.parser
+        stopped = self.stopped_before(dst.first_heartbeat_t)
+        held_s += stopped
+        if stopped and self.harness_stop is not None:
+            # It was let run last, before its first heartbeat, by the cont
+            # that ended the harness's stop.
+            t_resumed = self.harness_stop[1]
         gap = None
         if src.last_heartbeat_t is not None and dst.first_heartbeat_t is not None:
             gap = (dst.first_heartbeat_t - src.last_heartbeat_t - held_s) * 1000
@@ -287,6 +316,8 @@ class X86Dirtier(_Dirtier):
         if not postcopy and t_resumed is not None and dst.first_heartbeat_t is not None:
             dst_res = max(dst_res, dst.first_heartbeat_t - t_resumed)
         slack = src_res + dst_res
+        if stopped:
+            parts["harness_stopped_after_start_ms"] = round(stopped * 1000, 2)
         return GuestGap(gap, slack * 1000 if slack else None, parts)
 
 

@@ -21,6 +21,7 @@ from harness.failpaths import TARGET as SCENARIO_TARGET
 from harness.failpaths import scenario_cell
 from harness.known_issues import KnownIssue, applicable
 from harness.matrix.schema import DEFAULT_SET, CellDecl, Defaults, ScenarioDecl, TierSpec
+from harness.migration.dst_start import PAUSED
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,10 @@ class Definitions(Protocol):
 
 
 def cell_id(decl: CellDecl, default_build: str) -> str:
-    """``{target}-{transport}-{capset}[-{paramset}][-{mode}][-{fault}][-{src}-to-{dst} | -{build}]``.
+    """``{target}-{transport}-{capset}[-{paramset}][-{mode}][-{fault}][-autostart][-{src}-to-{dst} | -{build}]``.
 
-    The paramset is left out when it is ``default``, the mode when it is precopy.  Builds appear only when
+    The paramset is left out when it is ``default``, the mode when it is precopy,
+    the destination's start mode when it is ``paused``.  Builds appear only when
     they are not the target's default: ``-{src}-to-{dst}`` when the sides differ,
     ``-{build}`` when both sides use the same non-default build (so that cell
     does not collide with the default-build one).  ``name:`` replaces it all.
@@ -60,6 +62,9 @@ def cell_id(decl: CellDecl, default_build: str) -> str:
         parts.append(decl.mode)
     if decl.fault:
         parts.append(decl.fault)
+    if decl.dst_start != PAUSED:
+        # Paused is the default and no part of an id, so existing ids stay.
+        parts.append(decl.dst_start)
     if decl.src_build != decl.dst_build:
         parts.append(f"{decl.src_build}-to-{decl.dst_build}")
     elif decl.src_build != default_build:
@@ -108,6 +113,7 @@ def make_cell(decl: CellDecl, tier: str, defs: Definitions) -> Cell:
         origin=f"{defs.path}:{decl.line}",
         mode=decl.mode,
         fault=decl.fault,
+        dst_start=decl.dst_start,
     )
 
 

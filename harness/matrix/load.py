@@ -35,6 +35,7 @@ from harness.matrix.schema import CellDecl, Defaults, ScenarioDecl, TierSpec, Wh
 from harness.matrix.yamlpos import YEntry, YMap, YNode, YScalar, load_yaml
 from harness.migration.transports import FLOW_TRANSPORTS, KNOWN_TRANSPORTS
 from harness.migration.modes import PRECOPY, fault_problem, mode_needs, mode_problem
+from harness.migration.dst_start import PAUSED, dst_start_problem
 from harness.guest.dirtier import PVH_MIN_REGION_BASE
 from harness.units import format_size
 
@@ -49,7 +50,8 @@ PREFIX_BINARY = "usr/bin/qemu-system-{arch}"
 PREFIX_DATA_DIRS = ("usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu")
 #: What a dimension's value is called in messages.
 _WHAT = {"target": "target", "transport": "transport", "capset": "capset",
-         "paramset": "paramset", "src-build": "build", "dst-build": "build", "mode": "mode"}
+         "paramset": "paramset", "src-build": "build", "dst-build": "build", "mode": "mode",
+         "dst-start": "dst-start"}
 
 
 @dataclass(frozen=True)
@@ -602,6 +604,8 @@ class _Tiers:
         spec = replace(spec, targets=names("target", "target"))
         if "mode" in e:
             spec = replace(spec, modes=names("mode", "mode"))
+        if "dst-start" in e:
+            spec = replace(spec, dst_starts=names("dst-start", "dst-start"))
         # Transports the flow cannot run are kept: the plan excludes them with
         # the reason, so `mharness list` shows it.
         values = s.as_name_list(e["transport"].value, where.key("transport"), "transport")
@@ -714,6 +718,11 @@ class _Tiers:
             if problem:
                 raise where.error(problem, line)
             return "" if name == PRECOPY else name
+        if dim == "dst-start":
+            problem = dst_start_problem(name)
+            if problem:
+                raise where.error(problem, line)
+            return name
         defined: Sequence[str] = {
             "target": list(self.m.targets),
             "transport": self.m.transports,
@@ -762,10 +771,12 @@ class _Tiers:
         default_set = [(s.DEFAULT_SET, line)]
         axes = [dims["target"], dims["transport"], dims.get("capset", default_set),
                 dims.get("paramset", default_set), dims.get("src-build", [(None, line)]),
-                dims.get("dst-build", [(None, line)]), dims.get("mode", [("", line)])]
+                dims.get("dst-build", [(None, line)]), dims.get("mode", [("", line)]),
+                dims.get("dst-start", [(PAUSED, line)])]
         decls = []
         for combo in itertools.product(*axes):
-            target, transport, capset, paramset, src, dst, mode = (v for v, _ in combo)
+            target, transport, capset, paramset, src, dst, mode, dst_start = (
+                v for v, _ in combo)
             needs = mode_needs(mode, {**dict(self.m.defaults.capabilities),
                                       **dict(self.m.capsets[capset])})
             if needs:
@@ -776,7 +787,7 @@ class _Tiers:
                 src_build=src or default_build, dst_build=dst or default_build,
                 where=where.path, line=line, timeout=timeout,
                 downtime_tolerance_ms=tolerance, expect_fail=expect_fail, name=name,
-                mode=mode, repeat=self._repeat(e, where)))
+                mode=mode, repeat=self._repeat(e, where), dst_start=dst_start))
         return decls
 
     def _check_cycles(self, tiers: dict[str, TierSpec]) -> None:

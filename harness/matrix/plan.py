@@ -55,6 +55,7 @@ from harness.matrix.covering import (
 from harness.matrix.expand import build_for_arch, select, with_build
 from harness.matrix.load import Matrix
 from harness.matrix.schema import CoveringSpec
+from harness.migration.dst_start import PAUSED as DST_PAUSED
 from harness.migration.transports import FLOW_TRANSPORTS, TRANSPORT_SINCE
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,11 @@ def expand_covering(matrix: Matrix, tier: str, cov: CoveringSpec, seed: int, res
         # "" is precopy (harness.migration.modes); the oracle's judge knows what each
         # mode needs (postcopy-after-N: postcopy-ram; cancel-retry: a live peer).
         setting_factors.append(Factor("mode", "mode", tuple(cov.modes)))
+    if cov.dst_starts:
+        # How the destination starts (harness.migration.dst_start): the
+        # command line, not what QEMU is told over QMP, so the oracle is not
+        # asked about it.
+        setting_factors.append(Factor("dst-start", "dst-start", tuple(cov.dst_starts)))
     for f in setting_factors:
         all_factors[f.name] = f
         factor_names.append(f.name)
@@ -384,6 +390,9 @@ def _cell(matrix: Matrix, tier: str, cov: CoveringSpec, row: Mapping[str, Any],
     mode = row.get("mode") or ""
     if mode:
         parts.append(mode)
+    dst_start = row.get("dst-start") or DST_PAUSED
+    if dst_start != DST_PAUSED:
+        parts.append(dst_start)
     if factor_params:
         parts.append("p" + settings_digest(factor_params))
     default_build = matrix.target_builds[target_name]
@@ -409,6 +418,7 @@ def _cell(matrix: Matrix, tier: str, cov: CoveringSpec, row: Mapping[str, Any],
         tier=tier,
         origin=origin,
         mode=mode,
+        dst_start=dst_start,
     )
 
 
@@ -435,6 +445,7 @@ def dimensions(cell: Cell) -> dict[str, Any]:
         "parameters": dict(cell.parameters),
         "mode": cell.mode or "precopy",
         "fault": cell.fault or None,
+        "dst_start": cell.dst_start,
     }
 
 

@@ -45,13 +45,15 @@ KNOWN_ISSUE_REQUIRED = ("title", "build", "checks", "reference")
 #: ``build:`` of a known issue: a build name, versions, or both.
 KNOWN_ISSUE_BUILD_KEYS = ("name", "versions")
 #: The dimensions a cell is made of; a product takes a list for each.
-DIMENSIONS = ("target", "transport", "capset", "paramset", "src-build", "dst-build", "mode")
+DIMENSIONS = ("target", "transport", "capset", "paramset", "src-build", "dst-build", "mode",
+              "dst-start")
 CELL_KEYS = DIMENSIONS + CELL_SETTINGS + ("name", "fault")
 PRODUCT_KEYS = DIMENSIONS + CELL_SETTINGS
 CELL_REQUIRED = ("target", "transport")
 #: A covering array's factors (each a list) and its order; see ``CoveringSpec``.
 COVERING_KEYS = ("order", "target", "transport", "build", "src-build", "dst-build",
-                 "capset", "capabilities", "parameters", "paramset", "mode") + CELL_SETTINGS
+                 "capset", "capabilities", "parameters", "paramset", "mode",
+                 "dst-start") + CELL_SETTINGS
 COVERING_REQUIRED = ("target", "transport")
 #: A failure-path scenario entry in a tier's ``cells:`` (see ``ScenarioDecl``):
 #: one of ``scenario``/``scenarios`` and one of ``build``/``builds``.
@@ -137,6 +139,8 @@ class CellDecl:
     #: "" = precopy (harness.migration.modes).
     mode: str = ""
     fault: str = ""
+    #: ``paused`` or ``autostart`` (harness.migration.dst_start).
+    dst_start: str = "paused"
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,8 @@ class CoveringSpec:
     paramsets: tuple[str, ...] = ()
     #: Migration modes (harness.migration.modes), "" for precopy; () = precopy only.
     modes: tuple[str, ...] = ()
+    #: Destination start modes (harness.migration.dst_start); () = paused only.
+    dst_starts: tuple[str, ...] = ()
     timeout: float | None = None
     downtime_tolerance_ms: float | None = None
     expect_fail: tuple[str, ...] = ()

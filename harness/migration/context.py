@@ -24,6 +24,7 @@ from harness.cell import Cell
 from harness.errors import HarnessError
 from harness.guest.workload import Workload
 from harness.migration.driver import BASE_CAPABILITIES, MigrationRun
+from harness.migration.dst_start import AUTOSTART
 from harness.progress import MigrationProgress, ProgressFn
 from harness.qemu.build import QemuBuild
 from harness.qemu.cmdline import MachinePaths
@@ -115,6 +116,12 @@ class CellContext:
     @property
     def figures(self) -> dict[str, Any]:
         return self.evidence.figures
+
+    @property
+    def autostart(self) -> bool:
+        """``dst-start: autostart``: the destination has no ``-S`` and QEMU
+        starts the guest itself (harness.migration.dst_start)."""
+        return self.cell.dst_start == AUTOSTART
 
     @property
     def shared_ram(self) -> bool:

@@ -80,8 +80,12 @@ class MigrationRun:
     destination_states: list[str] = field(default_factory=list)
     #: When the destination first became resumable (completed, or postcopy-active).
     t_dst_ready: float | None = None
-    #: When the destination was resumed during postcopy (None: it was not).
+    #: When the destination was resumed during postcopy (None: it was not);
+    #: with ``dst_autostart``, when QEMU started it itself (its ``RESUME``).
     t_dst_resumed: float | None = None
+    #: ``dst_autostart``: when the harness stopped the destination that QEMU
+    #: had started, on its ``completed`` (None: it did not start, or paused).
+    t_dst_stopped: float | None = None
     t_postcopy_started: float | None = None
     #: Dirty-bitmap syncs done when the driver asked for postcopy.
     postcopy_after_syncs: int | None = None
@@ -197,8 +201,8 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
                         postcopy_after: int = POSTCOPY_AFTER_SYNCS,
                         at_pre_switchover: Callable[[], Awaitable[None]] | None = None,
                         refusals: list[dict[str, Any]] | None = None,
-                        on_sample: Callable[[dict[str, Any]], None] | None = None
-                        ) -> MigrationRun:
+                        on_sample: Callable[[dict[str, Any]], None] | None = None,
+                        dst_autostart: bool = False) -> MigrationRun:
     """Migrate ``src`` to ``dst`` (already listening on ``uri``, or, with
     ``restore_uri``, told to read the saved stream from there once the source
     has finished writing it).
@@ -211,6 +215,12 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
     ``pre-switchover`` (its RAM still and not yet sent in full);
     ``refusals``: see :func:`start`.
 
+    ``dst_autostart``: the destination was started without ``-S``, so QEMU
+    runs the guest itself (harness.migration.dst_start): in postcopy nothing
+    is sent to it (its ``RESUME`` is awaited instead of sending ``cont``), and
+    once it reports ``completed`` it is stopped at once, so its RAM holds still
+    for the checks (``t_dst_resumed``, ``t_dst_stopped``).
+
     ``on_sample`` is told each ``query-migrate`` sample as it is recorded
     (the cell's live progress, harness.progress).
     """
@@ -222,7 +232,8 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
     tasks = [asyncio.ensure_future(_sampler(src, run, postcopy, t0, postcopy_after, timeout,
                                             on_sample))]
     if postcopy:
-        tasks.append(asyncio.ensure_future(_resume_in_postcopy(dst, run, dst_since, timeout)))
+        tasks.append(asyncio.ensure_future(_resume_in_postcopy(dst, run, dst_since, timeout,
+                                                               dst_autostart)))
     deadline = time.monotonic() + timeout
     try:
         since = src_since
@@ -287,6 +298,8 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
                     f"{dst.exit_reason()})"
         log.warning("%s: %s", dst.role, run.error)
         return run
+    if dst_autostart:
+        await _stop_autostarted(dst, run, dst_since)
     if run.t_dst_ready is None:
         run.t_dst_ready = dst_done[0]
     run.info = await final_info(src)
@@ -418,10 +431,56 @@ async def resume_in_postcopy(dst: Machine, since: int, timeout: float
 
 
 async def _resume_in_postcopy(dst: Machine, run: MigrationRun, since: int,
-                              timeout: float) -> None:
+                              timeout: float, autostart: bool = False) -> None:
+    if autostart:
+        await _autostarted_in_postcopy(dst, run, since, timeout)
+        return
     resumed = await resume_in_postcopy(dst, since, timeout)
     if resumed is not None:
         run.t_dst_ready, run.t_dst_resumed = resumed.t_active, resumed.t_cont
+
+
+def first_resume(m: Machine, since: int = 0) -> float | None:
+    """Host time of the first ``RESUME`` at event index >= ``since`` (None: none yet)."""
+    for t, ev in m.events[since:]:
+        if ev.get("event") == "RESUME":
+            return t
+    return None
+
+
+async def _autostarted_in_postcopy(dst: Machine, run: MigrationRun, since: int,
+                                   timeout: float) -> None:
+    """An autostarting destination in postcopy: nothing to send.  QEMU starts
+    the guest when the source says run (migration/savevm.c,
+    loadvm_postcopy_handle_run_bh: ``if (autostart) ... vm_start()``, 7.2 and
+    10.0), after ``postcopy-active``; note when, from its ``RESUME``."""
+    got = await dst.wait_event(lambda e: is_migration(e, "postcopy-active", *TERMINAL),
+                               timeout, since)
+    if got is None or not is_migration(got[1], "postcopy-active"):
+        return
+    resumed = await dst.wait_event(lambda e: e.get("event") == "RESUME", timeout, since)
+    if resumed is not None:
+        log.info("%s: postcopy-active; started by itself (autostart)", dst.role)
+        run.t_dst_ready, run.t_dst_resumed = got[0], resumed[0]
+
+
+async def _stop_autostarted(dst: Machine, run: MigrationRun, since: int) -> None:
+    """On an autostarting destination's ``completed``: stop the guest QEMU
+    started (precopy: migration/migration.c, process_incoming_migration_bh
+    calls vm_start() before it sets ``completed``, when the source was
+    running; postcopy: it has run since the source said run), so its RAM
+    holds still for the checks.  A destination QEMU did not start (the
+    source was not running) is left as it is."""
+    t_resume = first_resume(dst, since)
+    if t_resume is None:
+        log.info("%s: completed without starting (autostart)", dst.role)
+        return
+    if run.t_dst_resumed is None:
+        run.t_dst_resumed = t_resume
+    await dst.execute("stop")
+    run.t_dst_stopped = time.monotonic()
+    log.info("%s: started by itself %.3f s before the harness stopped it", dst.role,
+             run.t_dst_stopped - t_resume)
 
 
 async def settle_destination(dst: Machine, since: int = 0,

@@ -4,7 +4,9 @@ One small function per phase; each phase's name is its key in results.json's
 ``phases`` (in this order):
 
 - ``launch``: source (running its workload) and destination (``-S -incoming
-  defer``) started together;
+  defer``; no ``-S`` with ``dst-start: autostart``, when QEMU starts the guest
+  itself and the driver stops it again on its ``completed``: the
+  ``autostart`` check) started together;
 - ``devices`` (cells across two builds): the devices each VM really has, for
   the static VMState check shown beside the cell;
 - ``configure``: capabilities and parameters on both sides, read back;
@@ -46,7 +48,8 @@ from qemu.qmp import ExecuteError
 from harness.cell import Cell
 from harness.checks.converged import (CancelEvidence, check_cancel_retry, check_converged,
                                       migration_figures, ran_out_of_time)
-from harness.checks.downtime import DowntimeEvidence, check_downtime
+from harness.checks.downtime import DowntimeEvidence, check_downtime, check_downtime_plausible
+from harness.checks.dststart import AutostartEvidence, check_autostart
 from harness.checks.modes import check_background_snapshot
 from harness.checks.sides import allocated_bytes, check_late_block_activate, image_locked
 from harness.checks.vmstate_static import (FIGURE_KEY, builds_differ, static_beside_live,
@@ -62,6 +65,7 @@ from harness.migration.modes import CANCEL_RETRY, postcopy_after, side_args, sid
 from harness.migration.tls import creds_args
 from harness.migration.transports import SAVE_RESTORE, incoming_uri, save_restore_uris
 from harness.migration.verify import verify_paused
+from harness.migration.waits import event_time
 from harness.migration.waits import wait_info
 from harness.qemu.build import QemuBuild, discover
 from harness.qemu.cmdline import MachinePaths
@@ -235,7 +239,8 @@ def _prepare(ctx: CellContext, name: str, build: QemuBuild) -> tuple[Machine, Ma
                            with_disk=ctx.workload.needs_disk,
                            ram=ctx.workdir / "src.ram" if shared else None,
                            prealloc=not (shared and incoming),
-                           serial_sink=ctx.workload.serial_sink(role))
+                           serial_sink=ctx.workload.serial_sink(role),
+                           start_paused=not ctx.autostart)
 
 
 async def _launch(ctx: CellContext) -> None:
@@ -391,10 +396,14 @@ async def _run_migration(ctx: CellContext) -> MigrationRun | None:
                               "in postcopy) and pause-before-switchover (so the harness can "
                               "copy the source's RAM before it is released)", ERROR)
         hold = copy_source_ram
+    # An autostarting destination runs the guest only if the source's did
+    # (harness.checks.dststart): note which it was.
+    src_runstate = await src.status() if ctx.autostart else ""
     t_start = time.monotonic()
     run = await run_migration(src, dst, uri, caps, cell.timeout, ctx.t0, restore,
                               postcopy_after=postcopy_after(cell.mode) or POSTCOPY_AFTER_SYNCS,
-                              at_pre_switchover=hold, on_sample=ctx.report_sample)
+                              at_pre_switchover=hold, on_sample=ctx.report_sample,
+                              dst_autostart=ctx.autostart)
     log.info("migration ended %s after %.1f s", run.status, time.monotonic() - t_start)
     if "allocated" in held_copy:
         run.ram_at_switchover = snapshot
@@ -425,16 +434,23 @@ async def _run_migration(ctx: CellContext) -> MigrationRun | None:
     ctx.record(check_converged(run, cell.timeout))
     ctx.figures["destination_states"] = run.destination_states
     await _settle_stopped(ctx, run)
+    if ctx.autostart:
+        ctx.record(check_autostart(AutostartEvidence(
+            source_runstate=src_runstate, postcopy="postcopy-active" in run.states,
+            t_resume=run.t_dst_resumed, t_completed=event_time(dst, "completed"),
+            destination_runstate=ctx.figures["runstates"]["destination"])))
     return run
 
 
 async def _settle_stopped(ctx: CellContext, run: MigrationRun) -> None:
     """Both sides stopped, in the run states a completed migration leaves."""
     src, dst = ctx.src, ctx.dst
-    if run.t_dst_resumed is not None:
+    if run.t_dst_resumed is not None and run.t_dst_stopped is None:
         # Postcopy: the destination guest has been running; stop it so its RAM
-        # holds still for the checks.
+        # holds still for the checks.  (An autostarted one the driver stopped
+        # already, on its 'completed'.)
         await dst.execute("stop")
+        run.t_dst_stopped = time.monotonic()
     snapshot = bool(ctx.caps.get("background-snapshot"))
     if snapshot:
         # A background snapshot leaves the source running by design; stop it so
@@ -476,7 +492,8 @@ async def _liveness_and_downtime(ctx: CellContext, run: MigrationRun) -> None:
     with ctx.phase("liveness"):
         t_resumed = await _resume(ctx, run)
         ctx.record(await ctx.workload.liveness(ctx.dst, ctx.dst_paths.ram))
-    ctx.record(_downtime(ctx, run, t_resumed))
+    for check in _downtime(ctx, run, t_resumed):
+        ctx.record(check)
 
 
 async def _resume(ctx: CellContext, run: MigrationRun) -> float:
@@ -487,6 +504,10 @@ async def _resume(ctx: CellContext, run: MigrationRun) -> float:
     locked_before = image_locked(disk) if disk else None
     t_cont = time.monotonic()
     await dst.execute("cont")
+    if run.t_dst_stopped is not None:
+        # The guest ran before the checks (autostart, postcopy): this cont
+        # ends the harness's own stop, which the guest's gap leaves out.
+        ctx.workload.harness_stopped(run.t_dst_stopped, t_cont)
     if disk is not None:
         # Every disk cell records whether the destination held its image
         # active before cont: the late-block-activate check and its negative
@@ -494,17 +515,25 @@ async def _resume(ctx: CellContext, run: MigrationRun) -> float:
         locked_after = image_locked(disk)
         ctx.figures["dst_disk_locked"] = {"before_cont": locked_before,
                                           "after_cont": locked_after}
-        if ctx.caps.get("late-block-activate"):
+        if ctx.caps.get("late-block-activate") and ctx.autostart:
+            # QEMU activates the disks when it starts the guest itself
+            # (migration/migration.c, process_incoming_migration_bh): before
+            # this cont, by design.
+            ctx.figures["late_block_activate"] = ("not judged: an autostarting destination "
+                                                  "activates its disks when QEMU starts it")
+        elif ctx.caps.get("late-block-activate"):
             ctx.record(check_late_block_activate(bool(locked_before), locked_after))
     return run.t_dst_resumed or t_cont
 
 
-def _downtime(ctx: CellContext, run: MigrationRun, t_resumed: float) -> CheckResult:
+def _downtime(ctx: CellContext, run: MigrationRun, t_resumed: float) -> list[CheckResult]:
     """QEMU's downtime and the guest's own gap, with the time the harness
-    held the guest stopped (before ``cont``, and in pre-switchover) taken off."""
+    held the guest stopped (before ``cont``, and in pre-switchover) taken off;
+    then whether QEMU's figure is plausible at all."""
     assert run.t_dst_ready is not None
-    # From when the destination could first run to when it was let run.
-    t_held = t_resumed - run.t_dst_ready
+    # From when the destination could first run to when it was let run; none
+    # when QEMU started it itself (autostart: no cont to wait for).
+    t_held = 0.0 if ctx.autostart else t_resumed - run.t_dst_ready
     qemu_ms = float(run.info.get("downtime", 0))
     seen = ctx.workload.guest_gap(t_held + run.source_held_s, run.t_source_done, qemu_ms,
                                   t_dst_ready=run.t_dst_ready, t_resumed=t_resumed,
@@ -515,12 +544,16 @@ def _downtime(ctx: CellContext, run: MigrationRun, t_resumed: float) -> CheckRes
     ctx.figures["harness_held_paused_ms"] = round(t_held * 1000, 2)
     if seen.parts:
         ctx.figures["guest_gap_parts"] = seen.parts
-    return check_downtime(DowntimeEvidence(
+    ev = DowntimeEvidence(
         qemu_downtime_ms=qemu_ms, limit_ms=ctx.limit_ms,
         tolerance_ms=ctx.cell.downtime_tolerance_ms, guest_gap_ms=gap,
         heartbeat_interval_ms=seen.resolution_ms, harness_hold_ms=run.source_held_s * 1000,
         harness_hold_host_ms=(run.source_held_host_s * 1000 if run.source_held_host_s
-                              else None)))
+                              else None),
+        total_time_ms=(float(run.info["total-time"]) if run.info.get("total-time")
+                       else None),
+        postcopy="postcopy-active" in run.states)
+    return [check_downtime(ev), check_downtime_plausible(ev)]
 
 
 async def _teardown(ctx: CellContext) -> None:

@@ -26,20 +26,21 @@ def prepare_machine(name: str, build: QemuBuild, target: TargetSpec, workdir: Pa
                     logdir: Path, t0: float, *, incoming: bool, machine_type: str,
                     extra: tuple[str, ...] | list[str] = (), with_disk: bool = True,
                     ram: Path | None = None, prealloc: bool = True,
-                    serial_sink: Callable[[bytes, float], None] | None = None
-                    ) -> tuple[Machine, MachinePaths]:
+                    serial_sink: Callable[[bytes, float], None] | None = None,
+                    start_paused: bool = True) -> tuple[Machine, MachinePaths]:
     """A Machine named ``name`` (not started) and the files it uses.
 
     ``with_disk``: a per-machine copy of the dirtier boot disk for the
     target's region; ``ram``: another RAM file than ``<name>.ram`` (one RAM
-    file shared by both sides, for x-ignore-shared)."""
+    file shared by both sides, for x-ignore-shared); ``start_paused``: an
+    incoming machine gets ``-S`` (False: ``dst-start: autostart``)."""
     wl = target.workload
     disk = make_disk(workdir / f"{name}.disk", wl.region_base, wl.region_size) \
         if with_disk else None
     paths = MachinePaths(qmp=workdir / f"{name}.qmp", serial=workdir / f"{name}.serial",
                          ram=ram or workdir / f"{name}.ram", disk=disk)
     argv = machine_argv(build, target, paths, incoming=incoming, machine_type=machine_type,
-                        extra=tuple(extra), prealloc=prealloc)
+                        extra=tuple(extra), prealloc=prealloc, start_paused=start_paused)
     log.debug("%s: %s", name, shlex.join(argv))
     m = Machine(name, argv, build.env(), qmp_path=paths.qmp, serial_path=paths.serial,
                 logdir=logdir, t0=t0, serial_sink=serial_sink)

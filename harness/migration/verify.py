@@ -61,7 +61,9 @@ async def verify_paused(ctx: CellContext, run: MigrationRun) -> None:
     for check in ctx.workload.stream_checks(info):
         ctx.record(check)
     if run.t_dst_resumed is not None:
-        ctx.figures["cpu_state"] = "not compared: the destination ran during postcopy"
+        ctx.figures["cpu_state"] = (f"not compared: {_how_destination_ran(ctx)}"
+                                    if ctx.autostart else
+                                    "not compared: the destination ran during postcopy")
     elif ctx.caps.get("background-snapshot"):
         ctx.figures["cpu_state"] = ("not compared: the snapshot holds the CPU state "
                                     "of its start; the source ran on")
@@ -75,7 +77,7 @@ def _explained(ctx: CellContext, run: MigrationRun) -> Explained | None:
     wl = ctx.cell.target.workload
     region = np.arange(wl.region_base, wl.region_base + wl.region_size, PAGE)
     if run.t_dst_resumed is not None:
-        return Explained(region, "the destination guest ran during postcopy and rewrote the "
+        return Explained(region, f"{_how_destination_ran(ctx)} and rewrote the "
                          "first byte of its region's pages; those bytes are judged by the "
                          "guest invariant")
     if ctx.caps.get("background-snapshot") and ctx.workload.writes_region:
@@ -84,6 +86,17 @@ def _explained(ctx: CellContext, run: MigrationRun) -> Explained | None:
                          "its region's pages; those bytes are judged by the guest invariant "
                          "on the restored copy")
     return None
+
+
+def _how_destination_ran(ctx: CellContext) -> str:
+    """Why the destination guest ran before the checks: postcopy (the harness
+    resumed it at postcopy-active), or QEMU started it itself (dst-start
+    autostart: it ran from switchover until the harness stopped it on
+    'completed')."""
+    if ctx.autostart:
+        return ("the destination guest ran from switchover (dst-start autostart: QEMU "
+                "started it) until the harness stopped it")
+    return "the destination guest ran during postcopy"
 
 
 async def _compare_ram(ctx: CellContext, run: MigrationRun) -> Path:

@@ -53,14 +53,17 @@ class MachinePaths:
 
 def machine_argv(build: QemuBuild, target: TargetSpec, paths: MachinePaths, *,
                  incoming: bool, machine_type: str | None = None,
-                 extra: tuple[str, ...] = (), prealloc: bool = True) -> list[str]:
+                 extra: tuple[str, ...] = (), prealloc: bool = True,
+                 start_paused: bool = True) -> list[str]:
     """Command line for a source (``incoming=False``) or destination.
 
     Guest RAM lives in a ``memory-backend-file`` with ``share=on`` so both
     sides' RAM can be compared byte for byte from the host while the VMs are
     stopped.  The destination starts with ``-S`` so it stays paused after the
     last page lands, and with ``-incoming defer`` so capabilities and
-    parameters can be set before it listens.
+    parameters can be set before it listens.  ``start_paused=False`` leaves
+    ``-S`` out (a cell with ``dst-start: autostart``): QEMU then starts the
+    guest itself once the migration is in (harness.migration.dst_start).
     """
     machine = machine_type or target.machine
     argv = build.base_argv()
@@ -85,6 +88,6 @@ def machine_argv(build: QemuBuild, target: TargetSpec, paths: MachinePaths, *,
     if paths.disk is not None:
         argv += ["-drive", f"file={paths.disk},format=raw,if=ide,index=0,media=disk"]
     if incoming:
-        argv += ["-S", "-incoming", "defer"]
+        argv += (["-S"] if start_paused else []) + ["-incoming", "defer"]
     argv += list(extra)
     return argv

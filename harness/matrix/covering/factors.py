@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 Setting = tuple[str, Any]  # (factor name, value)
 
-#: Kinds that select the context or the cell's shape, not what QEMU is told.
-CONTEXT_KINDS = ("target", "transport", "src-build", "dst-build")
+#: Kinds that select the context or the cell's shape, not what QEMU is told
+#: (``dst-start``: the destination's command line, ``-S`` or not).
+CONTEXT_KINDS = ("target", "transport", "src-build", "dst-build", "dst-start")
 #: Of those, the kinds the oracle still judges (rules tie capabilities to the
 #: transport: harness.migration.transports).
 JUDGED_KINDS = ("transport", "mode")
@@ -31,7 +32,8 @@ class Factor:
     """One dimension of a covering array.
 
     ``kind`` is ``target``, ``transport``, ``src-build``, ``dst-build``,
-    ``capset``, ``paramset``, ``capability``, ``parameter`` or ``mode``.  A
+    ``capset``, ``paramset``, ``capability``, ``parameter``, ``mode`` or
+    ``dst-start``.  A
     capability's values are ``(False, True)``; a parameter's are what the
     matrix lists (``None``: leave QEMU's default).
     """
