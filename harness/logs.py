@@ -21,6 +21,10 @@ from pathlib import Path
 #: The id of the cell being run in this context ("" outside any cell).
 current_cell: contextvars.ContextVar[str] = contextvars.ContextVar("mharness_cell", default="")
 
+#: (cell id, log file) pairs being written in this context: see cell_logging.
+_writing: contextvars.ContextVar[frozenset[tuple[str, str]]] = contextvars.ContextVar(
+    "mharness_cell_logs", default=frozenset())
+
 #: File name of the harness's own log in a cell's log folder.
 CELL_LOG = "harness.log"
 
@@ -63,14 +67,18 @@ def cell_logging(cell_id: str, logdir: Path) -> Iterator[Path]:
     """Stamp records with ``cell_id`` and write them to ``logdir/harness.log``
     while the block runs; yields that path.
 
-    Re-entrant: inside a block already logging this cell (a pytest fixture
-    around a test that runs the cell through ``harness.run.cellrun``), records
-    keep going to the outer block's file, once, rather than twice."""
+    Re-entrant: inside a block already writing this cell's records to the
+    same file (a pytest fixture around a test that runs the cell through
+    ``harness.run.cellrun``), records go to that file once, not twice.  A
+    nested block with another folder (a repeated cell's ``run-<i>/``) adds its
+    own file, as it should."""
     logdir.mkdir(parents=True, exist_ok=True)
     path = logdir / CELL_LOG
-    if current_cell.get() == cell_id:
+    key = (cell_id, str(path.resolve()))
+    if key in _writing.get():
         yield path
         return
+    writing = _writing.set(_writing.get() | {key})
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.addFilter(_OnlyCell(cell_id))
@@ -84,6 +92,7 @@ def cell_logging(cell_id: str, logdir: Path) -> Iterator[Path]:
         logger.removeHandler(handler)
         handler.close()
         current_cell.reset(token)
+        _writing.reset(writing)
 
 
 def console_logging(level: int = logging.WARNING) -> None:
