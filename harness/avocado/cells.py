@@ -101,7 +101,7 @@ class MatrixRef:
 def tags_of(cell: Cell) -> dict[str, set[str] | None]:
     """Avocado tags for ``--filter-by-tags``: ``arch:x86_64``, ``accel:tcg``,
     ``transport:unix``, ``target:NAME``, ``build:NAME`` (either side),
-    ``src-build:``/``dst-build:``, ``machine:``, ``mode:``, ``cap:NAME`` (each
+    ``src-build:``/``dst-build:``, ``machine:``, ``mode:``, ``dst-start:``, ``cap:NAME`` (each
     enabled capability), ``tier:``, ``kind:`` (``migration`` or ``scenario``),
     ``scenario:``, ``fault:``; flat ``mharness``, and ``negative-control`` for
     cells with ``expect-fail``.
@@ -121,6 +121,7 @@ def tags_of(cell: Cell) -> dict[str, set[str] | None]:
         "src-build": {cell.src_build.name},
         "dst-build": {cell.dst_build.name},
         "mode": {cell.mode or PRECOPY} if not cell.scenario else set(),
+        "dst-start": {cell.dst_start} if not cell.scenario else set(),
         "cap": {name for name, on in cell.capabilities if on},
         "tier": {cell.tier},
         "scenario": {cell.scenario},
