@@ -49,6 +49,9 @@ class WorkloadSpec:
     region_size: int = 100 * MiB
     #: Passes the source guest must have completed before migration starts.
     warmup_passes: int = 3
+    #: Settings of one kind only, as sorted (key, value) pairs (``linux``:
+    #: harness.guest.linux_options).
+    options: tuple[tuple[str, Any], ...] = ()
 
 
 #: Firmware a target may name (``firmware:`` in matrix.yaml); the first is the default.
@@ -149,6 +152,8 @@ class Cell:
         # their seeds.
         if not self.target.accel_options:
             data["target"].pop("accel_options")
+        if not self.target.workload.options:
+            data["target"]["workload"].pop("options")
         if self.target.firmware == DEFAULT_FIRMWARE:
             data["target"].pop("firmware")
         for key in ("mode", "fault", "scenario"):

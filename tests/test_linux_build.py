@@ -122,7 +122,8 @@ def test_resolve_follows_the_metapackage(monkeypatch: pytest.MonkeyPatch) -> Non
     answers = {"linux-image-amd64": ("6.1.1-1", "linux-image-6.1.0-9-amd64 (= 6.1.1-1)"),
                "linux-image-6.1.0-9-amd64": ("6.1.1-1", "kmod, linux-base (>= 4.3~)"),
                "busybox-static": ("1:1.35.0-4", "")}
-    monkeypatch.setattr(linux_build, "_candidate", lambda name: answers[name])
+    monkeypatch.setattr(linux_build, "_candidates",
+                        lambda names: {n: answers[n] for n in names})
     pkgs = linux_build.resolve_packages("kernel linux-image-amd64 linux-image-\n"
                                         "busybox busybox-static\n")
     assert pkgs == [linux_build.DebPackage("kernel", "linux-image-6.1.0-9-amd64", "6.1.1-1"),

@@ -115,40 +115,54 @@ def _parse_packages(text: str) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _candidate(package: str) -> tuple[str, str]:
-    """(version, Depends) of the version apt would fetch now."""
-    out = _run([_need("apt-cache", "apt"), "show", "--no-all-versions", package],
-               what=f"apt-cache show {package}")
-    fields = dict(re.findall(r"^([A-Za-z-]+): ?(.*)$", out, re.MULTILINE))
-    if "Version" not in fields:
-        raise LinuxBuildError(f"apt knows no candidate for '{package}': run apt-get update")
-    return fields["Version"], fields.get("Depends", "")
+def _candidates(packages: list[str]) -> dict[str, tuple[str, str]]:
+    """package -> (version, Depends) of the version apt would fetch now, for
+    several packages in one ``apt-cache`` run (each run parses apt's lists)."""
+    out = _run([_need("apt-cache", "apt"), "show", "--no-all-versions", *packages],
+               what=f"apt-cache show {' '.join(packages)}")
+    found: dict[str, tuple[str, str]] = {}
+    for record in out.split("\n\n"):
+        fields = dict(re.findall(r"^([A-Za-z-]+): ?(.*)$", record, re.MULTILINE))
+        if "Package" in fields and "Version" in fields:
+            found.setdefault(fields["Package"], (fields["Version"], fields.get("Depends", "")))
+    for package in packages:
+        if package not in found:
+            raise LinuxBuildError(f"apt knows no candidate for '{package}': run apt-get update")
+    return found
 
 
 def resolve_packages(packages_txt: str) -> list[DebPackage]:
-    """The exact packages and versions to fetch, metapackages followed."""
-    result = []
-    for role, name, follow in _parse_packages(packages_txt):
-        version, depends = _candidate(name)
+    """The exact packages and versions to fetch, metapackages followed (two
+    apt-cache runs: the packages named, then what they were followed to)."""
+    rows = _parse_packages(packages_txt)
+    first = _candidates([name for _, name, _ in rows]) if rows else {}
+    chosen: list[tuple[str, str, str]] = []      # role, name, version ("": look up)
+    follow_up = []
+    for role, name, follow in rows:
+        version, depends = first[name]
         if follow:
-            deps = [d.strip().split()[0] for d in depends.split(",")]
+            deps = [d.strip().split()[0] for d in depends.split(",") if d.strip()]
             real = [d for d in deps if d.startswith(follow)]
             if len(real) != 1:
                 raise LinuxBuildError(f"{name} {version} depends on {deps}: expected exactly "
                                       f"one package starting with '{follow}'")
-            name = real[0]
-            version, _ = _candidate(name)
-        result.append(DebPackage(role, name, version))
-    return result
+            name, version = real[0], ""
+            follow_up.append(name)
+        chosen.append((role, name, version))
+    second = _candidates(follow_up) if follow_up else {}
+    return [DebPackage(role, name, version or second[name][0])
+            for role, name, version in chosen]
 
 
-def _dpkg_version(package: str) -> str:
+def _dpkg_versions(packages: list[str]) -> dict[str, str]:
+    """Installed versions (one dpkg-query run); "not installed" where none."""
     try:
-        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
-                             capture_output=True, text=True, timeout=60, check=False)
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${Version}\n", *packages],
+                             capture_output=True, text=True, timeout=60, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() or "not installed"
+        out = ""
+    found = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    return {p: found.get(p, "not installed") for p in packages}
 
 
 def _first_line(argv: list[str]) -> str:
@@ -159,8 +173,8 @@ def _first_line(argv: list[str]) -> str:
 def _key_text(packages_txt: str) -> str:
     lines = [f"deb {p.role} {p.name}={p.version}" for p in resolve_packages(packages_txt)]
     lines.append(f"gcc {_first_line([_need('gcc', 'gcc'), '--version'])}")
-    lines.append(f"libc6-dev {_dpkg_version('libc6-dev')}")
-    lines.append(f"dpkg {_first_line([_need('dpkg', 'dpkg'), '--version'])}")
+    # libc6-dev: the agent links libc statically; dpkg unpacks the packages.
+    lines += [f"{p} {v}" for p, v in _dpkg_versions(["libc6-dev", "dpkg"]).items()]
     return "\n".join(lines) + "\n"
 
 

@@ -100,6 +100,11 @@ class Workload(ABC):
     #: Rewrites its region while it runs: pages a running guest changed after
     #: the copy was taken (postcopy, background-snapshot) are explained.
     writes_region: ClassVar[bool] = False
+    #: Runs an OS that may write anywhere in RAM once it runs (Linux): after
+    #: the destination ran (postcopy), RAM cannot be compared with the source.
+    writes_anywhere: ClassVar[bool] = False
+    #: Has checks of its own after liveness (:meth:`after_liveness`).
+    post_checks: ClassVar[bool] = False
     #: (stop, cont) host times of the harness stopping a destination that
     #: already ran (dst-start autostart, postcopy) for its checks; see
     #: :meth:`harness_stopped`.
@@ -142,6 +147,15 @@ class Workload(ABC):
     async def liveness(self, dst: Machine, dst_ram: Path) -> CheckResult:
         """After ``cont``: watch the destination run on (the verdict is
         harness.checks.liveness's)."""
+
+    async def after_liveness(self, dst: Machine) -> list[CheckResult]:
+        """Checks that need the resumed guest for longer (Linux: its own
+        verdict, its devices, a reboot); run after liveness and downtime."""
+        return []
+
+    async def close(self) -> None:
+        """Free what the workload holds (listeners, tasks); the flow calls it
+        when the cell ends, however it ends."""
 
     def guest_gap(self, held_s: float, t_source_done: float | None,
                   qemu_downtime_ms: float, t_dst_ready: float | None = None,

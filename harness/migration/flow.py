@@ -55,7 +55,8 @@ from harness.checks.sides import allocated_bytes, check_late_block_activate, ima
 from harness.checks.vmstate_static import (FIGURE_KEY, builds_differ, static_beside_live,
                                            walk_devices)
 from harness.errors import BuildError, HarnessError
-from harness.guest.workload import WARMUP_TIMEOUT, GuestProgressError, workload_for
+from harness.guest.kinds import workload_for
+from harness.guest.workload import WARMUP_TIMEOUT, GuestProgressError
 from harness.migration.context import (CellContext, CellFailure, CellHooks, Evidence, Inject,
                                        Progress)
 from harness.migration.driver import (POSTCOPY_AFTER_SYNCS, MigrationRun, cancel, configure,
@@ -195,12 +196,14 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
     workdir = runtime_dir()
     # The machines' logs and the migration samples count from here.
     ctx = CellContext(cell=cell, src_build=src_build, dst_build=dst_build, workdir=workdir,
-                      logdir=logdir, t0=time.monotonic(), workload=workload_for(cell, workdir),
-                      progress=progress, hooks=hooks, evidence=evidence)
+                      logdir=logdir, t0=time.monotonic(),
+                      workload=workload_for(cell, workdir, logdir), progress=progress,
+                      hooks=hooks, evidence=evidence)
     try:
         ctx.machine_type = _common_machine_type(cell, src_build, dst_build)
         ctx.figures["machine_type"] = ctx.machine_type
         async with ctx.stack:
+            ctx.stack.push_async_callback(ctx.workload.close)
             await _launch(ctx)
             if builds_differ(src_build, dst_build):
                 await _devices(ctx)
@@ -494,6 +497,10 @@ async def _liveness_and_downtime(ctx: CellContext, run: MigrationRun) -> None:
         ctx.record(await ctx.workload.liveness(ctx.dst, ctx.dst_paths.ram))
     for check in _downtime(ctx, run, t_resumed):
         ctx.record(check)
+    if ctx.workload.post_checks:
+        with ctx.phase("guest-checks"):
+            for check in await ctx.workload.after_liveness(ctx.dst):
+                ctx.record(check)
 
 
 async def _resume(ctx: CellContext, run: MigrationRun) -> float:

@@ -119,6 +119,17 @@ STATELESS: dict[str, str] = {
     "isa-debugcon": "write-only debug port",
     "loader": "generic loader: its image is copied into RAM at reset; RAM carries it",
     "pc-dimm": "its RAM is migrated as a RAM block",
+    # A virtio PCI proxy has no vmsd: its PCI config space and MSI-X state go
+    # inside its virtio backend's section (virtio_save -> k->save_config, i.e.
+    # virtio_pci_save_config: hw/virtio/virtio.c, hw/virtio/virtio-pci.c).
+    "virtio-net-pci": "PCI proxy: saved inside its virtio-net backend's section "
+                      "(virtio_pci_save_config)",
+    "virtio-blk-pci": "PCI proxy: saved inside its virtio-blk backend's section "
+                      "(virtio_pci_save_config)",
+    "virtio-serial-pci": "PCI proxy: saved inside its virtio-serial backend's section "
+                         "(virtio_pci_save_config)",
+    "virtserialport": "a port of virtio-serial: saved by the bus's device "
+                      "(virtio_serial_save_device, hw/char/virtio-serial-bus.c)",
 }
 
 #: The section name of the state in :data:`REALIZE_VMSTATE` (the vmsd name).
