@@ -276,3 +276,39 @@ def test_disk_net_clock_reboot_verdicts() -> None:
     assert not r.passed and "last write is 7" in r.summary
     assert not lc.check_reboot(lc.RebootEvidence(requested=True, old_boot="a",
                                                  timeout_s=30)).passed
+
+
+# --- KVM probe ----------------------------------------------------------------
+
+def _fake_qemu(tmp_path: Path, script: str) -> Path:
+    exe = tmp_path / "fake-qemu"
+    exe.write_text("#!/bin/sh\n" + script + "\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_kvm_probe_boots_or_names_the_problem(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.cell import BuildSpec
+    from harness.guest import linux_kvm
+
+    monkeypatch.setenv("MHARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"\x7fELF")
+    good = _fake_qemu(tmp_path, 'echo "[ 1.0] Run /init as init process"; sleep 30')
+    assert linux_kvm.probe([str(good)], timeout=5) is None
+    silent = _fake_qemu(tmp_path, "sleep 30")
+    said = linux_kvm.probe([str(silent)], timeout=1)
+    assert said is not None and "does not boot under this host's KVM" in said
+    assert "no console output" in said
+    # Asked once per host and build: the second answer comes from the cache.
+    spec = BuildSpec("fake", str(silent))
+    monkeypatch.setattr(linux_kvm, "PROBE_TIMEOUT", 1.0)
+    calls = []
+    real = linux_kvm.probe
+    monkeypatch.setattr(linux_kvm, "probe", lambda argv, env=None, timeout=1.0:
+                        calls.append(argv) or real(argv, env, 1.0))
+    first = linux_kvm.kvm_boot_problem(spec, kernel, kernel, None)
+    again = linux_kvm.kvm_boot_problem(spec, kernel, kernel, None)
+    assert first == again and first is not None and len(calls) == 1
+    assert "-accel" in calls[0] and "kvm" in calls[0]

@@ -49,14 +49,16 @@ from harness.checks.ram import ram_layout
 from harness.errors import HarnessError
 from harness.guest.linux_disk import DiskReport, check_image, make_overlay
 from harness.guest.linux_image import LinuxGuest, linux_guest
+from harness.guest.linux_kvm import kvm_boot_problem
 from harness.guest.linux_net import NetPeer
 from harness.guest.linux_options import KIND, LinuxOptions
 from harness.guest.linux_proto import AgentStream, Boot, ConsoleWatch
 from harness.guest.linux_ram import (check_records, differing_pages, owner_table,
                                      read_agent_pages)
 from harness.guest.workload import GuestGap, GuestProgressError, SerialSink, Workload
+from harness.migration.context import CellFailure
 from harness.qemu.machine import Machine
-from harness.results import CheckResult
+from harness.results import SKIPPED, CheckResult
 from harness.waiting import WaitAborted, WaitTimeout, poll_until
 
 __all__ = ["LinuxWorkload", "FAULTS", "GUEST_FWD"]
@@ -155,6 +157,8 @@ class LinuxWorkload(Workload):
         if self.guest is None:
             self.guest = linux_guest()
             self._t_launch = time.monotonic()
+            if self.cell.target.accel == "kvm":
+                self._kvm_or_skip(self.guest)
         if self.overlay is None and self.opts.disk:
             self.overlay = make_overlay(self.workdir, self.opts.disk)
         side = self._new_side(role)
@@ -178,6 +182,15 @@ class LinuxWorkload(Workload):
             netdev += f",guestfwd=tcp:{host}:{port}-tcp:127.0.0.1:{self.peer.listen()}"
         args += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=net0,id=vnet0,mac={MAC}"]
         return args
+
+    def _kvm_or_skip(self, guest: LinuxGuest) -> None:
+        """A skip with the reason where this host's KVM cannot boot Linux
+        (harness.guest.linux_kvm asks once per host and build)."""
+        for spec in dict.fromkeys((self.cell.src_build, self.cell.dst_build)):
+            problem = kvm_boot_problem(spec, guest.kernel(self.opts.boot), guest.initrd,
+                                       self.cell.target.cpu)
+            if problem:
+                raise CellFailure(f"{spec.name}: {problem}", SKIPPED)
 
     def _fault_args(self) -> list[str]:
         if self.cell.fault == "linux-kernel-panic":
