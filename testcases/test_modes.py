@@ -11,8 +11,8 @@ Negative controls: each behaviour check is re-judged on the evidence of a
 plain precopy migration (same guest, feature off) and must fail there, so a
 check that passes whatever QEMU did would be caught; and the auto-converge
 cells' KVM guest without the capability must not converge within its bound
-(cells of the ``controls`` tier, at 32 MiB/s: at the auto-converge cells'
-128 MiB/s the guest, slowed by a CPU hog, came within 1.5x of converging).
+(cells of the ``controls`` tier, at the same 32 MiB/s: at 128 MiB/s the
+guest, slowed by a CPU hog, came within 1.5x of converging without it).
 """
 from __future__ import annotations
 
