@@ -384,8 +384,11 @@ class LinuxWorkload(Workload):
             n = min(len(after), len(self._pages_before))
             return int((after[:n] != self._pages_before[:n]).any(axis=1).sum())
 
-        def probe() -> tuple[int, int]:
-            return (boot.beats if boot else 0), changed_pages()
+        async def probe() -> tuple[int, int]:
+            # Reading the buffer takes a while: off the event loop, which must
+            # keep reading the agent's port (heartbeats are timed on arrival).
+            changed = await asyncio.to_thread(changed_pages)
+            return (boot.beats if boot else 0), changed
 
         def abort() -> str | None:
             if not dst.alive:

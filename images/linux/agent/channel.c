@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -65,7 +66,12 @@ int channel_open(void)
     /* virtio_console probes the port after insmod returns: wait a little. */
     for (int waited = 0; !cfg.force_console && waited < PORT_WAIT_MS; waited += 10) {
         if (find_port(dev, sizeof dev)) {
-            int fd = open(dev, O_RDWR | O_CLOEXEC);
+            /* Non-blocking: a blocking write makes virtio_console spin in
+             * the kernel until the host has taken the buffer
+             * (__send_to_port), which at the heartbeat thread's real-time
+             * priority would starve the guest whenever the host reads
+             * late.  write_all() waits in poll() instead. */
+            int fd = open(dev, O_RDWR | O_NONBLOCK | O_CLOEXEC);
             if (fd >= 0) {
                 out_fd = in_fd = fd;
                 is_port = 1;
@@ -89,14 +95,24 @@ const char *channel_kind(void)
     return is_port ? "virtio" : "console";
 }
 
+/* Wait until fd is ready for `events`, at most `ms` (EINTR retried). */
+static void wait_fd(int fd, short events, int ms)
+{
+    struct pollfd p = { .fd = fd, .events = events };
+    while (poll(&p, 1, ms) < 0 && errno == EINTR)
+        ;
+}
+
 static void write_all(int fd, const char *buf, size_t len)
 {
     while (len > 0) {
         ssize_t n = write(fd, buf, len);
         if (n < 0) {
-            if (errno == EINTR || errno == EAGAIN)
-                continue;
-            return;
+            if (errno == EAGAIN)
+                wait_fd(fd, POLLOUT, 100);
+            else if (errno != EINTR)
+                return;
+            continue;
         }
         buf += n;
         len -= (size_t)n;
@@ -146,8 +162,11 @@ int channel_read_line(char *buf, size_t size)
     for (;;) {
         char c;
         ssize_t n = read(in_fd, &c, 1);
-        if (n < 0 && errno == EINTR)
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+            if (errno == EAGAIN)
+                wait_fd(in_fd, POLLIN, 1000);
             continue;
+        }
         if (n <= 0) {
             /* A port whose host side is not connected reads EOF: wait and
              * try again rather than spin. */
