@@ -58,3 +58,19 @@ def test_remote_command_is_quoted_argv() -> None:
     argv = ["python3", "-c", WATCHDOG, '{"argv": ["/q; rm -rf /", "$(x)"]}']
     assert shlex.split(shlex.join(argv)) == argv
 
+
+def test_matrix_hosts_inline_and_file(tmp_path: Path) -> None:
+    from harness.matrix import load_matrix
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "matrix.yaml").read_text()
+    m = tmp_path / "matrix.yaml"
+    m.write_text(text + "\nhosts:\n  a: {ssh: root@10.0.0.1, port: 2222}\n  local: {}\n")
+    hosts = load_matrix(m).hosts
+    assert hosts["a"].port == 2222 and hosts["local"].is_local
+    (tmp_path / "inventory.yaml").write_text("hosts:\n  b:\n    ssh: me@b\n    port: 0\n")
+    m.write_text(text + "\nhosts: inventory.yaml\n")
+    with pytest.raises(MatrixError) as err:
+        load_matrix(m)
+    assert err.value.key == "hosts.b.port" and err.value.line == 4
+    assert err.value.file.endswith("inventory.yaml")
+    assert load_matrix(root / "matrix.yaml").hosts.keys() == {"local"}

@@ -169,7 +169,7 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
     text = BASE + "tiers2: {}\n"
     assert_error(tmp_path, text, "tiers2", "tiers2",
                  "unknown key (allowed: version, defaults, builds, targets, "
-                 "transports, capsets, paramsets, tiers, known-issues)")
+                 "transports, capsets, paramsets, tiers, known-issues, hosts)")
 
 
 # --- types -----------------------------------------------------------------------

@@ -24,8 +24,10 @@ from typing import Any, Callable, TypeVar, overload
 
 from harness.cell import FIRMWARES, BuildSpec, Cell, TargetSpec, WorkloadSpec
 from harness.errors import MatrixError
+from harness.guest.linux_options import KEYS as LINUX_KEYS
 from harness.failpaths import SCENARIO_IDS, build_label
 from harness.known_issues import KnownIssue
+from harness.hosts.inventory import LOCAL, HostSpec, hosts_from_yaml
 from harness.matrix import schema as s
 from harness.matrix.expand import (
     ARCH_PLACEHOLDER, build_for_arch, expand_tiers, select, with_build,
@@ -84,6 +86,8 @@ class Matrix:
     #: ``known-issues:``: builds' own defects (harness.known_issues); each cell
     #: carries the ones that name it.
     known_issues: tuple[KnownIssue, ...] = ()
+    #: ``hosts:`` (harness.hosts.inventory): where QEMUs may run; ``local`` always.
+    hosts: dict[str, HostSpec] = field(default_factory=lambda: {LOCAL: HostSpec(LOCAL)})
 
     def build_specs(self) -> list[BuildSpec]:
         """Concrete builds to probe (``doctor``): ``{arch}`` substituted.
@@ -160,6 +164,9 @@ def load_matrix(path: str | Path) -> Matrix:
         build_versions=build_versions,
         known_issues=parse_known_issues(entries.get("known-issues"), where.key("known-issues"),
                                         builds, targets))
+    if "hosts" in entries:
+        matrix = replace(matrix, hosts=hosts_from_yaml(entries["hosts"].value, file, base_dir,
+                                                       load_yaml))
     tiers = _Tiers(matrix, where.key("tiers")).parse(entries["tiers"].value)
     matrix = replace(matrix, tiers=tiers)
     matrix = replace(matrix, expanded=expand_tiers(tiers, matrix))
@@ -420,11 +427,15 @@ def _first(entries: dict[str, YEntry], keys: Sequence[str]) -> YEntry | None:
 
 
 def _workload(node: YNode, where: Where) -> WorkloadSpec:
-    e = s.check_keys(s.as_map(node, where), where, s.WORKLOAD_KEYS)
-    spec = WorkloadSpec()
-    if "kind" in e:
-        spec = replace(spec, kind=s.as_name(e["kind"].value, where.key("kind"),
-                                            "workload kind"))
+    m = s.as_map(node, where)
+    kind_node = m.entries.get("kind")
+    kind = s.as_name(kind_node.value, where.key("kind"), "workload kind") if kind_node \
+        else WorkloadSpec.kind
+    own = s.WORKLOAD_KIND_KEYS.get(kind, ())
+    e = s.check_keys(m, where, s.WORKLOAD_KEYS + own)
+    spec = WorkloadSpec(kind=kind)
+    if own:
+        spec = replace(spec, options=_kind_options(e, own, where))
     if "region" in e:
         spec = replace(spec, region_size=s.as_size(e["region"].value,
                                                    where.key("region"), positive=True))
@@ -434,6 +445,29 @@ def _workload(node: YNode, where: Where) -> WorkloadSpec:
         spec = replace(spec, warmup_passes=s.as_int(
             e["warmup-passes"].value, where.key("warmup-passes"), minimum=0))
     return spec
+
+
+def _kind_options(e: dict[str, YEntry], keys: Sequence[str], where: Where
+                  ) -> tuple[tuple[str, Any], ...]:
+    """A workload kind's own settings (types in harness.guest.linux_options.KEYS)."""
+    out = []
+    for key in keys:
+        if key not in e:
+            continue
+        kind, _default, choices = LINUX_KEYS[key]
+        node, w = e[key].value, where.key(key)
+        if kind == "size":
+            value: Any = s.as_size(node, w)
+        elif kind == "int":
+            value = s.as_int(node, w, minimum=0)
+        elif kind == "bool":
+            value = s.as_bool(node, w)
+        else:
+            value = s.as_str(node, w)
+            if choices and value not in choices:
+                raise w.error(f"{value!r} is not one of {', '.join(choices)}", node.line)
+        out.append((key, value))
+    return tuple(sorted(out))
 
 
 # --- capability and parameter sets --------------------------------------------

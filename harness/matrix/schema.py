@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import MatrixError
+from harness.guest.linux_options import KEYS as LINUX_KEYS
 from harness.matrix.yamlpos import (
     YEntry, YMap, YNode, YScalar, YSeq, describe, join_index, join_key,
 )
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 VERSION = 1
 
 TOP_KEYS = ("version", "defaults", "builds", "targets", "transports", "capsets",
-            "paramsets", "tiers", "known-issues")
+            "paramsets", "tiers", "known-issues", "hosts")
 TOP_REQUIRED = ("version", "builds", "targets", "transports", "tiers")
 DEFAULTS_KEYS = ("timeout", "downtime-tolerance-ms", "capabilities", "parameters")
 BUILD_KEYS = ("binary", "prefix", "data-dirs", "env", "extra-args", "required", "version")
@@ -33,6 +34,8 @@ TARGET_KEYS = ("arch", "machine", "accel", "accel-options", "memory", "cpu", "sm
                "workload", "firmware")
 TARGET_REQUIRED = ("arch", "machine", "build")
 WORKLOAD_KEYS = ("kind", "region", "base", "warmup-passes")
+#: Keys of one workload kind only (``linux``: harness.guest.linux_options).
+WORKLOAD_KIND_KEYS = {"linux": tuple(LINUX_KEYS)}
 TIER_KEYS = ("description", "include", "cells", "product", "covering", "filter")
 #: Per-cell settings that both an explicit cell and a product may carry.
 CELL_SETTINGS = ("timeout", "downtime-tolerance-ms", "expect-fail", "repeat")
