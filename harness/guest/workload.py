@@ -321,9 +321,10 @@ class X86Dirtier(_Dirtier):
         # On the destination, the rest of the interrupted pass: from when it
         # was let run to its first heartbeat, which the harness measures.
         # After a completed migration that pass runs from RAM already in
-        # place, yet under load it took 2-10x a steady pass (its vCPU thread
-        # scheduled anew, TCG's translations and TLB cold: benchmarks/README.md,
-        # "guest gap"), so the steady interval alone under-allows it.  During
+        # place, yet under a CPU hog it outlasted a steady pass in 55 of 78
+        # cells, by up to 25x (its vCPU thread scheduled anew, TCG's
+        # translations and TLB cold: benchmarks/README.md, "After the fixes"),
+        # so the steady interval alone under-allows it.  During
         # postcopy the pass waits for pages still on the source, which is
         # time the guest really was stopped: there only the steady interval.
         dst_res = self.dst.last_interval() or 0.0
