@@ -41,7 +41,6 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from qemu.qmp import ExecuteError
 
@@ -146,7 +145,7 @@ async def run_cell_async(cell: Cell, logdir: Path, progress: Progress | None = N
     try:
         src_build = discover(cell.src_build)
         dst_build = discover(cell.dst_build)
-        result.builds = {"source": _build_brief(src_build), "destination": _build_brief(dst_build)}
+        result.builds = {"source": src_build.brief(), "destination": dst_build.brief()}
         skip = preflight(cell, src_build, dst_build)
         if skip:
             log.info("skipped: %s", skip)
@@ -182,11 +181,6 @@ async def run_cell_async(cell: Cell, logdir: Path, progress: Progress | None = N
     finally:
         result.duration = round(time.monotonic() - t0, 3)
     return result
-
-
-def _build_brief(build: QemuBuild) -> dict[str, Any]:
-    return {"name": build.name, "binary": build.spec.binary, "version": build.version_text,
-            "package": build.package, "missing": build.missing}
 
 
 async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: Path,

@@ -66,6 +66,12 @@ class QemuBuild:
     def version_text(self) -> str:
         return ".".join(map(str, self.version))
 
+    def brief(self) -> dict[str, Any]:
+        """What results.json records of the build a cell ran on (``CellResult.builds``:
+        known issues match their versions against it)."""
+        return {"name": self.name, "binary": self.spec.binary, "version": self.version_text,
+                "package": self.package, "missing": self.missing}
+
     def resolve_machine(self, name: str) -> str | None:
         """The concrete machine type for ``name`` (aliases like q35 resolve)."""
         if name in self.machines:

@@ -18,7 +18,7 @@ import logging
 import shutil
 import time
 import traceback
-from contextlib import AsyncExitStack, nullcontext
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -27,7 +27,7 @@ from qemu.qmp import ExecuteError
 
 from harness.errors import HarnessError
 from harness.failpaths import SCENARIO_IDS, SCENARIO_TIMEOUT, result_id
-from harness.logs import cell_logging, current_cell
+from harness.logs import cell_logging
 from harness.migration.driver import BASE_CAPABILITIES
 from harness.qemu.build import QemuBuild
 from harness.results import ERROR, SKIPPED, CellResult, judge
@@ -116,15 +116,15 @@ class Scenario:
                                     "description": self.description, "build": build.name,
                                     "version": build.version_text,
                                     "target": dataclasses.asdict(TARGET)},
-                            logdir=str(logdir))
+                            logdir=str(logdir),
+                            builds={"source": build.brief(), "destination": build.brief()})
         why_not = self.applies_to(build)
         if why_not:
             result.verdict, result.reason = SKIPPED, why_not
             return result
-        # Run as a matrix cell, the runner already writes this id's records
-        # to this folder (harness.run.cellrun): a second handler would double them.
-        own_log = cell_logging(rid, logdir) if current_cell.get() != rid else nullcontext()
-        with own_log:
+        # cell_logging is re-entrant: run as a matrix cell (harness.run.cellrun
+        # already logs this id to this folder), records are written once.
+        with cell_logging(rid, logdir):
             await self._run(build, logdir, result)
         return result
 
