@@ -16,15 +16,20 @@ import shutil
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from harness import packaged
-from harness.cell import Cell
 from harness.errors import HarnessError
 from harness.logs import console_logging
-from harness.matrix import load_matrix, override_build, plan_tier, select
-from harness.qemu.build import discover, kvm_host_problem
 from harness.qemu.process import Interrupted, install_signal_handlers
+
+if TYPE_CHECKING:
+    from harness.cell import Cell
+
+# The matrix, build discovery and the reports are imported by the commands
+# that use them, not here: every command (and ``--help``) pays for what this
+# module imports, and the matrix alone pulls in YAML, the rule book and numpy
+# (about 0.3 s), which compare, history, merge and init never use.
 
 EXIT_BAD_INPUT = 2
 
@@ -69,6 +74,8 @@ def _add_matrix_args(p: argparse.ArgumentParser) -> None:
 
 def _plan(args: argparse.Namespace) -> tuple[Any, list[Cell]]:
     """The tier's plan and its cells after --qemu, -k and --shard."""
+    from harness.matrix import load_matrix, override_build, plan_tier, select
+    from harness.qemu.build import discover
     from harness.run.runner import parse_shard, shard
 
     if args.qemu and not shutil.which(args.qemu):
@@ -98,6 +105,7 @@ def _validate_against_builds(cells: list[Cell]) -> None:
     cell's build does not have is an error naming the build and what it offers.
     (Missing builds and unusable accelerators are per-cell skips instead.)"""
     from harness.migration.flow import preflight
+    from harness.qemu.build import discover
 
     errors = []
     for cell in cells:
@@ -279,13 +287,12 @@ def cmd_history(args: argparse.Namespace) -> int:
                 print(f"history {db.where}: no runs yet")
                 return 0
             tier = newest[0].tier
-        runs = db.runs(tier, limit=args.n)
-        runs.reverse()
-        by_cell: dict[str, list[Any]] = {}
-        for row in db.cells([r.id for r in runs]):
-            by_cell.setdefault(row.cell_id, []).append(row)
+        # Interrupted runs too: they are part of the story of a cell.
+        runs, by_cell = db.trend(tier, last=args.n, complete=False)
     ids = list(by_cell)
     if args.select:
+        from harness.matrix import select   # only here: the matrix package is heavy
+
         ids = [c.id for c in select([_Named(i) for i in ids], args.select)]  # type: ignore[list-item]
     if not runs:
         print(f"no runs of tier {tier!r} in the history")
@@ -393,6 +400,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Describe every build the matrix names (or --qemu), and what is missing."""
     from harness.cell import BuildSpec
+    from harness.matrix import load_matrix
+    from harness.qemu.build import discover, kvm_host_problem
 
     if args.qemu:
         specs = [BuildSpec(name=args.qemu, binary=args.qemu)]
@@ -434,6 +443,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     explains; known deviations and an unmodelled QEMU version's differences
     are reported, not failed on."""
     from harness.cell import BuildSpec
+    from harness.matrix import load_matrix
+    from harness.qemu.build import discover
     from harness.rules.prober import conformance_table, probe_build, summary_text
 
     if args.qemu:

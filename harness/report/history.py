@@ -587,17 +587,15 @@ class History:
         return json.loads(row[0]) if row and row[0] else []
 
     def trend(self, tier: str, entry: str | None = None, last: int = 10,
-              upto: int | None = None) -> tuple[list[RunRow], dict[str, list[CellRow]]]:
-        """The last ``last`` complete runs of ``tier`` (up to run ``upto``),
-        oldest first, and each cell's rows in those runs."""
-        runs = self.runs(tier, entry, limit=last, complete=True,
+              upto: int | None = None, complete: bool = True,
+              ) -> tuple[list[RunRow], dict[str, list[CellRow]]]:
+        """The last ``last`` runs of ``tier`` (up to run ``upto``; ``complete``:
+        interrupted runs left out), oldest first, and each cell's rows in those
+        runs (the report's trend plots, ``mharness history``)."""
+        runs = self.runs(tier, entry, limit=last, complete=complete,
                          before=None if upto is None else upto + 1)
         runs.reverse()
         by_cell: dict[str, list[CellRow]] = {}
         for row in self.cells([r.id for r in runs]):
             by_cell.setdefault(row.cell_id, []).append(row)
         return runs, by_cell
-
-
-def open_history(location: str | Path, create: bool = True) -> History:
-    return History(location, create=create)
