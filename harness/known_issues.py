@@ -190,12 +190,7 @@ def apply_known_issues(result: CellResult, issues: Sequence[KnownIssue]) -> Cell
             result.notes.append(did_not_reproduce(ki))
     if not failing:
         return result
-    parts = [_describe(c) for c in failing]
-    if all(c.known_issue for c in failing):
-        result.verdict = Verdict.KNOWN_FAILURE
-    else:
-        result.verdict = FAILED
-    result.reason = "; ".join(parts)
+    result.verdict, result.reason = judge(result.checks)
     log.info("cell %s judged with known issues %s: %s", result.id,
              ", ".join(ki.id for ki in matching), result.verdict)
     return result
@@ -206,13 +201,6 @@ def did_not_reproduce(ki: KnownIssue, runs: int = 1) -> str:
         return (f"intermittent known issue {ki.id} did not reproduce"
                 + (f" in {runs} runs" if runs > 1 else " in this run"))
     return f"known issue {ki.id} did not reproduce: remove it?"
-
-
-def _describe(c: CheckResult) -> str:
-    if c.expected_to_fail:
-        return f"{c.name}: negative control passed ({c.summary})"
-    text = f"{c.name}: {c.summary}"
-    return text + (f" [known issue {c.known_issue}]" if c.known_issue else "")
 
 
 # --- repeated runs -------------------------------------------------------------------------

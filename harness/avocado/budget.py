@@ -147,16 +147,6 @@ class Hold:
                 "beside": list(self.beside)}
 
 
-def fits(cpus: float, memory: int, holders: list[Entry], budget: Budget) -> bool:
-    """``harness.run.runner.fits`` on shares instead of cells: the same rule,
-    so both ways of running cells keep the same budget."""
-    if not holders:
-        return True  # a cell larger than the budget runs alone
-    used_cpus = sum(e.cpus for e in holders)
-    used_mem = sum(e.memory for e in holders)
-    return used_cpus + cpus <= budget.cpus + 1e-9 and used_mem + memory <= budget.memory
-
-
 class BudgetPool:
     """The machine's budget, shared through a ledger file (see module docstring)."""
 
@@ -208,7 +198,9 @@ class BudgetPool:
             first = ledger.queue[0]
             if (first.pid, first.start, first.cell) != (me.pid, me.start, me.cell):
                 return None
-            if not fits(me.cpus, me.memory, ledger.holders, budget):
+            # The runner's own rule (Budget.admits), so both ways of running
+            # cells keep the same budget.
+            if not budget.admits(me.cpus, me.memory, [(e.cpus, e.memory) for e in ledger.holders]):
                 return None
             ledger.queue.pop(0)
             now = time.time()

@@ -30,10 +30,9 @@ from harness.report.figures import FAILING, key_figures
 from harness.report.files import SCHEMA, SUMMARY_COLUMNS, SUMMARY_SCHEMA
 from harness.report.history import History
 from harness.results import CellResult
+from harness.units import MiB
 
 log = logging.getLogger(__name__)
-
-MiB = 1 << 20
 
 
 class CompareError(HarnessError):

@@ -14,8 +14,9 @@ from harness.units import GiB, KiB, MiB
 if TYPE_CHECKING:
     from harness.report.history import CellRow, RunRow
 
-_MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "error": "ERROR",
-         "flaky": "FLAKY", "known-failure": "KNOWN-FAIL"}
+#: A verdict as consoles and the HTML report's badges spell it.
+MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "error": "ERROR",
+        "flaky": "FLAKY", "known-failure": "KNOWN-FAIL"}
 
 
 class Progress:
@@ -48,7 +49,7 @@ class Progress:
 
 def cell_line(done: int, total: int, r: CellResult) -> str:
     """The one line a finished cell gets (plain and live progress alike)."""
-    msg = f"[{done}/{total}] {_MARK.get(r.verdict, r.verdict)} {r.id} ({r.duration:.1f} s)"
+    msg = f"[{done}/{total}] {MARK.get(r.verdict, r.verdict)} {r.id} ({r.duration:.1f} s)"
     if r.reason:
         msg += f": {r.reason}"
     return msg
@@ -93,7 +94,7 @@ def table(results: list[CellResult]) -> str:
         ram = r.check("ram")
         guest = r.check("guest") or r.check("pattern")
         rows.append([
-            r.id, _MARK.get(r.verdict, r.verdict),
+            r.id, MARK.get(r.verdict, r.verdict),
             _fmt_ms(r.figures.get("total_time_ms")),
             _fmt_ms(r.figures.get("downtime_ms")),
             _fmt_ms(dt.figures.get("downtime_limit_ms")) if dt else "-",
@@ -136,7 +137,7 @@ def history_table(runs: "list[RunRow]", by_cell: "dict[str, list[CellRow]]",
             if c is None:
                 cols.append(".")
             else:
-                mark = _MARK.get(c.verdict, c.verdict)
+                mark = MARK.get(c.verdict, c.verdict)
                 cols.append(mark if c.downtime_ms is None else f"{mark} {c.downtime_ms:.0f}")
         rows.append([cid, *cols])
     header = ["cell", *heads]

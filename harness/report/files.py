@@ -32,21 +32,25 @@ SUMMARY_COLUMNS = ("id", "verdict", "reason", "downtime_ms", "total_time_ms",
 #: 2,000-cell run spend hours of CPU in json.dumps (about 25 KB a cell; the
 #: whole file of 2,000 cells took 3-7 CPU seconds to serialise, 2,000 times).
 #: Keyed by the object's id, checked against the object itself and the fields
-#: a late change would touch.
-_cell_text: dict[int, tuple[CellResult, tuple[Any, ...], str]] = {}
+#: a late change would touch.  Its summary.json row is made with it, for the
+#: same reason (the headline figures are looked up in the checks).
+_cell_text: dict[int, tuple[CellResult, tuple[Any, ...], str, list[Any]]] = {}
 
 
-def _cell_json(r: CellResult) -> str:
-    """The cell as ``json.dumps(..., indent=2)`` writes it inside "cells"."""
+def _cell_entry(r: CellResult) -> tuple[CellResult, tuple[Any, ...], str, list[Any]]:
+    """The cell's cache entry: its text as ``json.dumps(..., indent=2)`` writes
+    it inside "cells", and its summary.json row."""
     mark = (r.id, str(r.verdict), r.reason, r.duration, r.logdir, len(r.checks),
             len(r.figures), len(r.phases))
     hit = _cell_text.get(id(r))
     if hit is not None and hit[0] is r and hit[1] == mark:
-        return hit[2]
+        return hit
     text = "\n".join("    " + line
                      for line in json.dumps(r.to_json(), indent=2, default=str).splitlines())
-    _cell_text[id(r)] = (r, mark, text)
-    return text
+    k = key_figures(r)
+    row = [r.id, str(r.verdict), r.reason, k.downtime_ms, k.total_time_ms, k.transferred_bytes]
+    entry = _cell_text[id(r)] = (r, mark, text, row)
+    return entry
 
 
 def write_results_json(state: "RunState") -> Path:
@@ -57,33 +61,29 @@ def write_results_json(state: "RunState") -> Path:
         "harness_version": __version__,
         "host": {"node": platform.node(), "machine": platform.machine(),
                  "python": platform.python_version()},
-        "run": getattr(state, "meta", {}),
+        "run": state.meta,
         "total_cells": state.total,
         "interrupted": state.interrupted,
         "counts": state.counts(),
     }
-    cells = [_cell_json(r) for r in state.results]
+    entries = [_cell_entry(r) for r in state.results]
     live = {id(r) for r in state.results}
     for key in [k for k in _cell_text if k not in live]:
         del _cell_text[key]
+    cells = [e[2] for e in entries]
     body = '  "cells": [\n' + ",\n".join(cells) + "\n  ]" if cells else '  "cells": []'
     text = json.dumps(head, indent=2, default=str)[:-2] + ",\n" + body + "\n}\n"
     path = state.results_dir / "results.json"
     write_atomic(path, text)
-    write_summary_json(state)
+    _write_summary_json(state, [e[3] for e in entries])
     return path
 
 
-def write_summary_json(state: "RunState") -> Path:
-    """summary.json: written after results.json, so a reader can trust it when
-    it is not older than results.json."""
-    rows = []
-    for r in state.results:
-        k = key_figures(r)
-        rows.append([r.id, str(r.verdict), r.reason, k.downtime_ms, k.total_time_ms,
-                     k.transferred_bytes])
+def _write_summary_json(state: "RunState", rows: list[list[Any]]) -> Path:
+    """summary.json (``SUMMARY_COLUMNS`` per cell): written after results.json,
+    so a reader can trust it when it is not older than results.json."""
     data = {"schema": SUMMARY_SCHEMA, "results_schema": SCHEMA,
-            "run": getattr(state, "meta", {}), "total_cells": state.total,
+            "run": state.meta, "total_cells": state.total,
             "interrupted": state.interrupted, "counts": state.counts(),
             "columns": list(SUMMARY_COLUMNS), "cells": rows}
     path = state.results_dir / "summary.json"
@@ -137,7 +137,7 @@ def write_junit(state: "RunState") -> Path:
 
 def _details(r: CellResult) -> str:
     lines = [f"{c.name}: {'ok' if c.as_expected else 'WRONG'} - {c.summary}"
-             + (f" [known issue {c.known_issue}]" if getattr(c, "known_issue", None) else "")
+             + (f" [known issue {c.known_issue}]" if c.known_issue else "")
              for c in r.checks]
     if r.logdir:
         lines.append(f"logs: {r.logdir}")

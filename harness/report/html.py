@@ -32,17 +32,17 @@ from typing import Any, Sequence
 
 from harness import __version__
 from harness.fileio import write_atomic
+from harness.report.console import MARK
 from harness.report.figures import capabilities_label, grid_column, grid_row, key_figures
 from harness.report.html_assets import SCRIPT, STYLE
 from harness.results import CellResult, RunState
+from harness.units import PAGE, MiB
 
 log = logging.getLogger(__name__)
 
 REPORT = "report.html"
 #: Points per plotted series at most (a plot is a few hundred pixels wide).
 MAX_POINTS = 120
-_MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "error": "ERROR",
-         "flaky": "FLAKY", "known-failure": "KNOWN-FAIL"}
 _VERDICTS = ("passed", "failed", "error", "known-failure", "flaky", "skipped")
 #: Cell figures left out of the page: they are in results.json, and large.
 _SKIP_FIGURES = {"samples", "query_migrate", "coverage"}
@@ -101,7 +101,7 @@ def _compact(value: Any, depth: int = 0) -> Any:
 
 
 def _mib(v: Any) -> float | None:
-    return round(v / (1 << 20), 2) if isinstance(v, (int, float)) else None
+    return round(v / MiB, 2) if isinstance(v, (int, float)) else None
 
 
 def _samples(samples: Sequence[dict[str, Any]],
@@ -168,13 +168,13 @@ def _ram_diff(r: CellResult) -> dict[str, Any] | None:
             continue
     ranges: list[list[int]] = []
     for g in sorted(gpas):
-        if ranges and g <= ranges[-1][1] + 4096:
+        if ranges and g <= ranges[-1][1] + PAGE:
             ranges[-1][1] = max(ranges[-1][1], g)
         else:
             ranges.append([g, g])
     return {"pages": f.get("differing_pages"), "bytes": f.get("bytes_compared"),
             "first": [hex(g) for g in gpas[:16]],
-            "ranges": [[hex(a), hex(b + 4095), (b - a) // 4096 + 1] for a, b in ranges[:16]],
+            "ranges": [[hex(a), hex(b + PAGE - 1), (b - a) // PAGE + 1] for a, b in ranges[:16]],
             "explained": f.get("explained_pages"), "summary": ram.summary}
 
 
@@ -298,9 +298,7 @@ def _grid(results: Sequence[CellResult]) -> str:
 
 def _header(state: RunState, results: Sequence[CellResult], elapsed: float | None) -> str:
     meta = state.meta or {}
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[str(r.verdict)] = counts.get(str(r.verdict), 0) + 1
+    counts = state.counts()
     tier = meta.get("tier") or "?"
     when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     builds: dict[str, str] = {}
@@ -323,14 +321,14 @@ def _header(state: RunState, results: Sequence[CellResult], elapsed: float | Non
         facts.append((f"build {name}", text))
     badges = "".join(f'<span class="badge v-{v}">{counts[v]} {v}</span>'
                      for v in _VERDICTS if counts.get(v))
-    total = getattr(state, "total", len(results)) or len(results)
+    total = state.total or len(results)
     interrupted = (f'<p class="warn">Interrupted: {total - len(results)} of {total} cells '
                    'were not run.</p>') if state.interrupted else ""
     failing = [r for r in results if r.verdict in ("failed", "error", "known-failure", "flaky")]
     fail_list = ""
     if failing:
         items = "".join(f'<li><a href="#c-{_e(r.id)}"><b class="vb v-{_e(r.verdict)}">'
-                        f'{_MARK.get(r.verdict, r.verdict)}</b> {_e(r.id)}</a>'
+                        f'{MARK.get(r.verdict, r.verdict)}</b> {_e(r.id)}</a>'
                         f'<span class="why">{_e(r.reason[:300])}</span></li>'
                         for r in failing[:200])
         more = f"<li>\u2026 and {len(failing) - 200} more</li>" if len(failing) > 200 else ""
@@ -354,7 +352,7 @@ def _sections(results: Sequence[CellResult]) -> str:
     for i, r in enumerate(results):
         reason = f'<span class="why">{_e(r.reason[:300])}</span>' if r.reason else ""
         out.append(f'<details class="cell" id="c-{_e(r.id)}" data-i="{i}" data-v="{_e(r.verdict)}">'
-                   f'<summary><b class="vb v-{_e(r.verdict)}">{_MARK.get(r.verdict, r.verdict)}'
+                   f'<summary><b class="vb v-{_e(r.verdict)}">{MARK.get(r.verdict, r.verdict)}'
                    f'</b> <code>{_e(r.id)}</code> <span class="dur">{r.duration:.1f} s</span>'
                    f'{reason}</summary><div class="body"></div></details>')
     return "".join(out)
@@ -396,13 +394,3 @@ def write_report_html(state: RunState, trend: Trend | None = None,
     write_atomic(path, render(state, trend, elapsed))
     log.info("report %s written in %.2f s", path, time.monotonic() - t0)
     return path
-
-
-def report_from_folder(folder: Path, trend: Trend | None = None) -> Path:
-    """(Re)write report.html from a results folder's results.json."""
-    data = json.loads((folder / "results.json").read_text())
-    state = RunState(results_dir=folder, total=int(data.get("total_cells") or 0),
-                     results=[CellResult.from_json(c) for c in data.get("cells", [])],
-                     meta=dict(data.get("run") or {}),
-                     interrupted=bool(data.get("interrupted")))
-    return write_report_html(state, trend)

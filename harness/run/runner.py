@@ -34,7 +34,7 @@ from harness.cell import Cell
 from harness.progress import CellProgress, ProgressUpdate, Throttle
 from harness.qemu.build import discover
 from harness.qemu.process import kill_all
-from harness.report.files import read_results_json, write_junit, write_results_json
+from harness.report.files import write_junit, write_results_json
 from harness.results import (ERROR, FAILED, FLAKY, KNOWN_FAILURE, PASSED, SKIPPED, CellResult,
                              RunState)
 from harness.run.cellrun import run_logged
@@ -63,6 +63,16 @@ class Budget:
         except OSError:
             pass
         return cls(float(cpus), int((memory or 1 << 30) * 0.8))
+
+    def admits(self, cpus: float, memory: int, used: Iterable[tuple[float, int]]) -> bool:
+        """Whether a share of (``cpus``, ``memory``) fits beside the shares in
+        ``used``.  The one rule for ``mharness run -j`` (:func:`fits`) and the
+        Avocado tasks' ledger (harness.avocado.budget)."""
+        shares = list(used)
+        if not shares:
+            return True  # a cell larger than the budget runs alone
+        return (sum(c for c, _ in shares) + cpus <= self.cpus + 1e-9
+                and sum(m for _, m in shares) + memory <= self.memory)
 
 
 def _mem_available() -> int:
@@ -271,12 +281,7 @@ def _run_parallel(cells: list[Cell], state: RunState, keep_logs: bool, notify: L
 
 def fits(cell: Cell, running: Sequence[Cell], budget: Budget) -> bool:
     """Whether ``cell`` may start beside the ``running`` ones within ``budget``."""
-    if not running:
-        return True  # a cell larger than the budget runs alone
-    cpus, mem = cell_needs(cell)
-    used_cpus = sum(cell_needs(c)[0] for c in running)
-    used_mem = sum(cell_needs(c)[1] for c in running)
-    return used_cpus + cpus <= budget.cpus + 1e-9 and used_mem + mem <= budget.memory
+    return budget.admits(*cell_needs(cell), (cell_needs(c) for c in running))
 
 
 #: ``mharness run`` when no selected cell ran (pytest's "no tests ran").
@@ -342,7 +347,7 @@ def merge_results(dirs: Sequence[Path], out: Path) -> RunState:
                                              if run.get(k) == v}
         state.total += int(data.get("total_cells", len(data["cells"])))
         state.interrupted |= bool(data.get("interrupted"))
-        for r in read_results_json(path):
+        for r in (CellResult.from_json(c) for c in data["cells"]):
             if r.id in seen:
                 first, where = seen[r.id]
                 if first.verdict != r.verdict:
