@@ -125,16 +125,16 @@ class RunState:
     results_dir: Path
     total: int
     results: list[CellResult] = field(default_factory=list)
-    current: str = ""
-    phase: str = ""
     started: float = field(default_factory=time.monotonic)
     interrupted: bool = False
     #: How the run was asked for (tier, seed, shard, jobs, ...), for results.json.
     meta: dict[str, Any] = field(default_factory=dict)
-    #: Ids of the cells running now (several with jobs > 1).
+    #: Ids of the cells running now, in the order they started (several with
+    #: jobs > 1).
     running: list[str] = field(default_factory=list)
     #: What each running cell last reported (its phase, its migration's
-    #: progress), by cell id: the live display (harness.progress).
+    #: progress, when it started), by cell id: the live display
+    #: (harness.progress).  Every running cell has one from its start.
     progress: dict[str, CellProgress] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:

@@ -27,7 +27,7 @@ def rendered(live: LiveProgress) -> str:
 def two_running() -> RunState:
     """As the runner keeps it with -j 2: one cell migrating, one launching."""
     st = RunState(results_dir=Path("/tmp"), total=3)
-    st.running, st.current, st.phase = ["x86-precopy-tcp", "x86-postcopy-unix"], "", "running"
+    st.running = ["x86-precopy-tcp", "x86-postcopy-unix"]
     st.progress = {"x86-precopy-tcp": CellProgress(), "x86-postcopy-unix": CellProgress()}
     return st
 

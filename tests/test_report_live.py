@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from harness.progress import CellProgress
 from harness.report.console import Progress
 from harness.report.live import LiveProgress, eta_seconds, progress_listener
 from harness.results import CellResult, RunState
@@ -46,14 +47,16 @@ def test_live_shows_counts_eta_and_each_running_cell_with_its_phase():
     out = io.StringIO()
     live = LiveProgress(out, jobs=2)
     st = RunState(results_dir=Path("/tmp"), total=4)
-    st.running, st.current, st.phase = ["a", "b"], "a, b", "running"
+    st.running = ["a", "b"]
+    st.progress = {"a": CellProgress(), "b": CellProgress()}
     live("cell-start", st)
-    st.current, st.running = "a", ["a", "b"]
-    st.phase = "migrate"
+    st.progress["a"].update("migrate")
+    live("phase", st)
+    st.progress["b"].update("launch")
     live("phase", st)
     text = render(live)
     assert "0/4 cells" in text and "ETA -" in text
-    assert "a" in text and "migrate" in text and "running" in text
+    assert "a" in text and "migrate" in text and "launch" in text
     st.results.append(CellResult("a", "passed", duration=2.0))
     st.running = ["b"]
     live("cell-end", st)

@@ -31,9 +31,11 @@ class Progress:
         done = len(state.results)
         if event in ("phase", "cell-start", "progress") and self.tty:
             elapsed = time.monotonic() - state.started
-            cell = state.progress.get(state.current)
+            # One cell: its phase and migration; several (-j N): only their ids.
+            cell = state.progress.get(state.running[0]) if len(state.running) == 1 else None
+            phase = cell.phase if cell is not None else "running"
             moving = f"  {migration_text(cell.migration)}" if cell and cell.migration else ""
-            self._line(f"[{done + 1}/{state.total}] {state.current}: {state.phase}{moving}  "
+            self._line(f"[{done + 1}/{state.total}] {', '.join(state.running)}: {phase}{moving}  "
                        f"({elapsed:.0f} s)")
         elif event == "cell-end":
             self._line(cell_line(done, state.total, state.results[-1]), final=True)

@@ -60,8 +60,6 @@ class LiveProgress:
         self.jobs = max(1, jobs)
         self.console = Console(file=out, highlight=False)
         self._state: RunState | None = None
-        self._phase: dict[str, str] = {}
-        self._since: dict[str, float] = {}
         self._live = Live(console=self.console, get_renderable=self._render,
                           refresh_per_second=4, transient=True, redirect_stdout=False,
                           redirect_stderr=False)
@@ -69,21 +67,7 @@ class LiveProgress:
 
     def __call__(self, event: str, state: RunState) -> None:
         self._state = state
-        now = time.monotonic()
-        if event == "cell-start":
-            for cid in state.running or ([state.current] if state.current else []):
-                if cid not in self._since:
-                    self._since[cid] = now
-                    self._phase[cid] = state.phase or "start"
-        elif event == "phase":
-            # A runner that keeps no per-cell progress reports phases for the
-            # one cell it runs itself (state.progress wins when it has one).
-            if state.current in self._since:
-                self._phase[state.current] = state.phase
-        elif event == "cell-end" and state.results:
-            r = state.results[-1]
-            self._since.pop(r.id, None)
-            self._phase.pop(r.id, None)
+        if event == "cell-end" and state.results:
             self._print_result(state)
         if event == "run-end":
             self.close()
@@ -132,16 +116,15 @@ class LiveProgress:
         for _ in range(5):
             running.add_column(no_wrap=True, overflow="ellipsis")
         now = time.monotonic()
-        for cid, since in list(self._since.items()):
-            if cid not in state.running:
-                continue   # finished: its line is printed at its cell-end, just after
+        for cid in state.running:
             cell = state.progress.get(cid)
-            phase = cell.phase if cell is not None else self._phase.get(cid, "")
-            moving = cell.migration if cell is not None else None
+            if cell is None:
+                continue
             running.add_row(Text("\u25b6", style="cyan"), Text(cid),
-                            Text(phase, style="bold"),
-                            Text(f"{now - since:.0f} s", style="dim"),
-                            Text(migration_text(moving) if moving else "", style="cyan"))
+                            Text(cell.phase, style="bold"),
+                            Text(f"{now - cell.started:.0f} s", style="dim"),
+                            Text(migration_text(cell.migration) if cell.migration else "",
+                                 style="cyan"))
         return Group(head, running)
 
 

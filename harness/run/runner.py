@@ -186,7 +186,7 @@ def run_cells(cells: Iterable[Cell], results_dir: Path, *, keep_logs: bool = Fal
         kill_all()
         raise
     finally:
-        state.current = ""
+        state.running, state.progress = [], {}
         order = {c.id: i for i, c in enumerate(cells)}
         state.results.sort(key=lambda r: order.get(r.id, len(order)))
         write_results_json(state)
@@ -217,17 +217,14 @@ def _record(state: RunState, result: CellResult, keep_logs: bool, notify: Listen
 def _run_serial(cells: list[Cell], state: RunState, keep_logs: bool, notify: Listener,
                 done: Callable[[CellResult], CellResult]) -> None:
     for cell in cells:
-        state.current, state.phase = cell.id, "start"
         state.running = [cell.id]
         state.progress = {cell.id: CellProgress()}
         notify("cell-start", state)
 
-        def on_phase(update: ProgressUpdate, cell_id: str = cell.id) -> None:
-            if isinstance(update, str):
-                state.phase = update
+        def on_progress(update: ProgressUpdate, cell_id: str = cell.id) -> None:
             _progressed(state, notify, cell_id, update)
 
-        result = run_logged(cell, cell_logdir(state.results_dir, cell.id), Throttle(on_phase))
+        result = run_logged(cell, cell_logdir(state.results_dir, cell.id), Throttle(on_progress))
         state.running, state.progress = [], {}
         _record(state, result, keep_logs, notify, done)
 
@@ -254,7 +251,6 @@ def _run_parallel(cells: list[Cell], state: RunState, keep_logs: bool, notify: L
 
     def show_running() -> None:
         state.running = [c.id for c in pool.running]
-        state.current = ", ".join(state.running)
         state.progress = {i: state.progress.get(i) or CellProgress() for i in state.running}
 
     def on_progress(cell_id: str, update: ProgressUpdate) -> None:
@@ -266,7 +262,6 @@ def _run_parallel(cells: list[Cell], state: RunState, keep_logs: bool, notify: L
                 cell = queue.pop(0)
                 pool.start(cell, cell_logdir(state.results_dir, cell.id))
                 show_running()
-                state.phase = "running"
                 notify("cell-start", state)
             for result in pool.wait(on_progress):
                 show_running()
