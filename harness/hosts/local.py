@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -100,8 +99,7 @@ class LocalHost:
         return None
 
     def clock(self) -> ClockReading:
-        t = time.time()
-        return ClockReading(t - t, 0.0)
+        return ClockReading(0.0, 0.0)  # the harness's own clock
 
     def close(self) -> None:
         pass

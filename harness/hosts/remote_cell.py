@@ -21,6 +21,7 @@ from harness.cell import TargetSpec
 from harness.guest.dirtier import make_disk
 from harness.hosts.base import HASH_CHUNK, Host
 from harness.migration import driver
+from harness.migration.transports import incoming_uri
 from harness.qemu.build import QemuBuild
 from harness.qemu.cmdline import MachinePaths, machine_argv
 from harness.qemu.machine import Machine
@@ -47,11 +48,6 @@ class RemoteCellResult:
     dst_resumed: bool = False
     figures: dict[str, Any] = field(default_factory=dict)
     error: str = ""
-
-    @property
-    def passed(self) -> bool:
-        return (self.status == "completed" and self.ram is not None
-                and not self.ram.differing_chunks and self.dst_resumed)
 
 
 def compare_ram(src: Host, src_path: str, dst: Host, dst_path: str,
@@ -86,7 +82,13 @@ async def run_remote_cell(build: QemuBuild, target: TargetSpec, src_host: Host, 
                           params: dict[str, Any] | None = None, timeout: float = 60.0
                           ) -> RemoteCellResult:
     """Migrate ``target``'s guest from ``src_host`` to ``dst_host`` over tcp to
-    ``dst_addr`` (an address of the destination host the source can reach)."""
+    ``dst_addr`` (an address of the destination host the source can reach).
+
+    ``caps`` and ``params`` are all the cell gets beyond ``events``: pass the
+    matrix's defaults as a local cell has them (its ``max-bandwidth``: at
+    QEMU's own default, MAX_THROTTLE = 128 MiB/s in migration/migration.c
+    (7.2) and migration/options.c (10.0), the dirtier outruns precopy on an
+    idle machine)."""
     caps = {**driver.BASE_CAPABILITIES, **(caps or {})}
     params = params or {}
     t0 = time.monotonic()
@@ -100,11 +102,7 @@ async def run_remote_cell(build: QemuBuild, target: TargetSpec, src_host: Host, 
         async with src, dst:
             for m in (src, dst):
                 await driver.configure(m, build, caps, params)
-            await dst.execute("migrate-incoming", {"uri": f"tcp:{dst_addr}:0"})
-            info = await dst.execute("query-migrate")
-            port = next(a["port"] for a in info.get("socket-address", [])
-                        if a.get("type") == "inet")
-            uri = f"tcp:{dst_addr}:{port}"
+            uri = await incoming_uri("tcp", dst, local, tcp_addr=dst_addr)
             # the guest runs (its heartbeats reach us through the forwarded serial)
             await poll_until(lambda: src.serial.nbytes, lambda n: n > 64, timeout=60,
                              what="source guest heartbeats", interval=0.05)

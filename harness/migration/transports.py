@@ -96,9 +96,11 @@ def save_restore_uris(transport: str, workdir: Path) -> tuple[str, str]:
 
 
 async def incoming_uri(transport: str, dst: Machine, workdir: Path,
-                       src: Machine | None = None) -> str:
+                       src: Machine | None = None, tcp_addr: str = "127.0.0.1") -> str:
     """Start the destination listening and return the URI the source must use
-    (``fd``: both ends of a socket pair are handed over now, so ``src`` is needed)."""
+    (``fd``: both ends of a socket pair are handed over now, so ``src`` is
+    needed; ``tcp``: on ``tcp_addr``, an address of the destination's host
+    the source can reach)."""
     if transport == "fd":
         # migration/fd.c: 'fd:NAME' names a descriptor given with getfd.  A
         # connected socket pair is a full duplex channel, so the return path
@@ -120,11 +122,11 @@ async def incoming_uri(transport: str, dst: Machine, workdir: Path,
         # destination reports it (MigrationInfo.socket-address, QEMU >= 4.0:
         # migration/migration.c fill_destination_migration_info), so two cells
         # can never race for a port.
-        await dst.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+        await dst.execute("migrate-incoming", {"uri": f"tcp:{tcp_addr}:0"})
         info = await dst.execute("query-migrate")
         for addr in info.get("socket-address", []):
             if addr.get("type") == "inet":
-                return f"tcp:127.0.0.1:{addr['port']}"
+                return f"tcp:{tcp_addr}:{addr['port']}"
         raise RuntimeError("destination did not report its listening port")
     raise ValueError(f"transport '{transport}' is not supported by the flow")
 
