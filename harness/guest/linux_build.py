@@ -47,8 +47,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 __all__ = ["LinuxBuildError", "DebPackage", "INPUTS", "AGENT_SOURCES", "key_text",
-           "resolve_packages", "build_bundle", "NewcArchive", "module_order",
-           "BUNDLE_MEMBERS"]
+           "resolve_packages", "build_bundle", "NewcArchive", "module_order"]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +57,6 @@ AGENT_SOURCES = ("agent.h", "main.c", "channel.c", "memory.c", "disk.c", "net.c"
 #: The recipe's inputs, relative to images/; build_bundle gets them in this order.
 INPUTS = ("linux/packages.txt", "linux/modules.txt", "linux/init") + tuple(
     f"linux/agent/{name}" for name in AGENT_SOURCES)
-#: What the bundle holds.
-BUNDLE_MEMBERS = ("vmlinuz", "initrd.img", "config", "manifest.json")
 
 #: Busybox applets the init script and a person at the console use; linked in
 #: /bin so the script needs no ``busybox --install`` at boot.

@@ -23,6 +23,7 @@ from pathlib import Path
 from harness.cell import BuildSpec
 from harness.fileio import write_atomic
 from harness.guest.images import cache_dir
+from harness.waiting import WaitTimeout, poll_until_sync
 
 __all__ = ["PROBE_TIMEOUT", "kvm_boot_problem", "probe"]
 
@@ -65,19 +66,25 @@ def probe(argv: list[str], env: dict[str, str] | None = None,
                                 stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     except OSError as e:
         return f"cannot start {argv[0]}: {e}"
+    stdout = proc.stdout
+    assert stdout is not None
+
+    def look() -> str:
+        """What the console says so far: booted, exited (and nothing left to
+        read) or "" (neither yet)."""
+        nonlocal out
+        chunk = stdout.read(65536)
+        if chunk:
+            out += chunk
+            return "booted" if BOOTED in out else ""
+        return "exited" if proc.poll() is not None else ""
     try:
-        assert proc.stdout is not None
-        os.set_blocking(proc.stdout.fileno(), False)
-        while time.monotonic() - t0 < timeout:
-            chunk = proc.stdout.read(65536)
-            if chunk:
-                out += chunk
-                if BOOTED in out:
-                    return None
-            elif proc.poll() is not None:
-                break
-            else:
-                time.sleep(0.1)
+        os.set_blocking(stdout.fileno(), False)
+        if poll_until_sync(look, bool, timeout=timeout, interval=0.1,
+                           what="the KVM guest's kernel at init") == "booted":
+            return None
+    except WaitTimeout:
+        pass
     finally:
         proc.kill()
         proc.wait()

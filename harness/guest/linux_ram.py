@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.checks.ram import RamRegion, gpa_of
+from harness.checks.ram import RamRegion, compare_files, gpa_of
 from harness.guest.linux_proto import Boot
 from harness.guest.linux_records import MEM_MAGIC, checksum_rows, mix_rows
 from harness.units import PAGE
@@ -170,27 +170,9 @@ def check_records(ram: Path, boot: Boot, layout: list[RamRegion]) -> RecordRepor
 
 def differing_pages(a: Path, b: Path, layout: list[RamRegion], limit: int = 4096) -> list[int]:
     """Guest-physical addresses of the pages that differ between two RAM
-    files (at most ``limit``), read chunk by chunk into two reused buffers
-    (whole equal chunks cost one comparison each)."""
-    out: list[int] = []
-    chunk = 16 << 20
-    ba = np.empty(chunk, dtype=np.uint8)
-    bb = np.empty(chunk, dtype=np.uint8)
-    with open(a, "rb", buffering=0) as fa, open(b, "rb", buffering=0) as fb:
-        off = 0
-        while True:
-            na, nb = fa.readinto(ba), fb.readinto(bb)
-            n = min(na, nb)
-            if n <= 0:
-                return out
-            if not np.array_equal(ba[:n], bb[:n]):
-                whole = n - n % PAGE
-                pa, pb = ba[:whole].reshape(-1, PAGE), bb[:whole].reshape(-1, PAGE)
-                for p in np.flatnonzero((pa != pb).any(axis=1)):
-                    out.append(gpa_of(off + int(p) * PAGE, layout))
-                    if len(out) >= limit:
-                        return out
-            off += n
+    files (at most ``limit``): the exact RAM check's own comparison
+    (harness.checks.ram.compare_files), keeping more offsets than it shows."""
+    return [gpa_of(off, layout) for off in compare_files(a, b, keep=limit).first_offsets]
 
 
 def find_agent_page(ram: Path, layout: list[RamRegion], skip: int = 0) -> int | None:

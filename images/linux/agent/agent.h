@@ -43,6 +43,12 @@ uint64_t mix64(uint64_t x);
 uint64_t checksum64(const uint64_t *words, size_t n, uint64_t salt);
 uint64_t now_ns(int clock);
 void sleep_until(uint64_t mono_ns);
+void sleep_ms(unsigned ms);
+/* A paced loop's wait for its next period: a loop more than max_behind_ns
+ * late (the VM was stopped) starts again from now instead of catching up
+ * with a burst. */
+void pace(uint64_t *next, uint64_t period_ns, uint64_t max_behind_ns);
+#define PACE_RESYNC_NS 100000000ull      /* 100 ms: the workers' max_behind_ns */
 size_t parse_size(const char *s);
 int read_file(const char *path, char *buf, size_t size);
 uint64_t virt_to_phys(const void *addr);   /* via /proc/self/pagemap; 0 = unknown */

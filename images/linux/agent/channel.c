@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <termios.h>
-#include <time.h>
 #include <unistd.h>
 
 #define PORT_NAME "mh.agent"
@@ -78,8 +77,7 @@ int channel_open(void)
                 return 1;
             }
         }
-        struct timespec ts = { 0, 10 * 1000000 };
-        nanosleep(&ts, NULL);
+        sleep_ms(10);
     }
     int fd = open("/dev/ttyS0", O_RDWR | O_NOCTTY | O_CLOEXEC);
     if (fd < 0)
@@ -170,8 +168,7 @@ int channel_read_line(char *buf, size_t size)
         if (n <= 0) {
             /* A port whose host side is not connected reads EOF: wait and
              * try again rather than spin. */
-            struct timespec ts = { 0, 50 * 1000000 };
-            nanosleep(&ts, NULL);
+            sleep_ms(50);
             if (len == 0)
                 return -1;
             continue;

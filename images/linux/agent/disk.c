@@ -119,10 +119,8 @@ int disk_init(void)
 {
     if (cfg.disk_bytes == 0)
         return 0;
-    for (int waited = 0; waited < 3000 && access(DISK_DEV, F_OK) != 0; waited += 10) {
-        struct timespec ts = { 0, 10 * 1000000 };
-        nanosleep(&ts, NULL);
-    }
+    for (int waited = 0; waited < 3000 && access(DISK_DEV, F_OK) != 0; waited += 10)
+        sleep_ms(10);
     fd = open(DISK_DEV, O_RDWR | O_DIRECT | O_CLOEXEC);
     if (fd < 0) {
         say("MH ERR disk what=open dev=%s errno=%d", DISK_DEV, errno);
@@ -164,16 +162,11 @@ void *disk_thread(void *arg)
         if (pwrite(fd, buf, BLOCK, off) != (ssize_t)BLOCK || fdatasync(fd) != 0) {
             atomic_fetch_add(&errors, 1);
             say("MH ERR disk what=write seq=%llu errno=%d", (unsigned long long)seq, errno);
-            sleep_until(now_ns(CLOCK_MONOTONIC) + 100000000ull);
+            sleep_ms(100);
             continue;
         }
         atomic_store(&acked, seq);
-        next += period;
-        uint64_t now = now_ns(CLOCK_MONOTONIC);
-        if (next > now)
-            sleep_until(next);
-        else if (now - next > 100000000ull)
-            next = now;
+        pace(&next, period, PACE_RESYNC_NS);
     }
     return NULL;
 }

@@ -57,12 +57,7 @@ void *heartbeat_thread(void *arg)
             (unsigned long long)mono, (unsigned long long)real,
             (unsigned long long)m.passes, (unsigned long long)m.errors,
             (unsigned long long)d.acked, (unsigned long long)n.sent);
-        next += period;
-        uint64_t now = now_ns(CLOCK_MONOTONIC);
-        if (next > now)
-            sleep_until(next);
-        else
-            next = now;      /* late (the VM was stopped): no burst of catch-up beats */
+        pace(&next, period, 0);   /* late (the VM was stopped): no burst of catch-up beats */
     }
     return NULL;
 }

@@ -144,14 +144,8 @@ void *memory_thread(void *arg)
                 make(&recs[i], i, p + 1);
             }
             atomic_store(&cursor, end);
-            if (chunk_ns) {
-                next += chunk_ns;
-                uint64_t now = now_ns(CLOCK_MONOTONIC);
-                if (next > now)
-                    sleep_until(next);
-                else if (now - next > 100000000ull)
-                    next = now;          /* fell far behind (the VM was stopped) */
-            }
+            if (chunk_ns)
+                pace(&next, chunk_ns, PACE_RESYNC_NS);
         }
         atomic_store(&cursor, 0);
         atomic_store(&pass, p + 1);

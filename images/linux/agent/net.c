@@ -56,8 +56,7 @@ static int connect_peer(void)
         if (i == CONNECT_TRIES - 1)
             say("MH ERR net what=connect host=%s port=%u errno=%d (%s)", cfg.net_host,
                 cfg.net_port, e, strerror(e));
-        struct timespec ts = { 0, 10 * 1000000 };
-        nanosleep(&ts, NULL);
+        sleep_ms(10);
     }
     return -1;
 }
@@ -100,12 +99,7 @@ void *net_thread(void *arg)
             atomic_fetch_add(&bytes, (uint64_t)n);
         }
         atomic_store(&sent, seq);
-        next += period;
-        uint64_t now = now_ns(CLOCK_MONOTONIC);
-        if (next > now)
-            sleep_until(next);
-        else if (now - next > 100000000ull)
-            next = now;
+        pace(&next, period, PACE_RESYNC_NS);
     }
     return NULL;
 }

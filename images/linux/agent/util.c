@@ -43,6 +43,21 @@ void sleep_until(uint64_t mono_ns)
         ;
 }
 
+void sleep_ms(unsigned ms)
+{
+    sleep_until(now_ns(CLOCK_MONOTONIC) + (uint64_t)ms * 1000000ull);
+}
+
+void pace(uint64_t *next, uint64_t period_ns, uint64_t max_behind_ns)
+{
+    *next += period_ns;
+    uint64_t now = now_ns(CLOCK_MONOTONIC);
+    if (*next > now)
+        sleep_until(*next);
+    else if (now - *next > max_behind_ns)
+        *next = now;
+}
+
 size_t parse_size(const char *s)
 {
     char *end;
