@@ -5,9 +5,9 @@ The scenarios themselves (:mod:`harness.scenarios`) drive QEMU, and loading
 or planning the matrix must not import QEMU code (a tier's versions come
 through the planner's resolver; tests/test_covering.py holds it to that).
 So what a tier needs to declare, validate, list and select scenario cells
-lives here, as plain data.  The registry refuses to register a scenario
-whose id is not in :data:`SCENARIO_IDS`, and the package refuses to load
-when one listed here has no body: the list cannot drift from the scenarios.
+lives here, as plain data.  :mod:`harness.scenarios` refuses to load unless
+its registered scenarios are exactly :data:`SCENARIO_IDS`, in order: the list
+cannot drift from the scenarios.
 
 A scenario cell's id is ``failpath-<scenario>-<label>``, where the label
 names the build as the pytest ids always have: ``qemu-<version>`` for a

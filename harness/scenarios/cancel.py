@@ -8,7 +8,7 @@ import logging
 import socket
 from typing import Any
 
-from harness.migration.driver import STATE_TIMEOUT, cancel, start, start_until
+from harness.migration.driver import STATE_TIMEOUT, cancel, start
 from harness.migration.waits import TERMINAL, states_since, wait_state
 from harness.results import CheckResult
 from harness.scenarios.registry import scenario
@@ -89,9 +89,7 @@ async def cancel_active(rig: Rig) -> None:
     """``migrate_cancel`` while RAM is being sent (throttled so it stays active)."""
     src = await rig.source(params={"max-bandwidth": SLOW})
     dst = await rig.destination()
-    uri = await rig.listen(dst)
-    since, state = await start_until(src.m, uri, "active")
-    rig.add(CheckResult("in-active", state == "active", f"state before cancel: {state}"))
+    since = await rig.migrate_until(src, dst, "active", " before cancel")
     await _cancel(rig, src, since)
     # The destination sees the stream end and gives up (it exits by default).
     rig.figures["destination_after_cancel"] = {"exit": await dst.m.wait_exit(5.0),
@@ -109,10 +107,7 @@ async def cancel_pre_switchover(rig: Rig) -> None:
     caps = {"pause-before-switchover": True}
     src = await rig.source(caps=caps)
     dst = await rig.destination(caps=caps)
-    uri = await rig.listen(dst)
-    since, state = await start_until(src.m, uri, "pre-switchover")
-    rig.add(CheckResult("in-pre-switchover", state == "pre-switchover",
-                        f"state before cancel: {state}"))
+    since = await rig.migrate_until(src, dst, "pre-switchover", " before cancel")
     paused = await src.m.status()
     rig.figures["source_status_in_pre_switchover"] = paused
     rig.add(CheckResult("source-stopped-in-pre-switchover", paused != "running",

@@ -29,7 +29,7 @@ from harness.errors import HarnessError
 from harness.failpaths import TARGET
 from harness.guest.dirtier import HeartbeatParser
 from harness.migration.driver import (BASE_CAPABILITIES, MigrationRun, configure,
-                                      run_migration, settle_destination)
+                                      run_migration, settle_destination, start_until)
 from harness.migration.launch import prepare_machine
 from harness.migration.proxy import Proxy
 from harness.migration.waits import STATE_TIMEOUT, wait_progress
@@ -166,6 +166,15 @@ class Rig:
         uri = f"unix:{self.workdir / (dst.m.role + '.mig')}"
         await dst.m.execute("migrate-incoming", {"uri": uri})
         return uri
+
+    async def migrate_until(self, src: Side, dst: Side, state: str, when: str = "") -> int:
+        """Start migrating ``src`` to ``dst`` (listening from now) and return,
+        with the event index the migration started at, once the source is in
+        ``state``: the scenario acts on the migration there.  The ``in-<state>``
+        check records whether it got there (summary ``state<when>: <state>``)."""
+        since, got = await start_until(src.m, await self.listen(dst), state)
+        self.add(CheckResult(f"in-{state}", got == state, f"state{when}: {got}"))
+        return since
 
     async def proxy(self, host: str, port: int) -> Proxy:
         """A breakable loopback proxy to ``host:port``, closed with the scenario."""
