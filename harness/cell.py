@@ -78,7 +78,7 @@ class TargetSpec:
     #: boots the dirtier's disk after a full POST; or ``qboot`` (``-bios
     #: qboot.rom``, shipped with QEMU), which skips the POST and starts the
     #: dirtier's PVH build given as ``-kernel`` (harness.guest.dirtier).
-    firmware: str = "seabios"
+    firmware: str = DEFAULT_FIRMWARE
 
 
 @dataclass(frozen=True)

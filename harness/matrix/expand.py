@@ -93,8 +93,9 @@ def make_cell(decl: CellDecl, tier: str, defs: Definitions) -> Cell:
     capabilities.update(defs.capsets[decl.capset])
     parameters = dict(defs.defaults.parameters)
     parameters.update(defs.paramsets[decl.paramset])
+    cid = cell_id(decl, defs.target_builds[decl.target])
     return Cell(
-        id=cell_id(decl, defs.target_builds[decl.target]),
+        id=cid,
         target=target,
         src_build=build_for_arch(defs.builds[decl.src_build], target.arch),
         dst_build=build_for_arch(defs.builds[decl.dst_build], target.arch),
@@ -107,8 +108,8 @@ def make_cell(decl: CellDecl, tier: str, defs: Definitions) -> Cell:
                                else defs.defaults.downtime_tolerance_ms),
         expect_fail=decl.expect_fail,
         repeat=decl.repeat,
-        known_issues=applicable(defs.known_issues, cell_id(decl, defs.target_builds[decl.target]),
-                                decl.target, (decl.src_build, decl.dst_build)),
+        known_issues=applicable(defs.known_issues, cid, decl.target,
+                                (decl.src_build, decl.dst_build)),
         tier=tier,
         origin=f"{defs.path}:{decl.line}",
         mode=decl.mode,

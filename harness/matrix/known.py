@@ -80,12 +80,13 @@ def _text(node: YNode, where: Where) -> str:
 def _build(node: YNode, where: Where, builds: list[str]) -> tuple[str | None, VersionSpec]:
     """``build: NAME`` or ``build: {name: NAME, versions: SPEC}`` (at least one)."""
     if isinstance(node, YScalar):
-        return _build_name(node, where, builds), VersionSpec()
+        return s.as_ref(node, where, "build", builds), VersionSpec()
     m = s.as_map(node, where)
     e = s.check_keys(m, where, s.KNOWN_ISSUE_BUILD_KEYS)
     if not e:
         raise where.error("give the build's 'name', its 'versions', or both", m.line)
-    name = _build_name(e["name"].value, where.key("name"), builds) if "name" in e else None
+    name = s.as_ref(e["name"].value, where.key("name"), "build", builds) if "name" in e \
+        else None
     versions = VersionSpec()
     if "versions" in e:
         vnode = e["versions"].value
@@ -94,13 +95,6 @@ def _build(node: YNode, where: Where, builds: list[str]) -> tuple[str | None, Ve
         except ValueError as exc:
             raise where.key("versions").error(str(exc), vnode.line) from None
     return name, versions
-
-
-def _build_name(node: YNode, where: Where, builds: list[str]) -> str:
-    name = s.as_name(node, where, "build")
-    if name not in builds:
-        raise where.error(f"unknown build '{name}' (defined: {', '.join(builds)})", node.line)
-    return name
 
 
 def _patterns(entry: YEntry | None, where: Where, what: str) -> list[tuple[str, int, Where]]:

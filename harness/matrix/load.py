@@ -17,14 +17,13 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar, overload
 
 from harness.cell import FIRMWARES, BuildSpec, Cell, TargetSpec, WorkloadSpec
 from harness.errors import MatrixError
-from harness.guest.linux_options import KEYS as LINUX_KEYS
 from harness.failpaths import SCENARIO_IDS, build_label
 from harness.known_issues import KnownIssue
 from harness.hosts.inventory import LOCAL, HostSpec, hosts_from_yaml
@@ -54,6 +53,11 @@ PREFIX_DATA_DIRS = ("usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu")
 _WHAT = {"target": "target", "transport": "transport", "capset": "capset",
          "paramset": "paramset", "src-build": "build", "dst-build": "build", "mode": "mode",
          "dst-start": "dst-start"}
+
+#: Dimensions whose values the harness defines (not the file): each value's
+#: problem, or None (harness.migration.modes, harness.migration.dst_start).
+_VALUE_PROBLEMS: dict[str, Callable[[str], str | None]] = {
+    "mode": mode_problem, "dst-start": dst_start_problem}
 
 
 @dataclass(frozen=True)
@@ -236,19 +240,6 @@ def _named(entry: YEntry, where: Where, what: str,
     return result
 
 
-def _defined(names: Iterable[str]) -> str:
-    return ", ".join(names) or "none"
-
-
-def _ref(node: YNode, where: Where, what: str, defined: Sequence[str]) -> str:
-    """A reference to a defined name; unknown ones list what is defined."""
-    name = s.as_name(node, where, what)
-    if name not in defined:
-        raise where.error(f"unknown {what} '{name}' (defined: {_defined(defined)})",
-                          node.line)
-    return name
-
-
 def _defaults(entry: YEntry | None, where: Where) -> Defaults:
     if entry is None:
         return Defaults()
@@ -382,7 +373,7 @@ def _target(name: str, node: YNode, where: Where, builds: dict[str, BuildSpec]
         spec = replace(spec, cpu=s.as_str(e["cpu"].value, where.key("cpu")))
     if "smp" in e:
         spec = replace(spec, smp=s.as_int(e["smp"].value, where.key("smp"), minimum=1))
-    build = _ref(e["build"].value, where.key("build"), "build", list(builds))
+    build = s.as_ref(e["build"].value, where.key("build"), "build", list(builds))
     if "workload" in e:
         spec = replace(spec, workload=_workload(e["workload"].value,
                                                 where.key("workload")))
@@ -431,8 +422,8 @@ def _workload(node: YNode, where: Where) -> WorkloadSpec:
     kind_node = m.entries.get("kind")
     kind = s.as_name(kind_node.value, where.key("kind"), "workload kind") if kind_node \
         else WorkloadSpec.kind
-    own = s.WORKLOAD_KIND_KEYS.get(kind, ())
-    e = s.check_keys(m, where, s.WORKLOAD_KEYS + own)
+    own = s.WORKLOAD_KIND_KEYS.get(kind, {})
+    e = s.check_keys(m, where, s.WORKLOAD_KEYS + tuple(own))
     spec = WorkloadSpec(kind=kind)
     if own:
         spec = replace(spec, options=_kind_options(e, own, where))
@@ -447,14 +438,14 @@ def _workload(node: YNode, where: Where) -> WorkloadSpec:
     return spec
 
 
-def _kind_options(e: dict[str, YEntry], keys: Sequence[str], where: Where
+def _kind_options(e: dict[str, YEntry],
+                  keys: Mapping[str, tuple[str, Any, tuple[Any, ...] | None]], where: Where
                   ) -> tuple[tuple[str, Any], ...]:
-    """A workload kind's own settings (types in harness.guest.linux_options.KEYS)."""
+    """A workload kind's own settings (``keys``: see ``schema.WORKLOAD_KIND_KEYS``)."""
     out = []
-    for key in keys:
+    for key, (kind, _default, choices) in keys.items():
         if key not in e:
             continue
-        kind, _default, choices = LINUX_KEYS[key]
         node, w = e[key].value, where.key(key)
         if kind == "size":
             value: Any = s.as_size(node, w)
@@ -536,9 +527,7 @@ class _Tiers:
             includes = s.as_name_list(e["include"].value, where.key("include"),
                                       "tier", allow_empty=True)
             for inc, line, inc_where in includes:
-                if inc not in names:
-                    raise inc_where.error(
-                        f"unknown tier '{inc}' (defined: {_defined(names)})", line)
+                s.check_ref(inc, line, inc_where, "tier", names)
             spec = replace(spec, include=tuple(n for n, _, _ in includes),
                            include_lines=tuple(line for _, line, _ in includes))
         cells: list[CellDecl] = []
@@ -626,10 +615,8 @@ class _Tiers:
         e = s.check_keys(m, where, s.COVERING_KEYS, s.COVERING_REQUIRED)
         spec = s.CoveringSpec(line=m.line, where=where.path)
         if "order" in e:
-            spec = replace(spec, order=s.as_int(e["order"].value, where.key("order"), minimum=1))
-            if spec.order > s.MAX_ORDER:
-                raise where.key("order").error(f"must be at most {s.MAX_ORDER}, got "
-                                               f"{spec.order}", e["order"].value.line)
+            spec = replace(spec, order=s.as_int(e["order"].value, where.key("order"),
+                                                minimum=1, maximum=s.MAX_ORDER))
 
         def names(key: str, dim: str) -> tuple[str, ...]:
             values = s.as_name_list(e[key].value, where.key(key), _WHAT[dim])
@@ -697,9 +684,7 @@ class _Tiers:
                     raise where.key("paramset").error(
                         f"paramsets set {', '.join(sorted(clash))}, which 'parameters' "
                         f"also lists", e["paramset"].key_line)
-        timeout, tolerance, expect_fail = self._settings(e, where)
-        return replace(spec, timeout=timeout, downtime_tolerance_ms=tolerance,
-                       expect_fail=expect_fail, repeat=self._repeat(e, where))
+        return replace(spec, **self._settings(e, where))
 
     def _cell(self, node: YNode, where: Where) -> CellDecl:
         m = s.as_map(node, where)
@@ -747,16 +732,12 @@ class _Tiers:
         transport the cell flow does not implement is refused here (explicit
         cells and products) unless ``flow_only`` is off (covering arrays
         exclude it with the reason instead)."""
-        if dim == "mode":
-            problem = mode_problem(name)
+        problem_of = _VALUE_PROBLEMS.get(dim)
+        if problem_of is not None:  # a value the harness knows, not one the file defines
+            problem = problem_of(name)
             if problem:
                 raise where.error(problem, line)
-            return "" if name == PRECOPY else name
-        if dim == "dst-start":
-            problem = dst_start_problem(name)
-            if problem:
-                raise where.error(problem, line)
-            return name
+            return "" if dim == "mode" and name == PRECOPY else name
         defined: Sequence[str] = {
             "target": list(self.m.targets),
             "transport": self.m.transports,
@@ -765,16 +746,17 @@ class _Tiers:
             "src-build": list(self.m.builds),
             "dst-build": list(self.m.builds),
         }[dim]
-        if name not in defined:
-            raise where.error(f"unknown {_WHAT[dim]} '{name}' (defined: "
-                              f"{_defined(defined)})", line)
+        s.check_ref(name, line, where, _WHAT[dim], defined)
         if dim == "transport" and flow_only and name not in FLOW_TRANSPORTS:
             raise where.error(f"transport '{name}' is not supported by the cell flow yet "
                               f"(supported: {', '.join(FLOW_TRANSPORTS)})", line)
         return name
 
-    def _settings(self, e: dict[str, YEntry], where: Where
-                  ) -> tuple[float | None, float | None, tuple[str, ...]]:
+    @staticmethod
+    def _settings(e: dict[str, YEntry], where: Where) -> dict[str, Any]:
+        """The ``CELL_SETTINGS`` of a cell, product or covering array, as the
+        fields ``CellDecl`` and ``CoveringSpec`` both have (None: the
+        defaults'); ``repeat: N`` runs the cell N times (1 <= N <= MAX_REPEAT)."""
         timeout = s.as_number(e["timeout"].value, where.key("timeout"), strict=True) \
             if "timeout" in e else None
         tolerance = s.as_number(e["downtime-tolerance-ms"].value,
@@ -785,23 +767,14 @@ class _Tiers:
             checks = s.as_name_list(e["expect-fail"].value, where.key("expect-fail"),
                                     "check", allow_empty=True)
             expect_fail = tuple(sorted(n for n, _, _ in checks))
-        return timeout, tolerance, expect_fail
-
-    @staticmethod
-    def _repeat(e: dict[str, YEntry], where: Where) -> int:
-        """``repeat: N``: run the cell N times (1 <= N <= MAX_REPEAT)."""
-        if "repeat" not in e:
-            return 1
-        node = e["repeat"].value
-        n = s.as_int(node, where.key("repeat"), minimum=1)
-        if n > s.MAX_REPEAT:
-            raise where.key("repeat").error(f"must be at most {s.MAX_REPEAT}, got {n}",
-                                            node.line)
-        return n
+        repeat = s.as_int(e["repeat"].value, where.key("repeat"), minimum=1,
+                          maximum=s.MAX_REPEAT) if "repeat" in e else 1
+        return {"timeout": timeout, "downtime_tolerance_ms": tolerance,
+                "expect_fail": expect_fail, "repeat": repeat}
 
     def _decls(self, dims: dict[str, list[tuple[str, int]]], e: dict[str, YEntry],
                where: Where, line: int, name: str | None) -> list[CellDecl]:
-        timeout, tolerance, expect_fail = self._settings(e, where)
+        settings = self._settings(e, where)
         default_set = [(s.DEFAULT_SET, line)]
         axes = [dims["target"], dims["transport"], dims.get("capset", default_set),
                 dims.get("paramset", default_set), dims.get("src-build", [(None, line)]),
@@ -819,9 +792,8 @@ class _Tiers:
             decls.append(CellDecl(
                 target=target, transport=transport, capset=capset, paramset=paramset,
                 src_build=src or default_build, dst_build=dst or default_build,
-                where=where.path, line=line, timeout=timeout,
-                downtime_tolerance_ms=tolerance, expect_fail=expect_fail, name=name,
-                mode=mode, repeat=self._repeat(e, where), dst_start=dst_start))
+                where=where.path, line=line, name=name, mode=mode, dst_start=dst_start,
+                **settings))
         return decls
 
     def _check_cycles(self, tiers: dict[str, TierSpec]) -> None:

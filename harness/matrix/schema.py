@@ -34,8 +34,10 @@ TARGET_KEYS = ("arch", "machine", "accel", "accel-options", "memory", "cpu", "sm
                "workload", "firmware")
 TARGET_REQUIRED = ("arch", "machine", "build")
 WORKLOAD_KEYS = ("kind", "region", "base", "warmup-passes")
-#: Keys of one workload kind only (``linux``: harness.guest.linux_options).
-WORKLOAD_KIND_KEYS = {"linux": tuple(LINUX_KEYS)}
+#: Keys of one workload kind only, each key -> (type, default, allowed values
+#: or None) (``linux``: harness.guest.linux_options.KEYS).
+WORKLOAD_KIND_KEYS: dict[str, dict[str, tuple[str, Any, tuple[Any, ...] | None]]] = {
+    "linux": LINUX_KEYS}
 TIER_KEYS = ("description", "include", "cells", "product", "covering", "filter")
 #: Per-cell settings that both an explicit cell and a product may carry.
 CELL_SETTINGS = ("timeout", "downtime-tolerance-ms", "expect-fail", "repeat")
@@ -282,6 +284,19 @@ def check_name(name: str, line: int, where: Where, what: str) -> str:
     return name
 
 
+def check_ref(name: str, line: int, where: Where, what: str, defined: Sequence[str]) -> str:
+    """A reference to something the file defines; an unknown one lists what is."""
+    if name not in defined:
+        raise where.error(f"unknown {what} '{name}' (defined: {', '.join(defined) or 'none'})",
+                          line)
+    return name
+
+
+def as_ref(node: YNode, where: Where, what: str, defined: Sequence[str]) -> str:
+    """A name (``as_name``) that must be one of ``defined`` (``check_ref``)."""
+    return check_ref(as_name(node, where, what), node.line, where, what, defined)
+
+
 def check_qmp_name(name: str, line: int, where: Where, what: str) -> str:
     if not QMP_NAME_RE.match(name):
         hint = f" (QMP spells it {name.lower().replace('_', '-')!r})" \
@@ -297,12 +312,15 @@ def as_bool(node: YNode, where: Where) -> bool:
     return scalar.value
 
 
-def as_int(node: YNode, where: Where, minimum: int | None = None) -> int:
+def as_int(node: YNode, where: Where, minimum: int | None = None,
+           maximum: int | None = None) -> int:
     scalar = _scalar(node, where, "an integer")
     if isinstance(scalar.value, bool) or not isinstance(scalar.value, int):
         raise where.error(f"expected an integer, got {describe(node)}", node.line)
     if minimum is not None and scalar.value < minimum:
         raise where.error(f"must be at least {minimum}, got {scalar.value}", node.line)
+    if maximum is not None and scalar.value > maximum:
+        raise where.error(f"must be at most {maximum}, got {scalar.value}", node.line)
     return scalar.value
 
 
