@@ -711,22 +711,20 @@ def normalize_version(version: Sequence[int]) -> Version:
 
 
 def expected(version: Sequence[int], command: str, args: Mapping[str, Any], state: ProbeState,
-             *, book: RuleBook | None = None) -> Verdict:
+             *, book: RuleBook) -> Verdict:
     """What a QEMU build of ``version`` must answer to ``command`` with ``args`` in ``state``.
 
     Accept, or refuse naming the first rule (in QEMU's check order) that fires
-    and a regex that identifies it in QEMU's error description.
+    and a regex that identifies it in QEMU's error description.  (The model
+    knows no data: ``harness.rules.expected`` supplies the default book.)
     """
-    if book is None:
-        raise TypeError("expected() needs a rule book (harness.rules.expected supplies the default)")
     return evaluate(book, normalize_version(version), command, args, state)[0]
 
 
 def apply(version: Sequence[int], command: str, args: Mapping[str, Any], state: ProbeState,
-          *, book: RuleBook | None = None) -> ProbeState:
-    """The state after ``command`` (unchanged when the oracle expects a refusal)."""
-    if book is None:
-        raise TypeError("apply() needs a rule book (harness.rules.apply supplies the default)")
+          *, book: RuleBook) -> ProbeState:
+    """The state after ``command`` (unchanged when the oracle expects a refusal;
+    ``harness.rules.apply`` supplies the default book)."""
     v = normalize_version(version)
     verdict, ctx = evaluate(book, v, command, args, state)
     if not verdict.accept or ctx is None:
