@@ -521,6 +521,31 @@ def machine_info(build: QemuBuild | None) -> dict[str, Any]:
 # --- main --------------------------------------------------------------------
 
 
+def progress_line() -> Callable[[str], None]:
+    """``say(text)``: a live progress line on a terminal (stderr); nothing otherwise."""
+    tty = sys.stderr.isatty()
+
+    def say(text: str) -> None:
+        if tty:
+            sys.stderr.write("\r\033[K" + text[:120])
+            sys.stderr.flush()
+    return say
+
+
+def finish(report: dict[str, Any], json_path: str | None, keep: bool, logroot: Path) -> int:
+    """The benchmarks' last step: every figure to ``--json`` FILE, the cells'
+    logs kept (``--keep``: the folder is printed) or removed; the exit status
+    (130 when the run was interrupted)."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"figures: {json_path}")
+    if keep:
+        print(f"cell logs: {logroot}")
+    else:
+        shutil.rmtree(logroot, ignore_errors=True)
+    return 130 if report.get("interrupted") else 0
+
+
 def parse_region(text: str) -> tuple[int, int]:
     try:
         mem, region = text.split("=")
@@ -564,16 +589,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"a {region // MiB} MiB region from {REGION_BASE // MiB} MiB does not fit "
                     f"in a {memory // MiB} MiB guest")
 
-    tty = sys.stderr.isatty()
-
-    def say(text: str) -> None:
-        """A live progress line on a terminal; nothing otherwise."""
-        if tty:
-            sys.stderr.write("\r\033[K" + text[:120])
-            sys.stderr.flush()
-
+    say = progress_line()
     install_signal_handlers()
-    logroot = Path(tempfile.mkdtemp(prefix="mharness-bench-"))
     t_start = time.monotonic()
     load_start = os.getloadavg()
     foreign_start = foreign_qemus()
@@ -582,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if build.missing:
         print(f"cannot benchmark: {build.missing}", file=sys.stderr)
         return 2
+    logroot = Path(tempfile.mkdtemp(prefix="mharness-bench-"))
     info = machine_info(build)
     print(f"machine: {info['cpus']} CPUs ({info['cpu_model']}), {info['memory_gib']} GiB, "
           f"kernel {info['kernel']}, KVM module {info['kvm_module'] or 'none'}; "
@@ -661,15 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"other qemu-system processes running before {sum(1 for s in seen if s)} of "
           f"{len(seen)} cells; cell wall max/min: {', '.join(spread) or '-'}")
     print(f"benchmark wall time {report['wall_s']:.1f} s")
-
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
-        print(f"figures: {args.json}")
-    if args.keep:
-        print(f"cell logs: {logroot}")
-    else:
-        shutil.rmtree(logroot, ignore_errors=True)
-    return 130 if report.get("interrupted") else 0
+    return finish(report, args.json, args.keep, logroot)
 
 
 if __name__ == "__main__":

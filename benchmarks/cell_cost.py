@@ -361,13 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.kvm or args.tcg or args.compare or args.release):
         args.kvm = args.tcg = args.compare = True
 
-    tty = sys.stderr.isatty()
-
-    def say(text: str) -> None:
-        if tty:
-            sys.stderr.write("\r\033[K" + text[:120])
-            sys.stderr.flush()
-
+    say = cb.progress_line()
     install_signal_handlers()
     report: dict[str, Any] = {"load_start": os.getloadavg(), "reps": args.reps}
     logroot = Path(tempfile.mkdtemp(prefix="mharness-cost-"))
@@ -417,14 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kill_all()
     report["load_end"] = os.getloadavg()
     print(f"\nload average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
-        print(f"figures: {args.json}")
-    if args.keep:
-        print(f"cell logs: {logroot}")
-    else:
-        shutil.rmtree(logroot, ignore_errors=True)
-    return 130 if report.get("interrupted") else 0
+    return cb.finish(report, args.json, args.keep, logroot)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,13 @@ any test failed (or errored) in any run, or when a run produced no report.
     python3 benchmarks/flake_hunt.py -n 5                      # all of testcases/, hog on
     python3 benchmarks/flake_hunt.py -n 2 -k "modes and release"
     python3 benchmarks/flake_hunt.py -n 3 --no-hog -- -x       # after --: more pytest args
+    python3 benchmarks/flake_hunt.py -n 5 -- -m not_in_test_command   # the tests left out
+
+Each run selects what the test command selects: pytest reads pyproject's
+``addopts`` here too, whose ``-m 'not not_in_test_command'`` leaves out the
+tests not yet reliable enough for it; a ``-m`` after ``--`` replaces that
+expression (pytest keeps the last ``-m``), e.g. to hunt those tests alone.
+A ``-k`` that selects only left-out tests runs nothing: "no test ran".
 
 The hog is ``stress-ng --cpu 2`` when stress-ng is installed (scripts/setup.sh
 installs it), else two busy Python processes (``--hog-procs`` changes the

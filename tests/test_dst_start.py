@@ -292,14 +292,22 @@ def _x86_cell() -> Cell:
                 src_build=build, dst_build=build, dst_start=AUTOSTART)
 
 
-def test_guest_gap_leaves_out_the_harness_stop_before_the_first_heartbeat(tmp_path) -> None:
+def _stopped_by_the_harness(tmp_path: Path):
+    """An x86 workload whose source beat at 10.0 and 10.1, and whose
+    autostarted destination (QEMU started it ~10.2) the harness stopped at
+    10.25 and let run again at 13.0 after its checks; with the destination's
+    serial sink."""
     x86 = workload_for(_x86_cell(), tmp_path)
-    src, dst = x86.serial_sink("src"), x86.serial_sink("dst")
+    src = x86.serial_sink("src")
     src(b"MHDIRTIER\r\n" + b"\x01", 10.0)
     src(b"\x02", 10.1)
-    # QEMU started it ~10.2, the harness stopped it at 10.25 (before its first
-    # heartbeat) and let it run again at 13.0 after its checks.
     x86.harness_stopped(10.25, 13.0)
+    return x86, x86.serial_sink("dst")
+
+
+def test_guest_gap_leaves_out_the_harness_stop_before_the_first_heartbeat(tmp_path) -> None:
+    x86, dst = _stopped_by_the_harness(tmp_path)
+    # Stopped before its first destination heartbeat.
     dst(b"\x03", 13.05)
     dst(b"\x04", 13.15)
     gap = x86.guest_gap(held_s=0.0, t_source_done=10.2, qemu_downtime_ms=50,
@@ -311,11 +319,7 @@ def test_guest_gap_leaves_out_the_harness_stop_before_the_first_heartbeat(tmp_pa
 
 
 def test_guest_gap_keeps_a_heartbeat_written_before_the_stop(tmp_path) -> None:
-    x86 = workload_for(_x86_cell(), tmp_path)
-    src, dst = x86.serial_sink("src"), x86.serial_sink("dst")
-    src(b"MHDIRTIER\r\n" + b"\x01", 10.0)
-    src(b"\x02", 10.1)
-    x86.harness_stopped(10.25, 13.0)
+    x86, dst = _stopped_by_the_harness(tmp_path)
     dst(b"\x03", 10.3)              # arrived while stopped: written before the stop
     dst(b"\x04", 13.1)
     gap = x86.guest_gap(held_s=0.0, t_source_done=10.2, qemu_downtime_ms=50)

@@ -44,7 +44,9 @@ def test_stream_counts_heartbeats_across_qemus() -> None:
     assert boot.beats == 4 and boot.lost == 0 and boot.duplicated == 0
     assert s.carried_partial == 1
     before, after = s.switchover(0, 1)
-    assert (before.seq, after.seq) == (2, 3) or (before.seq, after.seq) == (3, 4)
+    # Heartbeat 3, begun by the source and finished by the destination's
+    # bytes, is the destination's: it delivered the line.
+    assert (before.seq, after.seq) == (2, 3)
     assert boot.max_gap is not None and boot.max_gap[0] == pytest.approx(0.9)
 
 

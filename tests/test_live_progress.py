@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Callable
 
 from rich.console import Console
 
@@ -32,14 +33,19 @@ def two_running() -> RunState:
     return st
 
 
+def start_migrating(listener: Callable[[str, RunState], None], st: RunState) -> None:
+    """The runner's events as x86-precopy-tcp starts and enters its migration."""
+    listener("cell-start", st)
+    st.progress["x86-precopy-tcp"].update("migrate")
+    listener("phase", st)
+    st.progress["x86-precopy-tcp"].update(MOVING)
+    listener("progress", st)
+
+
 def test_running_cells_show_phase_and_migration_progress() -> None:
     live = LiveProgress(io.StringIO(), jobs=2)
     st = two_running()
-    live("cell-start", st)
-    st.progress["x86-precopy-tcp"].update("migrate")
-    live("phase", st)
-    st.progress["x86-precopy-tcp"].update(MOVING)
-    live("progress", st)
+    start_migrating(live, st)
     st.progress["x86-postcopy-unix"].update("launch")
     live("phase", st)
     lines = rendered(live).splitlines()
@@ -61,11 +67,7 @@ def test_plain_output_stays_one_line_per_finished_cell() -> None:
     out = io.StringIO()
     plain = Progress(out)
     st = two_running()
-    plain("cell-start", st)
-    st.progress["x86-precopy-tcp"].update("migrate")
-    plain("phase", st)
-    st.progress["x86-precopy-tcp"].update(MOVING)
-    plain("progress", st)
+    start_migrating(plain, st)
     assert out.getvalue() == ""
     st.results.append(CellResult("x86-precopy-tcp", "passed", duration=3.0))
     plain("cell-end", st)

@@ -2,6 +2,8 @@
 each must pass on good evidence and fail, saying why, on each kind of bad one."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from harness.checks.converged import (CancelEvidence, check_cancel_retry, check_converged,
                                       migration_figures, ran_out_of_time)
 from harness.checks.liveness import (HeartbeatLiveness, MarkerLiveness,
@@ -10,14 +12,13 @@ from harness.checks.liveness import (HeartbeatLiveness, MarkerLiveness,
 from harness.migration.driver import MigrationRun
 
 
-def _beats(**kw) -> HeartbeatLiveness:
-    base = dict(alive=True, exit_reason="", heartbeats=15, beats_before=10, restarts=0,
-                pages_changed=400)
-    return HeartbeatLiveness(**{**base, **kw})
+#: A dirtier that went on after cont (5 new heartbeats, its region changing).
+BEATS = HeartbeatLiveness(alive=True, exit_reason="", heartbeats=15, beats_before=10,
+                          restarts=0, pages_changed=400)
 
 
 def test_heartbeat_liveness_passes_with_new_beats_and_a_changing_region():
-    res = check_heartbeat_liveness(_beats())
+    res = check_heartbeat_liveness(BEATS)
     assert res.passed and res.name == "liveness"
     assert res.summary == "5 heartbeats, 400 pages changed"
     assert res.figures == {"heartbeats": 15, "restarts": 0, "pages_changed": 400,
@@ -25,35 +26,34 @@ def test_heartbeat_liveness_passes_with_new_beats_and_a_changing_region():
 
 
 def test_heartbeat_liveness_failures_say_why():
-    dead = check_heartbeat_liveness(_beats(alive=False, exit_reason="killed by SIGSEGV"))
+    dead = check_heartbeat_liveness(replace(BEATS, alive=False, exit_reason="killed by SIGSEGV"))
     assert not dead.passed and dead.summary == "destination died after cont: killed by SIGSEGV"
-    restarted = check_heartbeat_liveness(_beats(restarts=1))
+    restarted = check_heartbeat_liveness(replace(BEATS, restarts=1))
     assert not restarted.passed and "CPU state not migrated" in restarted.summary
-    slow = check_heartbeat_liveness(_beats(heartbeats=12))
+    slow = check_heartbeat_liveness(replace(BEATS, heartbeats=12))
     assert not slow.passed and slow.summary == "only 2 heartbeats in 20 s after cont"
-    frozen = check_heartbeat_liveness(_beats(pages_changed=0))
+    frozen = check_heartbeat_liveness(replace(BEATS, pages_changed=0))
     assert not frozen.passed and "region did not change" in frozen.summary
 
 
-def _marker(**kw) -> MarkerLiveness:
-    base = dict(alive=True, exit_reason="", boots_before=1, passes_before=7, boots_after=1,
-                passes_after=10)
-    return MarkerLiveness(**{**base, **kw})
+#: A pattern guest that went on after cont (3 more passes, the same boot).
+MARKER = MarkerLiveness(alive=True, exit_reason="", boots_before=1, passes_before=7,
+                        boots_after=1, passes_after=10)
 
 
 def test_marker_liveness_passes_when_passes_go_on():
-    res = check_marker_liveness(_marker())
+    res = check_marker_liveness(MARKER)
     assert res.passed and res.summary == "3 passes after cont, no restart"
     assert res.figures["passes_before"] == 7 and res.figures["passes_after"] == 10
 
 
 def test_marker_liveness_sees_a_restart_and_a_stall():
-    reset = check_marker_liveness(_marker(boots_after=2, passes_after=8))
+    reset = check_marker_liveness(replace(MARKER, boots_after=2, passes_after=8))
     assert not reset.passed
     assert reset.summary.startswith("guest restarted on the destination (boots counter 1 -> 2")
-    stalled = check_marker_liveness(_marker(passes_after=8))
+    stalled = check_marker_liveness(replace(MARKER, passes_after=8))
     assert not stalled.passed and stalled.summary == "only 1 passes in 20 s after cont"
-    dead = check_marker_liveness(_marker(alive=False, exit_reason="exit 1"))
+    dead = check_marker_liveness(replace(MARKER, alive=False, exit_reason="exit 1"))
     assert not dead.passed and "died" in dead.summary
 
 

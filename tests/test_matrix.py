@@ -9,6 +9,7 @@ import pytest
 
 from harness.cell import BuildSpec, Cell
 from harness.errors import MatrixError
+from harness.failpaths import SCENARIO_IDS, TARGET as FAILPATH_TARGET
 from harness.matrix import (
     Matrix,
     load_matrix,
@@ -18,6 +19,7 @@ from harness.matrix import (
     unknown_capabilities,
     unknown_parameters,
 )
+from harness.matrix.plan import dimensions
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -933,9 +935,6 @@ def test_not_utf8(tmp_path: Path) -> None:
 
 
 # --- failure-path scenario cells -------------------------------------------------
-
-from harness.failpaths import SCENARIO_IDS, TARGET as FAILPATH_TARGET  # noqa: E402
-from harness.matrix.plan import dimensions  # noqa: E402
 
 #: BASE with declared versions on ``sys`` only: ``new`` is labelled by its name.
 SCENARIO_BASE = BASE.replace('required: true}', 'required: true, version: "7.2"}')

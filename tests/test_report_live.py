@@ -47,20 +47,22 @@ def test_live_shows_counts_eta_and_each_running_cell_with_its_phase():
     out = io.StringIO()
     live = LiveProgress(out, jobs=2)
     st = RunState(results_dir=Path("/tmp"), total=4)
-    st.running = ["a", "b"]
-    st.progress = {"a": CellProgress(), "b": CellProgress()}
+    st.running = ["alpha", "bravo"]
+    st.progress = {"alpha": CellProgress(), "bravo": CellProgress()}
     live("cell-start", st)
-    st.progress["a"].update("migrate")
+    st.progress["alpha"].update("migrate")
     live("phase", st)
-    st.progress["b"].update("launch")
+    st.progress["bravo"].update("launch")
     live("phase", st)
     text = render(live)
     assert "0/4 cells" in text and "ETA -" in text
-    assert "a" in text and "migrate" in text and "launch" in text
-    st.results.append(CellResult("a", "passed", duration=2.0))
-    st.running = ["b"]
+    row = {cid: next(line.split() for line in text.splitlines() if cid in line.split())
+           for cid in ("alpha", "bravo")}
+    assert "migrate" in row["alpha"] and "launch" in row["bravo"], text
+    st.results.append(CellResult("alpha", "passed", duration=2.0))
+    st.running = ["bravo"]
     live("cell-end", st)
-    st.results.append(CellResult("b", "failed", "guest: broken", duration=4.0))
+    st.results.append(CellResult("bravo", "failed", "guest: broken", duration=4.0))
     st.running = []
     live("cell-end", st)
     text = render(live)
@@ -68,7 +70,8 @@ def test_live_shows_counts_eta_and_each_running_cell_with_its_phase():
     assert "ETA 3s" in text      # 2 cells left, 3 s each on average, 2 at a time
     live("run-end", st)
     printed = out.getvalue()
-    assert "[1/4] PASS a (2.0 s)" in printed and "[2/4] FAIL b (4.0 s): guest: broken" in printed
+    assert "[1/4] PASS alpha (2.0 s)" in printed
+    assert "[2/4] FAIL bravo (4.0 s): guest: broken" in printed
 
 
 def test_eta():
