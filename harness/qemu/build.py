@@ -24,7 +24,7 @@ from qemu.qmp import QMPClient
 
 from harness.cell import BuildSpec
 from harness.errors import BuildError
-from harness.qemu.process import QemuProcess
+from harness.qemu.process import QemuProcess, accept_or_exit
 
 log = logging.getLogger(__name__)
 
@@ -213,18 +213,12 @@ async def _discover(spec: BuildSpec) -> QemuBuild:
 
 async def _accept_or_exit(qmp: QMPClient, proc: QemuProcess, timeout: float = DISCOVERY_TIMEOUT) -> None:
     """Wait for QEMU to connect to our QMP socket, failing fast if it exits."""
-    accept = asyncio.ensure_future(qmp.accept())
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not accept.done():
-        if proc.poll() is not None:
-            accept.cancel()
-            raise BuildError(proc.name, f"QEMU exited before QMP: {proc.describe_exit()}\n"
-                             f"{proc.stderr_tail()}")
-        if asyncio.get_running_loop().time() > deadline:
-            accept.cancel()
-            raise BuildError(proc.name, f"QEMU did not connect to QMP in {timeout:.0f} s")
-        await asyncio.wait([accept], timeout=0.05)
-    accept.result()
+    outcome = await accept_or_exit(qmp.accept(), proc, timeout)
+    if outcome == "exited":
+        raise BuildError(proc.name, f"QEMU exited before QMP: {proc.describe_exit()}\n"
+                         f"{proc.stderr_tail()}")
+    if outcome == "timeout":
+        raise BuildError(proc.name, f"QEMU did not connect to QMP in {timeout:.0f} s")
 
 
 def _arch_from_name(binary: str) -> str | None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from qemu.qmp import EventListener, ExecInterruptedError, ExecuteError, QMPClient, StateError
 
 from harness.errors import QemuError
-from harness.qemu.process import QemuProcess
+from harness.qemu.process import QemuProcess, accept_or_exit, wait_exited
 
 if TYPE_CHECKING:
     from harness.hosts.base import Host, HostProcess
@@ -110,37 +110,34 @@ class Machine:
         else:
             self.proc = QemuProcess(self.argv, self.logdir / f"{self.role}.stderr",
                                     env=self.env, name=self.role)
-        accept = asyncio.ensure_future(self.qmp.accept())
-        deadline = time.monotonic() + ACCEPT_TIMEOUT
-        while not accept.done():
-            if not self.proc.running:
-                accept.cancel()
-                log.info("%s QEMU pid %d exited at start-up: %s", self.role, self.proc.pid,
-                         self.proc.describe_exit())
-                raise QemuError(f"{self.role} QEMU exited at start-up "
-                                f"({self.proc.describe_exit()}): {self.proc.stderr_tail(5)}")
-            if time.monotonic() > deadline:
-                accept.cancel()
-                raise QemuError(f"{self.role} QEMU did not connect to QMP in {ACCEPT_TIMEOUT:.0f} s")
-            await asyncio.wait([accept], timeout=0.05)
         try:
-            accept.result()
+            outcome = await accept_or_exit(self.qmp.accept(), self.proc, ACCEPT_TIMEOUT)
         except Exception as exc:  # qemu.qmp ConnectError/EOFError: QEMU died mid-handshake
             # QEMU can connect to the QMP socket and then abort before the
             # greeting completes (seen: 7.2 asserting in kvm_dirty_ring_reap_one
             # at start with a dirty ring).  Say that QEMU died, with its stderr,
             # rather than surfacing the QMP library's connection error.
-            status = await asyncio.to_thread(self.proc.wait, 2.0)
-            if status is None:
+            if await wait_exited(self.proc, 2.0) is None:
                 raise QemuError(f"{self.role} QEMU (pid {self.proc.pid}) broke off the QMP "
                                 f"handshake: {exc!r}") from exc
-            raise QemuError(f"{self.role} QEMU exited at start-up "
-                            f"({self.proc.describe_exit()}): {self.proc.stderr_tail(5)}") from exc
+            raise self._exited_at_start_up() from exc
+        if outcome == "exited":
+            raise self._exited_at_start_up()
+        if outcome == "timeout":
+            raise QemuError(f"{self.role} QEMU did not connect to QMP in {ACCEPT_TIMEOUT:.0f} s")
         log.info("%s QEMU pid %d connected to QMP (%s)", self.role, self.proc.pid, self.qmp_path)
         self._log({"dir": "connect", "pid": self.proc.pid})
         listener = EventListener()
         self.qmp.register_listener(listener)
         self._tasks.append(asyncio.ensure_future(self._pump_events(listener)))
+        self._tasks.append(asyncio.ensure_future(self._notice_exit()))
+
+    def _exited_at_start_up(self) -> QemuError:
+        assert self.proc is not None
+        log.info("%s QEMU pid %d exited at start-up: %s", self.role, self.proc.pid,
+                 self.proc.describe_exit())
+        return QemuError(f"{self.role} QEMU exited at start-up "
+                         f"({self.proc.describe_exit()}): {self.proc.stderr_tail(5)}")
 
     def _start_remote(self) -> "HostProcess":
         from harness.hosts.qemu_args import remote_chardevs
@@ -160,17 +157,26 @@ class Machine:
         after a failed load); its exit status, or None while it still runs."""
         if self.proc is None:
             return None
-        return await asyncio.to_thread(self.proc.wait, timeout)
+        return await wait_exited(self.proc, timeout)
 
     async def close(self) -> None:
-        """End the process (politely if it answers, by PID if not) and free everything."""
+        """End the process (politely if it answers, by PID if not) and free
+        everything; the freeing happens even when the polite part is cut
+        short (a cancelled cell)."""
+        try:
+            await self._quit()
+        finally:
+            self._release()
+
+    async def _quit(self) -> None:
+        """QMP ``quit`` and a moment to go; SIGKILL by PID if it does not."""
         if self.proc is not None and self.proc.running:
             log.debug("%s QEMU pid %d: QMP quit", self.role, self.proc.pid)
             try:
                 await asyncio.wait_for(self.qmp.execute("quit"), 2.0)
             except BaseException:  # noqa: BLE001 - any failure here means: kill it
                 pass
-            if self.proc.wait(2.0) is None:
+            if await wait_exited(self.proc, 2.0) is None:
                 log.info("%s QEMU pid %d did not quit in 2 s: killing it", self.role,
                          self.proc.pid)
                 self.proc.kill()
@@ -178,6 +184,10 @@ class Machine:
             await asyncio.wait_for(self.qmp.disconnect(), 2.0)
         except BaseException:  # noqa: BLE001 - EOFError after quit is the normal end
             pass
+
+    def _release(self) -> None:
+        """The process ended by PID (a no-op once it has gone), the tasks,
+        sockets, port forwards and logs freed."""
         for task in self._tasks:
             task.cancel()
         if self._serial_server is not None:
@@ -246,6 +256,14 @@ class Machine:
                 self.events.append((t, dict(event)))
                 self._event_cond.notify_all()
 
+    async def _notice_exit(self) -> None:
+        """Wake every :meth:`wait_event` the moment QEMU ends, so none waits
+        out its timeout on a dead QEMU."""
+        assert self.proc is not None
+        await wait_exited(self.proc, None)
+        async with self._event_cond:
+            self._event_cond.notify_all()
+
     async def wait_event(self, match: Callable[[Event], bool], timeout: float,
                          since: int = 0) -> tuple[float, Event] | None:
         """First event at index >= ``since`` that matches; None on timeout.
@@ -264,7 +282,8 @@ class Machine:
                 if left <= 0 or not self.alive:
                     return None
                 try:
-                    await asyncio.wait_for(self._event_cond.wait(), min(left, 0.25))
+                    # Woken by each event and by QEMU's end (_notice_exit).
+                    await asyncio.wait_for(self._event_cond.wait(), left)
                 except asyncio.TimeoutError:
                     pass
 

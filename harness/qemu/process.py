@@ -20,18 +20,29 @@ while it has not been reaped, so a recycled PID is never hit.
 """
 from __future__ import annotations
 
+import asyncio
 import atexit
 import ctypes
 import logging
+import math
 import os
 import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Awaitable, Literal, Mapping, Sequence
+
+from harness.waiting import WaitTimeout, poll_until
+
+if TYPE_CHECKING:
+    from harness.hosts.base import HostProcess
 
 log = logging.getLogger(__name__)
+
+#: How often a process that cannot be watched by a pidfd (one on a remote
+#: host, or where pidfd_open is refused) is looked at for its end.
+EXIT_POLL_INTERVAL = 0.05
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -153,6 +164,75 @@ def describe_exit_status(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit status {code}"
+
+
+async def wait_exited(proc: "QemuProcess | HostProcess", timeout: float | None) -> int | None:
+    """``proc``'s exit status once it has ended; None while it still runs
+    after ``timeout`` seconds (None: wait as long as it runs).  The event
+    loop runs on meanwhile.
+
+    A local process is watched, not polled, and blocks no thread: its pidfd
+    becomes readable when it exits (pidfd_open(2), Linux 5.3) and the event
+    loop waits on that.  A remote process (harness.hosts), or a kernel that
+    refuses pidfd_open, is looked at every ``EXIT_POLL_INTERVAL`` through
+    :func:`harness.waiting.poll_until`."""
+    code = proc.poll()
+    if code is not None:
+        return code
+    if isinstance(proc, QemuProcess):
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except ProcessLookupError:
+            return proc.poll()  # reaped between the poll and here
+        except OSError as exc:
+            log.debug("pidfd_open(%d) refused (%s): polling for its end", proc.pid, exc)
+        else:
+            try:
+                await asyncio.wait_for(_readable(fd), timeout)
+            except asyncio.TimeoutError:
+                return None
+            finally:
+                os.close(fd)
+            return proc.poll()
+    try:
+        return await poll_until(proc.poll, lambda c: c is not None,
+                                timeout=math.inf if timeout is None else timeout,
+                                interval=EXIT_POLL_INTERVAL, what=f"{proc.name} to exit")
+    except WaitTimeout:
+        return None
+
+
+async def _readable(fd: int) -> None:
+    """Return once ``fd`` is readable (for a pidfd: its process has ended)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+async def accept_or_exit(accept: Awaitable[None], proc: "QemuProcess | HostProcess",
+                         timeout: float) -> Literal["accepted", "exited", "timeout"]:
+    """Wait for QEMU to connect to the harness's QMP socket (``accept``) and
+    for ``proc`` to end, together, whichever comes first: ``accepted`` (an
+    exception ``accept`` raised, e.g. QEMU dropping the handshake, is raised
+    here), ``exited`` (the process ended before it connected) or ``timeout``
+    (neither within ``timeout`` seconds).  What is still pending is cancelled."""
+    accepting = asyncio.ensure_future(accept)
+    ending = asyncio.ensure_future(wait_exited(proc, timeout))
+    try:
+        await asyncio.wait((accepting, ending), timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (accepting, ending):
+            task.cancel()
+        await asyncio.gather(accepting, ending, return_exceptions=True)
+    if accepting.done() and not accepting.cancelled():
+        accepting.result()
+        return "accepted"
+    return "exited" if proc.poll() is not None else "timeout"
 
 
 def live_processes() -> list[QemuProcess]:
