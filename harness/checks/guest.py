@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.results import CheckResult
+import numpy as np
+
 from harness.guest.dirtier import check_invariant, read_region_bytes
+from harness.results import CheckResult
+from harness.units import PAGE
 
 
 def check_guest_invariant(ram_file: Path, region_offset: int, pages: int,
-                          region_gpa: int) -> tuple[CheckResult, object]:
+                          region_gpa: int) -> tuple[CheckResult, np.ndarray]:
     """Check the invariant on a paused guest's RAM file; also return the values read."""
     values = read_region_bytes(ram_file, region_offset, pages)
     res = check_invariant(values)
@@ -31,5 +34,5 @@ def check_guest_invariant(ram_file: Path, region_offset: int, pages: int,
     bad = res.first_bad_page
     figures["first_bad_page"] = bad
     if bad is not None:
-        figures["first_bad_gpa"] = hex(region_gpa + bad * 4096)
+        figures["first_bad_gpa"] = hex(region_gpa + bad * PAGE)
     return CheckResult("guest", False, f"invariant broken: {res.reason}", figures), values

@@ -14,10 +14,7 @@ from harness.guest import workload
 from harness.guest.linux import LinuxWorkload
 from harness.guest.workload import Workload
 
-__all__ = ["workload_for", "KINDS"]
-
-#: Kinds with their own module.
-KINDS = (LinuxWorkload.kind,)
+__all__ = ["workload_for"]
 
 
 def workload_for(cell: Cell, workdir: Path, logdir: Path | None = None) -> Workload:

@@ -241,7 +241,7 @@ class _Dirtier(Workload):
     def check_guest(self, dst_ram: Path) -> CheckResult:
         check, values = check_guest_invariant(dst_ram, self.spec.region_base,
                                               self.region_pages, self.spec.region_base)
-        self._region_before = values  # type: ignore[assignment]
+        self._region_before = values
         return check
 
 

@@ -126,7 +126,7 @@ class CellContext:
     @property
     def shared_ram(self) -> bool:
         """x-ignore-shared: both sides map the source's RAM file."""
-        return bool(dict(self.cell.capabilities).get("x-ignore-shared", False))
+        return bool(self.caps.get("x-ignore-shared", False))
 
     def record(self, check: CheckResult) -> CheckResult:
         """Add a check to the evidence, marked when the cell declared it a

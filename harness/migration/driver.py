@@ -512,9 +512,10 @@ async def cancel(src: Machine, since: int | None = None,
 
 
 async def configure(m: Machine, build: QemuBuild, caps: dict[str, bool],
-                     params: dict[str, Any]) -> None:
+                     params: dict[str, Any]) -> dict[str, Any]:
     """Apply capabilities and parameters, then read them back: a silent mismatch
-    would make every later verdict meaningless."""
+    would make every later verdict meaningless.  Returns every parameter as
+    read back (``query-migrate-parameters``), defaults included."""
     side = "source" if m.role == "src" else "destination"
 
     async def apply(command: str, args: dict[str, Any], what: str, settings: Any) -> None:
@@ -539,3 +540,4 @@ async def configure(m: Machine, build: QemuBuild, caps: dict[str, bool],
         log.error("%s: read-back mismatch: %s", m.role, "; ".join(wrong))
         raise BuildError(build.name, f"read-back mismatch on the {side}: {'; '.join(wrong)}")
     log.debug("%s: capabilities %s, parameters %s applied and read back", m.role, caps, params)
+    return dict(got_params)

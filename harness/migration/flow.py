@@ -41,6 +41,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from qemu.qmp import ExecuteError
 
@@ -65,8 +66,7 @@ from harness.migration.modes import CANCEL_RETRY, postcopy_after, side_args, sid
 from harness.migration.tls import creds_args
 from harness.migration.transports import SAVE_RESTORE, incoming_uri, save_restore_uris
 from harness.migration.verify import verify_paused
-from harness.migration.waits import event_time
-from harness.migration.waits import wait_info
+from harness.migration.waits import event_time, wait_info
 from harness.qemu.build import QemuBuild, discover
 from harness.qemu.cmdline import MachinePaths
 from harness.qemu.machine import Machine
@@ -285,15 +285,14 @@ async def _devices(ctx: CellContext) -> None:
 
 async def _configure(ctx: CellContext) -> None:
     with ctx.phase("configure"):
-        await asyncio.gather(configure(ctx.src, ctx.src_build, ctx.caps, ctx.params),
-                             _configure_destination(ctx))
-        ctx.limit_ms = float((await ctx.src.execute("query-migrate-parameters"))
-                             ["downtime-limit"])
+        src_params, _ = await asyncio.gather(
+            configure(ctx.src, ctx.src_build, ctx.caps, ctx.params), _configure_destination(ctx))
+        ctx.limit_ms = float(src_params["downtime-limit"])
 
 
-async def _configure_destination(ctx: CellContext) -> None:
-    await configure(ctx.dst, ctx.dst_build, side_caps(ctx.caps, "dst", ctx.cell.fault),
-                    ctx.params)
+async def _configure_destination(ctx: CellContext) -> dict[str, Any]:
+    return await configure(ctx.dst, ctx.dst_build,
+                           side_caps(ctx.caps, "dst", ctx.cell.fault), ctx.params)
 
 
 async def _warmup(ctx: CellContext) -> None:
@@ -351,7 +350,7 @@ async def _cancel_first(ctx: CellContext) -> CancelEvidence:
     ctx.figures["cancel_first_max_bandwidth"] = CANCEL_FIRST_BANDWIDTH
     return CancelEvidence(status_at_cancel=info.get("status"), bytes_sent=sent, outcome=outcome,
                           source_status=await src.status(),
-                          return_path=bool(dict(cell.capabilities).get("return-path")))
+                          return_path=bool(ctx.caps.get("return-path")))
 
 
 # --- migrate -----------------------------------------------------------------

@@ -28,12 +28,12 @@ from harness.checks.modes import check_mapped_ram, check_modes, check_shared_ram
 from harness.checks.ram import Explained, RamRegion, check_ram, ram_layout
 from harness.checks.sides import (allocated_bytes, check_release_ram, check_switchover_ack,
                                   check_validate_uuid)
+from harness.checks.vmstate_static import cached_dump
 from harness.migration.context import CellContext
 from harness.migration.driver import MigrationRun
 from harness.migration.transports import SAVE_RESTORE
 from harness.qemu.machine import Machine
 from harness.results import CheckResult
-from harness.checks.vmstate_static import cached_dump
 from harness.state.coverage import coverage_report
 from harness.units import PAGE
 
@@ -106,14 +106,14 @@ async def _compare_ram(ctx: CellContext, run: MigrationRun) -> Path:
     src_ram, dst_ram = ctx.src_paths.ram, ctx.dst_paths.ram
     # What the source's RAM file still holds (release-ram gives pages back;
     # every other cell keeps them all).
-    ctx.figures["src_ram_allocated"] = allocated_bytes(ctx.src_paths.ram)
+    ctx.figures["src_ram_allocated"] = src_allocated = allocated_bytes(src_ram)
     if run.ram_at_switchover is not None:
         # release-ram emptied the source's RAM file as postcopy sent it:
         # compare with the copy taken while the source was held in
         # pre-switchover (stopped, nothing sent in postcopy yet).
         src_ram = run.ram_at_switchover
-        ctx.record(check_release_ram(run.ram_allocated_at_switchover,
-                                     allocated_bytes(ctx.src_paths.ram), _postcopy_bytes(run)))
+        ctx.record(check_release_ram(run.ram_allocated_at_switchover, src_allocated,
+                                     _postcopy_bytes(run)))
     if os.environ.get(RAM_SOURCE_ENV) == "pmemsave":
         # The fallback where the RAM files cannot be read directly: each
         # QEMU writes its guest-physical memory out itself.
