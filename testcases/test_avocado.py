@@ -28,11 +28,10 @@ from typing import Any, Callable
 
 import pytest
 
+from clihelp import ROOT, mharness
 from harness.qemu.procfs import descendants, is_qemu, still_running
 from harness.run.runner import Budget
 from harness.waiting import poll_until_sync
-
-ROOT = Path(__file__).resolve().parent.parent
 
 #: A passing cell, a negative control (a destination with another UUID must
 #: refuse the stream: converged must fail), the same fault without
@@ -116,9 +115,10 @@ class Avocado:
     base: Path
     config: Path
 
-    def __call__(self, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(*args), cwd=cwd, capture_output=True, text=True,
-                              timeout=timeout)
+    def __call__(self, *args: str, cwd: Path, timeout: float = 600,
+                 seed: int | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*args, seed=seed), cwd=cwd, capture_output=True,
+                              text=True, timeout=timeout)
 
     def argv(self, *args: str, seed: int | None = None) -> list[str]:
         if seed is None:
@@ -126,12 +126,6 @@ class Avocado:
         # Python's global random seeded first: see test_cells_from_cit_variants.
         return [sys.executable, "-c", _SEEDED_AVOCADO, str(seed), "--config", str(self.config),
                 *args]
-
-    def seeded(self, seed: int, *args: str, cwd: Path,
-               timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(*args, seed=seed), cwd=cwd, capture_output=True,
-                              text=True, timeout=timeout)
-
 
     def job_dir(self, job_id: str) -> Path:
         (found,) = (self.base / "job-results").glob(f"job-*-{job_id[:7]}")
@@ -171,8 +165,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def mharness_ids(*args: str, cwd: Path) -> list[str]:
-    out = subprocess.run([sys.executable, "-m", "harness", "list", "--json", *args], cwd=cwd,
-                         capture_output=True, text=True, timeout=300)
+    out = mharness("list", "--json", *args, cwd=cwd)
     assert out.returncode == 0, out.stderr
     return [c["id"] for c in json.loads(out.stdout)["cells"]]
 
@@ -263,11 +256,15 @@ class Job:
         return found
 
 
-def run_job(avocado: Avocado, *args: str, cwd: Path) -> Job:
-    out = avocado("run", *args, cwd=cwd)
+def job_of(avocado: Avocado, out: subprocess.CompletedProcess[str]) -> Job:
+    """The job an ``avocado run`` or ``avocado replay`` made (its id from its output)."""
     text = out.stdout + out.stderr
     job_id = job_id_of(text)
     return Job(job_id, avocado.job_dir(job_id), out.returncode, text)
+
+
+def run_job(avocado: Avocado, *args: str, cwd: Path, seed: int | None = None) -> Job:
+    return job_of(avocado, avocado("run", *args, cwd=cwd, seed=seed))
 
 
 @pytest.fixture(scope="module")
@@ -335,9 +332,7 @@ def test_avocado_outputs(avocado, smoke_job, workdir):
 def test_replay_of_the_failed_job(avocado, smoke_job, workdir):
     """``avocado replay JOB`` runs the job again from its saved configuration
     (references, ``--mharness-*`` settings): the same cells, the same verdicts."""
-    out = avocado("replay", smoke_job.id, cwd=workdir)
-    replayed = Job(job_id_of(out.stdout), avocado.job_dir(job_id_of(out.stdout)), out.returncode,
-                   out.stdout + out.stderr)
+    replayed = job_of(avocado, avocado("replay", smoke_job.id, cwd=workdir))
     assert replayed.id != smoke_job.id
     assert replayed.statuses() == EXPECTED, replayed.out
     assert replayed.returncode == 1
@@ -372,11 +367,8 @@ def test_cells_from_cit_variants(avocado, workdir):
     # change_one_value: randrange over an empty range; seen 1 in 3 runs of the
     # flake hunt).  This test is about the harness's side of the variants, so
     # the generator is seeded: the same variants every run.
-    out = avocado.seeded(7, "run", "--max-parallel-tasks", "2", "--mharness-cells-from-variants",
-                         "--cit-parameter-file", "cells.cit", "matrix.yaml", cwd=workdir)
-    text = out.stdout + out.stderr
-    job_id = job_id_of(text)
-    job = Job(job_id, avocado.job_dir(job_id), out.returncode, text)
+    job = run_job(avocado, "--max-parallel-tasks", "2", "--mharness-cells-from-variants",
+                  "--cit-parameter-file", "cells.cit", "matrix.yaml", cwd=workdir, seed=7)
     tests = job.results()["tests"]
     assert len(tests) >= 4 and {t["status"] for t in tests} == {"PASS"}, job.out
     pairs = set()

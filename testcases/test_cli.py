@@ -7,14 +7,12 @@ results folder; logs of failed cells kept.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from clihelp import ROOT, mharness, run_pytest, write_matrix
 
 MATRIX = """\
 version: 1
@@ -44,16 +42,9 @@ tiers:
 """
 
 
-def mharness(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture
 def matrix_file(tmp_path: Path) -> Path:
-    path = tmp_path / "m.yaml"
-    path.write_text(MATRIX.format(cap="no-such-capability"))
-    return path
+    return write_matrix(tmp_path, MATRIX.format(cap="no-such-capability"))
 
 
 def test_run_passing_cell_writes_results_and_exits_0(tmp_path, matrix_file):
@@ -139,13 +130,10 @@ def test_a_failing_cell_does_not_stop_the_run(tmp_path, matrix_file):
 
 def test_test_command_fails_loudly_when_the_required_qemu_is_missing(tmp_path):
     """The README's test command must not turn a missing Debian QEMU into skips."""
-    matrix = tmp_path / "m.yaml"
-    matrix.write_text(MATRIX.format(cap="events").replace(
+    matrix = write_matrix(tmp_path, MATRIX.format(cap="events").replace(
         "/usr/bin/qemu-system-x86_64", str(tmp_path / "no-such-qemu")))
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          str(ROOT / "testcases" / "test_cells.py"), "--matrix", str(matrix),
-                          "--tier", "good"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    out = run_pytest(str(ROOT / "testcases" / "test_cells.py"), "--matrix", str(matrix),
+                     "--tier", "good", timeout=120)
     assert out.returncode == 4, out.stdout + out.stderr
     assert "required QEMU build 'system' is missing" in out.stdout + out.stderr
 
@@ -153,8 +141,7 @@ def test_test_command_fails_loudly_when_the_required_qemu_is_missing(tmp_path):
 def test_failure_path_cells_run_listed_and_selected_like_any_cell(tmp_path):
     """Scenario cells of a tier: listed with kind 'scenario', selected with -k,
     run in parallel, recorded in results.json and junit.xml."""
-    matrix = tmp_path / "m.yaml"
-    matrix.write_text(MATRIX.format(cap="events").replace(
+    matrix = write_matrix(tmp_path, MATRIX.format(cap="events").replace(
         "required: true}", 'required: true, version: "7.2"}').replace(
         "tiers:\n", "tiers:\n  small:\n    cells:\n"
         "      - {target: t, transport: unix, capset: plain}\n"

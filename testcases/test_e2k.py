@@ -12,8 +12,6 @@ executes from 0x100000000).  The harness never calls query-cpus-fast,
 query-target, HMP 'info cpus' or '-cpu help' on it (they crash that build)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from harness.checks.cpustate import NOT_MIGRATED
@@ -23,11 +21,9 @@ from harness.matrix import override_build, tier_cells
 from harness.qemu.build import discover
 from harness.results import KNOWN_FAILURE
 from harness.run.runner import cell_logdir
+from qemu_builds import E2K, needs_e2k
 
-E2K = os.environ.get("MHARNESS_E2K_QEMU")
-pytestmark = pytest.mark.skipif(
-    not E2K or not os.access(E2K, os.X_OK),
-    reason="no e2k build configured: set MHARNESS_E2K_QEMU to a qemu-system-e2k binary")
+pytestmark = needs_e2k
 
 
 @pytest.fixture

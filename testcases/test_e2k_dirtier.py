@@ -13,7 +13,6 @@ query-cpus-fast, query-target and HMP 'info cpus'; none is used here.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import time
 from pathlib import Path
@@ -24,14 +23,9 @@ from harness.qemu.machine import Machine
 from harness.run.rundir import runtime_dir
 from harness.guest import e2k_dirtier as e
 from harness.waiting import WaitAborted, WaitTimeout, poll_until
+from qemu_builds import E2K, needs_e2k
 
-E2K = os.environ.get("MHARNESS_E2K_QEMU")
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.skipif(not E2K or not os.access(E2K, os.X_OK),
-                       reason="no e2k build configured: set MHARNESS_E2K_QEMU to an "
-                              "executable qemu-system-e2k (OpenE2K/qemu-e2k, e2k-softmmu)"),
-]
+pytestmark = [pytest.mark.qemu, needs_e2k]
 
 MiB = 1 << 20
 REGION_BASE = 0x200000

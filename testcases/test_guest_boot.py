@@ -20,15 +20,15 @@ from harness.qemu.build import discover
 from harness.qemu.cmdline import MachinePaths, firmware_args, machine_argv
 from harness.qemu.machine import Machine
 from harness.guest import dirtier as d
+from harness.waiting import WaitAborted, WaitTimeout, poll_until
+from qemu_builds import usable
 
 MiB = 1 << 20
 SYSTEM = BuildSpec("system", "/usr/bin/qemu-system-x86_64", required=True)
 
 
 async def _boot(target: TargetSpec, logdir: Path, want: int, timeout: float):
-    build = discover(SYSTEM)
-    if build.missing:
-        pytest.fail(build.missing)
+    build = usable(discover(SYSTEM))
     problem = build.accel_problems.get(target.accel)
     if problem:
         pytest.skip(f"{target.accel}: {problem}")
@@ -47,11 +47,13 @@ async def _boot(target: TargetSpec, logdir: Path, want: int, timeout: float):
                                                extra=tuple(boot)),
                            build.env(), qmp_path=paths.qmp, serial_path=paths.serial,
                            logdir=logdir, t0=t0, serial_sink=parser.feed) as m:
-            while parser.heartbeats < want:
-                assert m.alive, m.exit_reason()
-                assert time.monotonic() - t0 < timeout, \
-                    f"{parser.heartbeats} heartbeats in {timeout} s (banner: {parser.banner_seen})"
-                await asyncio.sleep(0.01)
+            try:
+                await poll_until(lambda: parser.heartbeats, lambda n: n >= want,
+                                 timeout=timeout - (time.monotonic() - t0),
+                                 what=f"{want} heartbeats",
+                                 abort=lambda: None if m.alive else m.exit_reason())
+            except (WaitTimeout, WaitAborted) as exc:
+                pytest.fail(f"{exc} (banner: {parser.banner_seen})")
             await m.execute("stop")
             await asyncio.sleep(0.05)  # the serial socket may still hold the last bytes
             status = await m.status()

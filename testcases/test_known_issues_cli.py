@@ -11,20 +11,12 @@ does not reproduce passes with a note.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from clihelp import MATRIX_HEAD, mharness, write_matrix
 
-MATRIX = """\
-version: 1
-defaults:
-  capabilities: {events: true}
-  parameters: {max-bandwidth: 10G}
-builds:
-  system: {binary: /usr/bin/qemu-system-x86_64, required: true}
+MATRIX = MATRIX_HEAD + """\
 targets:
   t: {arch: x86_64, machine: q35, accel: tcg, build: system, memory: 128M,
       workload: {kind: dirtier, base: 2M, region: 16M}}
@@ -54,14 +46,8 @@ known-issues:
 """
 
 
-def mharness(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_known_failure_exits_0_and_1_with_strict(tmp_path: Path) -> None:
-    matrix = tmp_path / "m.yaml"
-    matrix.write_text(MATRIX)
+    matrix = write_matrix(tmp_path, MATRIX)
     out = mharness("run", "--matrix", str(matrix), "--tier", "known",
                    "--results", str(tmp_path / "r"))
     assert out.returncode == 0, out.stdout + out.stderr

@@ -103,8 +103,10 @@ def test_control_corrupt_agent_page(short, run_state, record) -> None:
     assert result.verdict == PASSED, f"{result.reason}\n{_details(result)}"
     assert planted
     guest = result.check("guest")
-    assert hex(planted[0])[:-3] in str(guest.figures["agent_records"]["first_bad"]) or \
-        guest.figures["agent_records"]["bad_records"] >= 1
+    # The host's check names the flipped word's address (the record at byte
+    # 1000 of the page, its word at offset 40 of 64: gpa + 1000).
+    found = [bad.get("gpa") for bad in guest.figures["agent_records"]["first_bad"]]
+    assert hex(planted[0] + 1000) in found, (hex(planted[0] + 1000), found)
     assert "agent buffer" in str(guest.figures.get("pages_differing_from_source"))
     assert "paddr=" in result.check("guest-data").summary
 

@@ -7,26 +7,18 @@ same cell ids as ``mharness list``.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from clihelp import MATRIX_HEAD, mharness, run_pytest, start_mharness, write_matrix
 from harness.qemu.procfs import descendants, is_qemu, still_running
 
-ROOT = Path(__file__).resolve().parent.parent
-
-MATRIX = """\
-version: 1
-defaults:
-  capabilities: {events: true}
-  parameters: {max-bandwidth: 10G}
-builds:
-  system: {binary: /usr/bin/qemu-system-x86_64, required: true}
+MATRIX = MATRIX_HEAD + """\
 targets:
   q35: {arch: x86_64, machine: q35, accel: tcg, build: system, memory: 128M,
         workload: {kind: dirtier, base: 2M, region: 16M}}
@@ -50,32 +42,12 @@ tiers:
 
 @pytest.fixture
 def matrix_file(tmp_path: Path) -> Path:
-    path = tmp_path / "m.yaml"
-    path.write_text(MATRIX)
-    return path
-
-
-
-
-
-
-
-
-
-
-def _start(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    return write_matrix(tmp_path, MATRIX)
 
 
 def test_j2_runs_cells_at_once_and_leaves_no_qemu(tmp_path: Path, matrix_file: Path) -> None:
-    proc = _start("run", "--matrix", str(matrix_file), "--tier", "four", "-j", "2",
-                  "--results", str(tmp_path / "r"))
+    proc = start_mharness("run", "--matrix", str(matrix_file), "--tier", "four", "-j", "2",
+                          "--results", str(tmp_path / "r"))
     seen: set[int] = set()
     most = 0
     while proc.poll() is None:
@@ -98,8 +70,8 @@ def test_j2_runs_cells_at_once_and_leaves_no_qemu(tmp_path: Path, matrix_file: P
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupting_j2_tears_down_and_writes_partial_results(tmp_path: Path,
                                                                matrix_file: Path, sig) -> None:
-    proc = _start("run", "--matrix", str(matrix_file), "--tier", "four", "-j", "2",
-                  "--results", str(tmp_path / "r"))
+    proc = start_mharness("run", "--matrix", str(matrix_file), "--tier", "four", "-j", "2",
+                          "--results", str(tmp_path / "r"))
     deadline = time.monotonic() + 60
     qemus: set[int] = set()
     while time.monotonic() < deadline and proc.poll() is None:
@@ -121,40 +93,38 @@ def test_interrupting_j2_tears_down_and_writes_partial_results(tmp_path: Path,
 
 
 def test_shards_merge_and_rerun_failed(tmp_path: Path, matrix_file: Path) -> None:
-    listed = _run("list", "--matrix", str(matrix_file), "--tier", "mixed", "--json")
+    listed = mharness("list", "--matrix", str(matrix_file), "--tier", "mixed", "--json")
     ids = [c["id"] for c in json.loads(listed.stdout)["cells"]]
     dirs = []
     for k in (1, 2):
         d = tmp_path / f"shard{k}"
-        out = _run("run", "--matrix", str(matrix_file), "--tier", "mixed", "--shard",
-                   f"{k}/2", "--results", str(d))
+        out = mharness("run", "--matrix", str(matrix_file), "--tier", "mixed", "--shard",
+                       f"{k}/2", "--results", str(d))
         assert out.returncode in (0, 1), out.stdout + out.stderr
         dirs.append(d)
     per_shard = [[c["id"] for c in json.loads((d / "results.json").read_text())["cells"]]
                  for d in dirs]
     assert per_shard == [[ids[0]], [ids[1]]]
-    merged = _run("merge", *map(str, dirs), "--results", str(tmp_path / "all"))
+    merged = mharness("merge", *map(str, dirs), "--results", str(tmp_path / "all"))
     assert merged.returncode == 1, merged.stdout + merged.stderr   # the strict cell fails
     data = json.loads((tmp_path / "all" / "results.json").read_text())
     assert sorted(c["id"] for c in data["cells"]) == sorted(ids)
     assert (tmp_path / "all" / "junit.xml").exists()
     # Only the failed cell is run again; it fails again, so it is not flaky.
-    again = _run("run", "--matrix", str(matrix_file), "--rerun-failed", str(tmp_path / "all"),
-                 "--results", str(tmp_path / "rerun"))
+    again = mharness("run", "--matrix", str(matrix_file), "--rerun-failed", str(tmp_path / "all"),
+                     "--results", str(tmp_path / "rerun"))
     assert again.returncode == 1, again.stdout + again.stderr
     (cell,) = json.loads((tmp_path / "rerun" / "results.json").read_text())["cells"]
     assert cell["id"] == "pc-tcp-precopy-strict" and cell["verdict"] == "failed"
 
 
 def test_pytest_xdist_sees_the_same_cells(tmp_path: Path, matrix_file: Path) -> None:
-    pytest.importorskip("xdist")
-    listed = _run("list", "--matrix", str(matrix_file), "--tier", "four", "--json")
+    if importlib.util.find_spec("xdist") is None:
+        pytest.fail("pytest-xdist is not installed: pip install -e '.[test]' (scripts/setup.sh)")
+    listed = mharness("list", "--matrix", str(matrix_file), "--tier", "four", "--json")
     ids = sorted(c["id"] for c in json.loads(listed.stdout)["cells"])
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", "-q", "-rA",
-         "testcases/test_cells.py", "--matrix", str(matrix_file), "--tier", "four",
-         "--mh-results", str(tmp_path / "r")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = run_pytest("-n", "2", "-rA", "testcases/test_cells.py", "--matrix", str(matrix_file),
+                     "--tier", "four", "--mh-results", str(tmp_path / "r"))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     passed = sorted(line.split("[", 1)[1].rsplit("]", 1)[0] for line in out.stdout.splitlines()
                     if line.startswith("PASSED testcases/test_cells.py::test_cell["))

@@ -12,25 +12,19 @@ passing report.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from clihelp import MATRIX_HEAD, mharness, write_matrix
+
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--no-first-run"]
 
-MATRIX = """\
-version: 1
-defaults:
-  parameters: {max-bandwidth: 10G}
-builds:
-  system: {binary: /usr/bin/qemu-system-x86_64, required: true}
+MATRIX = MATRIX_HEAD + """\
   absent: {binary: /nonexistent/qemu-system-x86_64}
 targets:
   small: {arch: x86_64, machine: q35, accel: tcg, build: system, memory: 128M,
@@ -58,11 +52,8 @@ PASSING, FAILING, SKIPPED = "small-unix-plain", "busy-unix-plain-slow", "gone-un
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real run's results folder (history in the same temporary folder)."""
     tmp = tmp_path_factory.mktemp("report")
-    (tmp / "m.yaml").write_text(MATRIX)
-    out = subprocess.run([sys.executable, "-m", "harness", "run", "--matrix", str(tmp / "m.yaml"),
-                          "--tier", "report", "--results", str(tmp / "r"),
-                          "--history", str(tmp / "history.sqlite")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = mharness("run", "--matrix", str(write_matrix(tmp, MATRIX)), "--tier", "report",
+                   "--results", str(tmp / "r"), "--history", str(tmp / "history.sqlite"))
     assert out.returncode == 1, out.stdout + out.stderr   # one cell failed
     assert f"report: {tmp / 'r' / 'report.html'}" in out.stdout
     verdicts = {c["id"]: c["verdict"]

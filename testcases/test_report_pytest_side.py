@@ -2,20 +2,10 @@
 its results folder and a history run (entry ``pytest``) for the cells it ran."""
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
+from clihelp import MATRIX_HEAD, ROOT, run_pytest, write_matrix
 from harness.report.history import History
 
-ROOT = Path(__file__).resolve().parent.parent
-
-MATRIX = """\
-version: 1
-defaults:
-  parameters: {max-bandwidth: 10G}
-builds:
-  system: {binary: /usr/bin/qemu-system-x86_64, required: true}
+MATRIX = MATRIX_HEAD + """\
 targets:
   t: {arch: x86_64, machine: q35, accel: tcg, build: system, memory: 128M,
       workload: {kind: dirtier, base: 2M, region: 16M}}
@@ -29,12 +19,10 @@ tiers:
 
 
 def test_a_pytest_session_writes_report_and_history(tmp_path):
-    (tmp_path / "m.yaml").write_text(MATRIX)
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          str(ROOT / "testcases" / "test_cells.py"), "--matrix",
-                          str(tmp_path / "m.yaml"), "--tier", "good", "--mh-results",
-                          str(tmp_path / "r"), "--mh-history", str(tmp_path / "h.sqlite")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    matrix = write_matrix(tmp_path, MATRIX)
+    out = run_pytest(str(ROOT / "testcases" / "test_cells.py"), "--matrix", str(matrix),
+                     "--tier", "good", "--mh-results", str(tmp_path / "r"),
+                     "--mh-history", str(tmp_path / "h.sqlite"))
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"mharness report: {tmp_path / 'r' / 'report.html'}" in out.stdout
     page = (tmp_path / "r" / "report.html").read_text()

@@ -9,7 +9,8 @@ must accept.  Where probes are answered as a known deviation of the build's
 QEMU version says instead, the rule is an expected failure (xfail), never a
 pass; any other answer fails it.  A rule no
 probe can reach on this host (e.g. KVM dirty ring) is skipped with that
-reason, never passed.
+reason, never passed.  A build of the matrix that is missing fails its
+``test_rule[<build>-all]`` when it is the required one, else skips it.
 
 Known deviations get their own ids, ``test_deviation[system-<id>]``: an
 expected failure (xfail, with the deviation's summary) when the build
@@ -37,6 +38,7 @@ from harness.rules.prober import (
     probe_build,
     summary_text,
 )
+from qemu_builds import usable
 
 _reports: dict[str, BuildProbeReport] = {}
 
@@ -53,9 +55,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "rule_id" in metafunc.fixturenames:
         params = []
         for build in _builds(metafunc.config):
-            if build.missing:
-                params.append(pytest.param(build, "all", id=f"{build.name}-all",
-                                           marks=pytest.mark.skip(reason=build.missing)))
+            if build.missing:   # failed or skipped by the report fixture (usable)
+                params.append(pytest.param(build, "all", id=f"{build.name}-all"))
                 continue
             ids = ["accept"] + [r.id for r in rules_for(reference_version(build.version))]
             params += [pytest.param(build, rid, id=f"{build.name}-{rid}")
@@ -73,6 +74,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def report(build: QemuBuild, run_state, pytestconfig: pytest.Config) -> BuildProbeReport:
+    usable(build)
     if build.name not in _reports:
         logdir = run_state.results_dir / "probe-logs" / build.name
         targets = list(_matrix(pytestconfig).targets.values())

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import struct
 import tempfile
@@ -28,18 +27,18 @@ import pytest
 
 from harness.cell import BuildSpec, TargetSpec
 from harness.checks.vmstate_static import cached_dump, walk_devices
-from harness.state.coverage import (CPU_COMMON_ONLY, IN_STREAM, NO_VMSTATE, NOT_SENT, UNSEEN, _types,
-                              coverage_report, stream_coverage)
+from harness.state.coverage import (CPU_COMMON_ONLY, IN_STREAM, NO_VMSTATE, NOT_SENT, UNSEEN,
+                                    _types, coverage_report, stream_coverage)
 from harness.migration.transports import save_restore_uris
-from harness.matrix import load_matrix
-from harness.matrix.expand import build_for_arch
+from harness.migration.waits import TERMINAL
 from harness.qemu.build import QemuBuild, discover
 from harness.qemu.cmdline import RAM_BACKEND_ID, MachinePaths, firmware_args, machine_argv
 from harness.qemu.machine import Machine
 from harness.state.streamdecode import (DecodedStream, StreamDecodeError, decode_bytes,
-                                  decode_stream)
+                                        decode_stream)
+from harness.waiting import poll_until
+from qemu_builds import E2K, matrix_build, needs_e2k
 
-ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 SAVE_TIMEOUT = 60.0
 
@@ -58,16 +57,6 @@ class Saved:
     device_types: set[str]
     cpu_types: set[str]
     arch: str
-
-
-def _build(name: str, arch: str = "x86_64") -> QemuBuild:
-    matrix = load_matrix(ROOT / "matrix.yaml")
-    build = discover(build_for_arch(matrix.builds[name], arch))
-    if build.missing:
-        if build.spec.required:   # the Debian QEMU the project requires
-            pytest.fail(f"required QEMU build '{name}' missing: {build.missing}")
-        pytest.skip(f"QEMU build '{name}' unavailable: {build.missing}")
-    return build
 
 
 async def _save(build: QemuBuild, machine: str, transport: str, outdir: Path,
@@ -92,15 +81,11 @@ async def _save(build: QemuBuild, machine: str, transport: str, outdir: Path,
                 {"capability": c, "state": True} for c in caps]})
         uri, _ = save_restore_uris(transport, workdir)
         await m.execute("migrate", {"uri": uri})
-        deadline = time.monotonic() + SAVE_TIMEOUT
-        status = "setup"
-        while time.monotonic() < deadline:
-            info = await m.execute("query-migrate")
-            status = info.get("status", "")
-            if status in ("completed", "failed", "cancelled"):
-                break
-            await asyncio.sleep(0.05)
-        assert status == "completed", f"saving the stream ended '{status}': {info}"
+        # No events capability here: query-migrate until the save ends.
+        info = await poll_until(lambda: m.execute("query-migrate"),
+                                lambda i: i.get("status") in TERMINAL, timeout=SAVE_TIMEOUT,
+                                interval=0.05, what="saving the stream")
+        assert info["status"] == "completed", f"saving the stream ended '{info['status']}': {info}"
         stream = outdir / f"{'-'.join((build.name, machine, transport, *caps))}.stream"
         shutil.move(str(workdir / "migration.stream"), stream)
         dump = (await asyncio.to_thread(cached_dump, build, machine_type)).dump
@@ -126,7 +111,7 @@ def saved(outdir: Path, build_name: str, machine: str, transport: str,
     """Each stream is saved once per session, whichever test asks first."""
     key = (build_name, machine, transport, caps)
     if key not in _saved:
-        build = _build(build_name)
+        build = matrix_build(build_name)
         _saved[key] = asyncio.run(_save(build, machine, transport, outdir, caps))
     return _saved[key]
 
@@ -320,12 +305,7 @@ def test_removed_section_is_reported(outdir) -> None:
     assert len(sc["in_stream"]) == len(before["in_stream"]) - 2
 
 
-E2K = os.environ.get("MHARNESS_E2K_QEMU")
-
-
-@pytest.mark.skipif(not E2K or not os.access(E2K, os.X_OK),
-                    reason="no e2k build configured: set MHARNESS_E2K_QEMU to a "
-                           "qemu-system-e2k binary")
+@needs_e2k
 def test_e2k_stream_has_no_cpu_state(outdir) -> None:
     assert E2K is not None
     build = discover(BuildSpec(name="e2k", binary=E2K))

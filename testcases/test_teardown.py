@@ -10,31 +10,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from clihelp import ROOT, start_mharness
 from harness.matrix import tier_cells
 from harness.qemu.build import discover
 from harness.qemu.procfs import children, is_qemu, still_running
 from harness.run.rundir import sweep_stale
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-
-
-
-
-
 
 def _start_run(tmp_path: Path, cell_id: str) -> tuple[subprocess.Popen, set[int]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", "--matrix", str(ROOT / "matrix.yaml"),
-         "--tier", "smoke", "-k", cell_id, "--results", str(tmp_path / "results")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = start_mharness("run", "--matrix", str(ROOT / "matrix.yaml"), "--tier", "smoke",
+                          "-k", cell_id, "--results", str(tmp_path / "results"))
     deadline = time.monotonic() + 30
     qemus: set[int] = set()
     while time.monotonic() < deadline and proc.poll() is None:
@@ -48,8 +38,6 @@ def _start_run(tmp_path: Path, cell_id: str) -> tuple[subprocess.Popen, set[int]
     out = proc.communicate(timeout=30)[0] if proc.poll() is not None else b""
     proc.kill()
     pytest.fail(f"harness never had two QEMUs running: {out.decode(errors='replace')[-2000:]}")
-
-
 
 
 @pytest.fixture

@@ -5,16 +5,17 @@ dumps in tests/test_vmstate.py).
 """
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.errors import BuildError
+from harness.qemu.build import QemuBuild
 from harness.state import vmstate
 from harness.state.vmstate import ERROR, INFO, compare_vmstate, dump_vmstate
+from qemu_builds import matrix_build
+
+pytestmark = [pytest.mark.qemu]
 
 
 def kinds(report: vmstate.VmstateReport, severity: str | None = None) -> set[tuple[str, str, str]]:
@@ -22,23 +23,6 @@ def kinds(report: vmstate.VmstateReport, severity: str | None = None) -> set[tup
     return {(f.section, f.path, f.kind) for f in report.findings
             if severity is None or f.severity == severity}
 
-
-SYSTEM_QEMU = shutil.which("qemu-system-x86_64")
-
-
-def backports_prefix() -> Path:
-    cache = os.environ.get("MHARNESS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mharness")
-    return Path(cache) / "builds" / "qemu-10.0"
-
-
-QEMU_10 = backports_prefix() / "usr" / "bin" / "qemu-system-x86_64"
-needs_system_qemu = pytest.mark.skipif(SYSTEM_QEMU is None,
-                                       reason="qemu-system-x86_64 (QEMU 7.2) not installed")
-needs_qemu_10 = pytest.mark.skipif(
-    not QEMU_10.exists(),
-    reason=f"QEMU 10.0 not unpacked at {QEMU_10.parent.parent.parent} "
-           f"(run scripts/setup-qemu-backports.sh)")
 
 # The devices a "-M pc-q35-7.2 -nodefaults" VM has in both builds (QOM types, as
 # keys in the dumps), found by walking /machine over QMP in each build.
@@ -48,19 +32,24 @@ Q35_DEVICES = ["ICH9-LPC", "ICH9-SMB", "fw_cfg_io", "hpet", "i8042", "i8257", "i
 
 
 @pytest.fixture(scope="module")
-def dump_72() -> dict[str, Any]:
-    return dump_vmstate(SYSTEM_QEMU or "qemu-system-x86_64", "pc-q35-7.2")
+def system() -> QemuBuild:
+    """Debian's QEMU 7.2, the matrix's required build: missing fails."""
+    return matrix_build("system")
+
+
+@pytest.fixture(scope="module")
+def dump_72(system: QemuBuild) -> dict[str, Any]:
+    return dump_vmstate(system.spec.binary, "pc-q35-7.2")
 
 
 @pytest.fixture(scope="module")
 def dump_100() -> dict[str, Any]:
-    return dump_vmstate(str(QEMU_10), "pc-q35-7.2")
+    """QEMU 10.0 from its private prefix: skipped with the build's reason when absent."""
+    return dump_vmstate(matrix_build("debian-10.0").spec.binary, "pc-q35-7.2")
 
 
-@pytest.mark.qemu
-@needs_system_qemu
-def test_real_72_against_itself(dump_72: dict[str, Any]) -> None:
-    again = dump_vmstate(SYSTEM_QEMU or "qemu-system-x86_64", "pc-q35-7.2")
+def test_real_72_against_itself(system: QemuBuild, dump_72: dict[str, Any]) -> None:
+    again = dump_vmstate(system.spec.binary, "pc-q35-7.2")
     report = compare_vmstate(dump_72, again, src_name="7.2", dst_name="7.2")
     assert report.ok, report.summary()
     assert report.findings == []
@@ -68,16 +57,11 @@ def test_real_72_against_itself(dump_72: dict[str, Any]) -> None:
     assert report.sections_compared > 150
 
 
-@pytest.mark.qemu
-@needs_system_qemu
-def test_real_dump_bad_machine() -> None:
+def test_real_dump_bad_machine(system: QemuBuild) -> None:
     with pytest.raises(BuildError, match="no-such-machine"):
-        dump_vmstate(SYSTEM_QEMU or "qemu-system-x86_64", "no-such-machine")
+        dump_vmstate(system.spec.binary, "no-such-machine")
 
 
-@pytest.mark.qemu
-@needs_system_qemu
-@needs_qemu_10
 def test_real_72_to_100(dump_72: dict[str, Any], dump_100: dict[str, Any]) -> None:
     report = compare_vmstate(dump_72, dump_100, src_name="7.2", dst_name="10.0")
     print(report.summary(max_lines=40))
@@ -96,9 +80,6 @@ def test_real_72_to_100(dump_72: dict[str, Any], dump_100: dict[str, Any]) -> No
     assert used.sections_compared == len(Q35_DEVICES)
 
 
-@pytest.mark.qemu
-@needs_system_qemu
-@needs_qemu_10
 def test_real_100_to_72(dump_72: dict[str, Any], dump_100: dict[str, Any]) -> None:
     report = compare_vmstate(dump_100, dump_72, src_name="10.0", dst_name="7.2")
     print(report.summary(max_lines=40))
