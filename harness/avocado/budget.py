@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cell import Cell
+from harness.qemu.procfs import stat_fields
 from harness.run.rundir import base_dir
 from harness.run.runner import Budget, cell_needs
 from harness.waiting import poll_until_sync
@@ -67,12 +68,8 @@ def process_start(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (proc(5), field 22
     of /proc/PID/stat), or None when it is gone: with the PID it names one
     process, even after the PID is reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
+    fields = stat_fields(pid)
+    if fields is None or fields[0] == "Z":
         return None
     return int(fields[19])
 

@@ -8,13 +8,22 @@ import time
 from pathlib import Path
 
 
-def running(pid: int) -> bool:
-    """True while the process exists and is not a zombie waiting to be reaped."""
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (proc(5): field 3,
+    the state, is index 0), or None when the process is gone.  The name is in
+    parentheses and may itself hold spaces and ')', hence the split at the last
+    ')'."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def running(pid: int) -> bool:
+    """True while the process exists and is not a zombie waiting to be reaped."""
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def children(pid: int) -> set[int]:
