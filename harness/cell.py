@@ -198,6 +198,7 @@ class Cell:
             "src_build": self.src_build.name,
             "dst_build": self.dst_build.name,
             "timeout": self.timeout,
+            "known_issues": [ki.id for ki in self.known_issues],
             "tier": self.tier,
             "origin": self.origin,
             "seed": self.seed,
