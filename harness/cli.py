@@ -403,6 +403,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from harness.matrix import load_matrix
     from harness.qemu.build import discover, kvm_host_problem
 
+    if args.hosts is not None:
+        return _doctor_hosts(args)
     if args.qemu:
         specs = [BuildSpec(name=args.qemu, binary=args.qemu)]
     else:
@@ -434,6 +436,32 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         print(f"host KVM: {kvm or '/dev/kvm accessible'}")
     return 1 if problems else 0
+
+
+def _doctor_hosts(args: argparse.Namespace) -> int:
+    """``doctor --hosts [NAMES]``: each inventory host reachable, its key known,
+    the matrix's builds there, KVM, free memory and clock offset (harness.hosts.doctor).
+    Exit 1 when a host is unusable."""
+    from harness.cell import BuildSpec
+    from harness.hosts.doctor import check_hosts, format_table, select_hosts
+    from harness.matrix import load_matrix
+
+    matrix = load_matrix(_matrix_file(args))
+    try:
+        specs = select_hosts(matrix.hosts, args.hosts)
+    except KeyError as exc:
+        raise HarnessError(f"--hosts: {exc.args[0]}") from None
+    builds = ([BuildSpec(name=args.qemu, binary=args.qemu, required=True)] if args.qemu
+              else matrix.build_specs())
+    # a cell's source and destination may share a host: twice the largest guest
+    need = 2 * max((t.memory for t in matrix.targets.values()), default=0)
+    reports = check_hosts(specs, builds, min_memory=need)
+    if args.json:
+        print(json.dumps({"hosts": [r.as_dict() for r in reports],
+                          "usable": all(r.usable for r in reports)}, indent=2))
+    else:
+        print(format_table(reports))
+    return 0 if all(r.usable for r in reports) else 1
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -598,6 +626,10 @@ def parser() -> argparse.ArgumentParser:
     doc.add_argument("--matrix", default=None, help=MATRIX_HELP)
     doc.add_argument("--qemu", default=None, metavar="PATH")
     doc.add_argument("--json", action="store_true")
+    doc.add_argument("--hosts", nargs="?", const="", default=None, metavar="NAMES",
+                     help="check the inventory's hosts instead (all, or NAMES: a,b): reachable, "
+                          "host key known, builds there, KVM, free memory, clock offset; "
+                          "exit 1 when a host is unusable")
     doc.set_defaults(func=cmd_doctor)
 
     probe = sub.add_parser("probe", help="probe builds' migration rules against the oracle")

@@ -120,12 +120,14 @@ class SshHost:
                            allow_agent=False, sock=sock, timeout=spec.connect_timeout,
                            banner_timeout=spec.connect_timeout, auth_timeout=spec.connect_timeout)
         except paramiko.BadHostKeyException as exc:
+            client.close()  # stops the transport thread before its socket goes
             sock.close()
             raise HostKeyError(self.name, f"host key of {self._target()} CHANGED: got "
                                f"{exc.key.get_name()} {exc.key.fingerprint}, {known} has "
                                f"{exc.expected_key.fingerprint}; refused (remove the old key "
                                f"from {known} only if you know why it changed)") from exc
         except paramiko.SSHException as exc:
+            client.close()
             sock.close()
             if "not found in known_hosts" in str(exc):
                 raise HostKeyError(self.name, f"host key of {self._target()} is unknown: not in "
@@ -133,6 +135,7 @@ class SshHost:
                                    "its fingerprint, or set trust-on-first-use: true)") from exc
             raise HostError(self.name, f"SSH to {self._target()} failed: {exc}") from exc
         except OSError as exc:
+            client.close()
             sock.close()
             raise HostError(self.name, f"SSH to {self._target()} failed: {exc}") from exc
         log.info("%s: connected to %s in %.2f s", self.name, self._target(),
