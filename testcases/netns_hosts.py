@@ -13,6 +13,7 @@ scripts/setup.sh installs openssh-server); they never skip.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -87,8 +88,9 @@ def _kill_namespace_pids(netns: str) -> None:
             pass
 
 
-@pytest.fixture(scope="module")
-def two_hosts() -> Iterator[TwoHosts]:
+def make_two_hosts() -> Iterator[TwoHosts]:
+    """The two hosts, up until the generator is closed (outside pytest:
+    ``netns_two_hosts``, e.g. benchmarks/remote_cell.py)."""
     if os.geteuid() != 0:
         pytest.fail("test hosts need root (ip netns add); CI runs as root", pytrace=False)
     if not os.path.exists(SSHD):
@@ -156,3 +158,11 @@ def two_hosts() -> Iterator[TwoHosts]:
             _kill_namespace_pids(name)
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+netns_two_hosts = contextlib.contextmanager(make_two_hosts)
+
+
+@pytest.fixture(scope="module")
+def two_hosts() -> Iterator[TwoHosts]:
+    yield from make_two_hosts()
