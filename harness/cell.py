@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from harness.hosts.inventory import HostSpec
 from harness.known_issues import KnownIssue
 from harness.migration.dst_start import PAUSED as DST_PAUSED
 from harness.units import MiB  # noqa: F401  (re-exported: callers import it from here)
@@ -123,6 +124,15 @@ class Cell:
     #: ``cont``) or ``autostart`` (QEMU runs the guest itself after
     #: switchover); see harness.migration.dst_start.
     dst_start: str = DST_PAUSED
+    #: Where the source and the destination QEMU run (None: this machine):
+    #: inventory entries (``src-host``/``dst-host``, ``mharness run --hosts``).
+    src_host: HostSpec | None = None
+    dst_host: HostSpec | None = None
+
+    @property
+    def placed(self) -> bool:
+        """Either side runs on another host than this machine."""
+        return any(h is not None and not h.is_local for h in (self.src_host, self.dst_host))
 
     @property
     def kind(self) -> str:
@@ -161,13 +171,25 @@ class Cell:
                 data.pop(key)
         if self.dst_start == DST_PAUSED:
             data.pop("dst_start")
+        # Hosts by name (addresses and keys are the lab's, not the cell's);
+        # a local cell has none, so its seed is as before hosts existed.
+        for key in ("src_host", "dst_host"):
+            spec = getattr(self, key)
+            if spec is None:
+                data.pop(key)
+            else:
+                data[key] = spec.name
         return json.dumps(data, sort_keys=True, default=str)
 
     def inputs(self) -> dict[str, Any]:
         """The cell's inputs as JSON-friendly data for results.json."""
         if self.scenario:
             return self._scenario_inputs()
+        hosts = ({"src_host": self.src_host.name if self.src_host else "local",
+                  "dst_host": self.dst_host.name if self.dst_host else "local"}
+                 if self.placed else {})
         return {
+            **hosts,
             "kind": self.kind,
             "target": asdict(self.target),
             "src_build": self.src_build.name,

@@ -96,7 +96,7 @@ def test_unknown_key_lists_allowed_keys(tmp_path: Path) -> None:
     text = BASE.replace("build: sys, memory: 256M", "build: sys, memroy: 256M")
     assert_error(tmp_path, text, "memroy", "targets.t1.memroy",
                  "unknown key (allowed: arch, machine, accel, accel-options, memory, cpu, smp, "
-                 "build, workload, firmware)")
+                 "build, workload, firmware, src-host, dst-host)")
 
 
 def test_unknown_key_on_its_own_line_in_block_style(tmp_path: Path) -> None:
@@ -389,7 +389,7 @@ def test_product_refuses_name_and_duplicates(tmp_path: Path) -> None:
     assert_error(tmp_path, text, "name: x", "tiers.smoke.product.name",
                  "unknown key (allowed: target, transport, capset, paramset, "
                  "src-build, dst-build, mode, dst-start, timeout, downtime-tolerance-ms, "
-                 "expect-fail, repeat)")
+                 "expect-fail, repeat, src-host, dst-host)")
     text = with_tiers("""\
         smoke:
           product: {target: [t1, t1], transport: [unix]}

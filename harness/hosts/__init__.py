@@ -1,14 +1,14 @@
 """Where a QEMU runs: this machine (harness.hosts.local.LocalHost) or one
 reached over SSH (harness.hosts.ssh.SshHost), named in the matrix's host
-inventory (harness.hosts.inventory).  Kept free of QEMU and SSH imports so
+inventory (harness.hosts.inventory; its schema: harness.matrix.hosts).  Kept free of QEMU and SSH imports so
 loading a matrix imports neither."""
 from __future__ import annotations
 
 from harness.hosts.base import Host, HostError, HostKeyError, HostProcess, RunResult
-from harness.hosts.inventory import LOCAL, HostSpec, parse_hosts
+from harness.hosts.inventory import LOCAL, HostSpec
 
 __all__ = ["Host", "HostError", "HostKeyError", "HostProcess", "RunResult", "LOCAL",
-           "HostSpec", "parse_hosts", "host_for"]
+           "HostSpec", "host_for"]
 
 
 def host_for(spec: HostSpec) -> Host:

@@ -19,7 +19,9 @@ from harness.cell import BuildSpec, Cell, TargetSpec
 from harness.errors import MatrixError
 from harness.failpaths import TARGET as SCENARIO_TARGET
 from harness.failpaths import scenario_cell
+from harness.hosts.inventory import LOCAL, HostSpec
 from harness.known_issues import KnownIssue, applicable
+from harness.matrix.hosts import place
 from harness.matrix.schema import DEFAULT_SET, CellDecl, Defaults, ScenarioDecl, TierSpec
 from harness.migration.dst_start import PAUSED
 
@@ -39,6 +41,8 @@ class Definitions(Protocol):
     capsets: Mapping[str, tuple[tuple[str, bool], ...]]
     paramsets: Mapping[str, tuple[tuple[str, Any], ...]]
     known_issues: Sequence[KnownIssue]
+    hosts: Mapping[str, HostSpec]
+    target_hosts: Mapping[str, tuple[str, str]]
 
 
 # --- ids and cells ----------------------------------------------------------
@@ -94,7 +98,7 @@ def make_cell(decl: CellDecl, tier: str, defs: Definitions) -> Cell:
     parameters = dict(defs.defaults.parameters)
     parameters.update(defs.paramsets[decl.paramset])
     cid = cell_id(decl, defs.target_builds[decl.target])
-    return Cell(
+    cell = Cell(
         id=cid,
         target=target,
         src_build=build_for_arch(defs.builds[decl.src_build], target.arch),
@@ -116,6 +120,17 @@ def make_cell(decl: CellDecl, tier: str, defs: Definitions) -> Cell:
         fault=decl.fault,
         dst_start=decl.dst_start,
     )
+    return place_on_hosts(cell, defs, decl.src_host, decl.dst_host)
+
+
+def place_on_hosts(cell: Cell, defs: Definitions, src: str = "", dst: str = "") -> Cell:
+    """The cell on the hosts it names, else its target's, else ``local``
+    (harness.matrix.hosts.place: ids of local cells unchanged)."""
+    t_src, t_dst = defs.target_hosts.get(cell.target.name, (LOCAL, LOCAL))
+    src, dst = src or t_src, dst or t_dst
+    if src == dst == LOCAL:
+        return cell
+    return place(cell, defs.hosts[src], defs.hosts[dst])
 
 
 # --- tiers ------------------------------------------------------------------

@@ -26,8 +26,9 @@ from harness.cell import FIRMWARES, BuildSpec, Cell, TargetSpec, WorkloadSpec
 from harness.errors import MatrixError
 from harness.failpaths import SCENARIO_IDS, build_label
 from harness.known_issues import KnownIssue
-from harness.hosts.inventory import LOCAL, HostSpec, hosts_from_yaml
+from harness.hosts.inventory import LOCAL, HostSpec
 from harness.matrix import schema as s
+from harness.matrix.hosts import as_host, parse_hosts
 from harness.matrix.expand import (
     ARCH_PLACEHOLDER, build_for_arch, expand_tiers, select, with_build,
 )
@@ -90,8 +91,11 @@ class Matrix:
     #: ``known-issues:``: builds' own defects (harness.known_issues); each cell
     #: carries the ones that name it.
     known_issues: tuple[KnownIssue, ...] = ()
-    #: ``hosts:`` (harness.hosts.inventory): where QEMUs may run; ``local`` always.
+    #: ``hosts:`` (harness.matrix.hosts): where QEMUs may run; ``local`` always.
     hosts: dict[str, HostSpec] = field(default_factory=lambda: {LOCAL: HostSpec(LOCAL)})
+    #: Target name -> (src-host, dst-host) names its cells run on unless a
+    #: cell says otherwise (only targets that name one).
+    target_hosts: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def build_specs(self) -> list[BuildSpec]:
         """Concrete builds to probe (``doctor``): ``{arch}`` substituted.
@@ -146,8 +150,11 @@ def load_matrix(path: str | Path) -> Matrix:
                              where.key("builds").key(name).key("version"))
         for name, item in s.as_map(entries["builds"].value, where.key("builds")).entries.items()
         if isinstance(item.value, YMap) and "version" in item.value.entries}
+    hosts = parse_hosts(entries["hosts"].value, where.key("hosts"), base_dir, load_yaml) \
+        if "hosts" in entries else {LOCAL: HostSpec(LOCAL)}
+    target_hosts: dict[str, tuple[str, str]] = {}
     targets = _named(entries["targets"], where.key("targets"), "target",
-                     lambda n, node, w: _target(n, node, w, builds))
+                     lambda n, node, w: _target(n, node, w, builds, hosts, target_hosts))
     transport_list = s.as_name_list(entries["transports"].value, where.key("transports"),
                                     "transport")
     for name, line, t_where in transport_list:
@@ -167,10 +174,8 @@ def load_matrix(path: str | Path) -> Matrix:
         transports=transports, capsets=capsets, paramsets=paramsets, tiers={},
         build_versions=build_versions,
         known_issues=parse_known_issues(entries.get("known-issues"), where.key("known-issues"),
-                                        builds, targets))
-    if "hosts" in entries:
-        matrix = replace(matrix, hosts=hosts_from_yaml(entries["hosts"].value, file, base_dir,
-                                                       load_yaml))
+                                        builds, targets),
+        hosts=hosts, target_hosts=target_hosts)
     tiers = _Tiers(matrix, where.key("tiers")).parse(entries["tiers"].value)
     matrix = replace(matrix, tiers=tiers)
     matrix = replace(matrix, expanded=expand_tiers(tiers, matrix))
@@ -352,10 +357,14 @@ def _accel_options(node: YNode, where: Where) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(pairs))
 
 
-def _target(name: str, node: YNode, where: Where, builds: dict[str, BuildSpec]
+def _target(name: str, node: YNode, where: Where, builds: dict[str, BuildSpec],
+            hosts: dict[str, HostSpec], target_hosts: dict[str, tuple[str, str]]
             ) -> tuple[TargetSpec, str]:
     m = s.as_map(node, where)
     e = s.check_keys(m, where, s.TARGET_KEYS, s.TARGET_REQUIRED)
+    placed = _placement(e, where, hosts)
+    if any(placed):
+        target_hosts[name] = (placed[0] or LOCAL, placed[1] or LOCAL)
     spec = TargetSpec(
         name=name,
         arch=s.as_name(e["arch"].value, where.key("arch"), "arch"),
@@ -411,6 +420,14 @@ def _firmware(entry: YEntry, where: Where, spec: TargetSpec) -> str:
                               f"region must start at or above {PVH_MIN_REGION_BASE:#x}, not "
                               f"{format_size(spec.workload.region_base)}", line)
     return name
+
+
+def _placement(e: dict[str, YEntry], where: Where, hosts: dict[str, HostSpec]
+               ) -> tuple[str, str]:
+    """``src-host``/``dst-host`` of a target, cell or product ("" where not given)."""
+    src, dst = (as_host(e[k].value, where.key(k), hosts) if k in e else ""
+                for k in s.PLACEMENT_KEYS)
+    return src, dst
 
 
 def _first(entries: dict[str, YEntry], keys: Sequence[str]) -> YEntry | None:
@@ -775,6 +792,7 @@ class _Tiers:
     def _decls(self, dims: dict[str, list[tuple[str, int]]], e: dict[str, YEntry],
                where: Where, line: int, name: str | None) -> list[CellDecl]:
         settings = self._settings(e, where)
+        src_host, dst_host = _placement(e, where, self.m.hosts)
         default_set = [(s.DEFAULT_SET, line)]
         axes = [dims["target"], dims["transport"], dims.get("capset", default_set),
                 dims.get("paramset", default_set), dims.get("src-build", [(None, line)]),
@@ -793,7 +811,7 @@ class _Tiers:
                 target=target, transport=transport, capset=capset, paramset=paramset,
                 src_build=src or default_build, dst_build=dst or default_build,
                 where=where.path, line=line, name=name, mode=mode, dst_start=dst_start,
-                **settings))
+                src_host=src_host, dst_host=dst_host, **settings))
         return decls
 
     def _check_cycles(self, tiers: dict[str, TierSpec]) -> None:

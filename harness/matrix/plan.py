@@ -52,7 +52,7 @@ from harness.matrix.covering import (
     merge_exclusions,
     version_of,
 )
-from harness.matrix.expand import build_for_arch, select, with_build
+from harness.matrix.expand import build_for_arch, place_on_hosts, select, with_build
 from harness.matrix.load import Matrix
 from harness.matrix.schema import CoveringSpec
 from harness.migration.dst_start import PAUSED as DST_PAUSED
@@ -401,7 +401,7 @@ def _cell(matrix: Matrix, tier: str, cov: CoveringSpec, row: Mapping[str, Any],
     elif src != default_build:
         parts.append(src)
     cell_id = "-".join(parts)
-    return Cell(
+    return place_on_hosts(Cell(
         id=cell_id,
         target=target,
         src_build=build_for_arch(matrix.build_override or matrix.builds[src], target.arch),
@@ -419,7 +419,7 @@ def _cell(matrix: Matrix, tier: str, cov: CoveringSpec, row: Mapping[str, Any],
         origin=origin,
         mode=mode,
         dst_start=dst_start,
-    )
+    ), matrix)
 
 
 def settings_digest(params: Mapping[str, Any]) -> str:

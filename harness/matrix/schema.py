@@ -30,8 +30,11 @@ TOP_KEYS = ("version", "defaults", "builds", "targets", "transports", "capsets",
 TOP_REQUIRED = ("version", "builds", "targets", "transports", "tiers")
 DEFAULTS_KEYS = ("timeout", "downtime-tolerance-ms", "capabilities", "parameters")
 BUILD_KEYS = ("binary", "prefix", "data-dirs", "env", "extra-args", "required", "version")
+#: Where a cell's source and destination QEMU run: names from ``hosts:``
+#: (harness.matrix.hosts), ``local`` when not given.
+PLACEMENT_KEYS = ("src-host", "dst-host")
 TARGET_KEYS = ("arch", "machine", "accel", "accel-options", "memory", "cpu", "smp", "build",
-               "workload", "firmware")
+               "workload", "firmware") + PLACEMENT_KEYS
 TARGET_REQUIRED = ("arch", "machine", "build")
 WORKLOAD_KEYS = ("kind", "region", "base", "warmup-passes")
 #: Keys of one workload kind only, each key -> (type, default, allowed values
@@ -52,8 +55,8 @@ KNOWN_ISSUE_BUILD_KEYS = ("name", "versions")
 #: The dimensions a cell is made of; a product takes a list for each.
 DIMENSIONS = ("target", "transport", "capset", "paramset", "src-build", "dst-build", "mode",
               "dst-start")
-CELL_KEYS = DIMENSIONS + CELL_SETTINGS + ("name", "fault")
-PRODUCT_KEYS = DIMENSIONS + CELL_SETTINGS
+CELL_KEYS = DIMENSIONS + CELL_SETTINGS + ("name", "fault") + PLACEMENT_KEYS
+PRODUCT_KEYS = DIMENSIONS + CELL_SETTINGS + PLACEMENT_KEYS
 CELL_REQUIRED = ("target", "transport")
 #: A covering array's factors (each a list) and its order; see ``CoveringSpec``.
 COVERING_KEYS = ("order", "target", "transport", "build", "src-build", "dst-build",
@@ -146,6 +149,9 @@ class CellDecl:
     fault: str = ""
     #: ``paused`` or ``autostart`` (harness.migration.dst_start).
     dst_start: str = "paused"
+    #: ``src-host``/``dst-host`` names ("" = the target's, else ``local``).
+    src_host: str = ""
+    dst_host: str = ""
 
 
 @dataclass(frozen=True)
