@@ -141,14 +141,14 @@ def test_recipe_inputs_exist_and_agent_sources_are_all_listed() -> None:
 
 
 def test_recipe_key_covers_package_versions(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(linux_build, "key_text", lambda text: "deb kernel linux-image-x=1\n")
+    monkeypatch.setattr(linux_build, "key_text", lambda text, cache=None: "deb kernel linux-image-x=1\n")
     before = images.recipe_key("linux-x86_64")
-    monkeypatch.setattr(linux_build, "key_text", lambda text: "deb kernel linux-image-x=2\n")
+    monkeypatch.setattr(linux_build, "key_text", lambda text, cache=None: "deb kernel linux-image-x=2\n")
     assert images.recipe_key("linux-x86_64") != before
 
 
 def test_recipe_key_names_apt_failures(monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(text: str) -> str:
+    def fail(text: str, cache: object = None) -> str:
         raise LinuxBuildError("apt knows no candidate for 'busybox-static': run apt-get update")
     monkeypatch.setattr(linux_build, "key_text", fail)
     with pytest.raises(images.ImageError, match="linux-x86_64.*apt-get update"):

@@ -165,7 +165,8 @@ def _build_linux(inputs: list[Path], work: Path) -> bytes:
 
 
 def _linux_key(root: Traversable) -> str:
-    return linux_build.key_text(_input(root, "linux/packages.txt").read_text())
+    return linux_build.key_text(_input(root, "linux/packages.txt").read_text(),
+                                cache_dir() / "linux-key.json")
 
 
 #: Where pvh.ld links the dirtier's PVH build, and the end of what it loads
@@ -260,7 +261,7 @@ RECIPES: dict[str, Recipe] = {
         version="1",
         build=_build_linux,
         pad_to=32 * MIB,
-        key_sources=("linux_build.py",),
+        key_sources=("linux_build.py", "linux_kallsyms.py", "linux_symbols.py"),
         key_extra=_linux_key,
     ),
 }

@@ -45,7 +45,7 @@ from harness.checks.linux import (AgentVerdict, HeartbeatEvidence, RebootEvidenc
                                   check_guest_downtime, check_net, check_reboot)
 from harness.checks.liveness import (LIVENESS_HEARTBEATS, LIVENESS_TIMEOUT, HeartbeatLiveness,
                                      check_heartbeat_liveness)
-from harness.checks.ram import ram_layout
+from harness.checks.ram import RamRegion, ram_layout
 from harness.errors import HarnessError
 from harness.guest.linux_disk import DiskReport, check_image, make_overlay
 from harness.guest.linux_image import LinuxGuest, linux_guest
@@ -53,7 +53,8 @@ from harness.guest.linux_kvm import kvm_boot_problem
 from harness.guest.linux_net import NetPeer
 from harness.guest.linux_options import KIND, LinuxOptions
 from harness.guest.linux_proto import AgentStream, Boot, ConsoleWatch
-from harness.guest.linux_ram import (check_records, differing_pages, owner_table,
+from harness.guest.linux_ram import (SHOW_PAGES, PageOwners, check_records, differing_pages,
+                                     first_differences, kernel_symbols, owner_table,
                                      read_agent_pages)
 from harness.guest.workload import GuestGap, GuestProgressError, SerialSink, Workload
 from harness.migration.context import CellFailure
@@ -151,6 +152,8 @@ class LinuxWorkload(Workload):
         #: destination's image (:meth:`_lose_write`).
         self.lose_disk_write = False
         self.fault_figures: dict[str, Any] = {}
+        #: Whether differing kernel pages were named by symbol, and why not.
+        self._symbols_figures: dict[str, Any] = {}
 
     # -- command line --------------------------------------------------------
     def machine_args(self, role: str) -> list[str]:
@@ -345,11 +348,13 @@ class LinuxWorkload(Workload):
         if src_ram is not None:
             pages = differing_pages(src_ram, dst_ram, layout)
             if pages:
-                named = owner_table(boot).describe(pages)
+                named = self._owners(boot, src_ram, layout).describe(
+                    pages, first_differences(src_ram, dst_ram, layout, pages[:SHOW_PAGES]))
                 figures["pages_differing_from_source"] = {"count": len(pages), **named}
+                figures["kernel_symbols"] = self._symbols_figures
                 diff_text = (f"; {len(pages)} pages differ from the source: " + ", ".join(
                     f"{n} {k}" for k, n in named["by_owner"].items()) +
-                    f" (first {named['pages'][0]['gpa']}: {named['pages'][0]['owner']})")
+                    f" (first {PageOwners.text(named['pages'][0])})")
         if not rep.ok:
             first = rep.first_bad[0] if rep.first_bad else {}
             return CheckResult("guest", False,
@@ -358,6 +363,14 @@ class LinuxWorkload(Workload):
         return CheckResult("guest", True, f"{rep.records} agent records intact on the paused "
                            f"destination (generation {rep.generation}, cursor {rep.cursor})"
                            f"{diff_text}", figures)
+
+    def _owners(self, boot: Boot, ram: Path, layout: list[RamRegion]) -> PageOwners:
+        """Who owns a page of this boot, kernel image pages by symbol where
+        the image's symbol map fits this boot (checked on ``ram``, the
+        source's: harness.guest.linux_ram.kernel_symbols)."""
+        smap = self.guest.symbol_map() if self.guest is not None else None
+        kernel, self._symbols_figures = kernel_symbols(boot, smap, ram, layout)
+        return owner_table(boot, kernel)
 
     def before_cont(self, dst_ram: Path) -> None:
         boot = self.stream.boot
@@ -427,7 +440,7 @@ class LinuxWorkload(Workload):
                 (t_source_done - before.t) * 1000, 2)
         return GuestGap(gap, 2.0 * self.opts.heartbeat_ms, parts)
 
-    async def after_liveness(self, dst: Machine) -> list[CheckResult]:
+    async def after_liveness(self, dst: Machine, limit_ms: float) -> list[CheckResult]:
         """The agent's verdict, a reboot, quiesce; then the checks of data,
         heartbeats, clocks, disk, network and reboot."""
         side = self.sides[-1]
@@ -441,7 +454,7 @@ class LinuxWorkload(Workload):
         if self.lose_disk_write:
             await self._lose_write(dst, boot)
         first = await self._verify(dst, side, boot)
-        checks = [check_guest_data(first), self._downtime_check(boot),
+        checks = [check_guest_data(first), self._downtime_check(boot, limit_ms),
                   check_clock(first, self._guest_step(), self._host_gap())]
         reboot_ev = RebootEvidence(requested=False)
         if self.opts.reboot and self.opts.port == "virtio":
@@ -562,16 +575,18 @@ class LinuxWorkload(Workload):
             figures["switchover_stall_ms"] = round(report.switchover_gap_ms - held_ms, 2)
         return check_net(figures, verdict, switched=len(self.sides) > 1)
 
-    def _downtime_check(self, boot: Boot) -> CheckResult:
+    def _downtime_check(self, boot: Boot, limit_ms: float) -> CheckResult:
+        """The guest's silence against the source's configured downtime-limit
+        (read back from QEMU by the flow's configure phase: the matrix's value,
+        or QEMU's default where the cell sets none)."""
         edge = self._gap.get("edge")
-        limit = float(dict(self.cell.parameters).get("downtime-limit", 300))
         return check_guest_downtime(HeartbeatEvidence(
             period_ms=float(self.opts.heartbeat_ms), heartbeats=boot.beats, lost=boot.lost,
             duplicated=boot.duplicated,
             src_last=None if edge is None else (edge[0].seq, edge[0].t, edge[0].mono_ns),
             dst_first=None if edge is None else (edge[1].seq, edge[1].t, edge[1].mono_ns),
             held_ms=self._gap.get("held_s", 0.0) * 1000,
-            qemu_downtime_ms=float(self._gap.get("qemu_downtime_ms", 0.0)), limit_ms=limit,
+            qemu_downtime_ms=float(self._gap.get("qemu_downtime_ms", 0.0)), limit_ms=limit_ms,
             tolerance_ms=self.cell.downtime_tolerance_ms,
             carried_lines=self.stream.carried_partial))
 

@@ -15,16 +15,23 @@ which makes, in a scratch folder:
 - the agent: ``images/linux/agent/*.c`` built with the host's Debian gcc,
   ``-static -O2``.
 
+Then it boots the result once under TCG to copy the kernel's own symbol map
+out (harness.guest.linux_kallsyms: ``/proc/kallsyms``, since Debian ships no
+real System.map).
+
 The result is one uncompressed tar ("bundle"): ``vmlinuz``, ``initrd.img``,
-``config`` and ``manifest.json`` (package versions, kernel release, modules in
-load order).  Zero padding after it is tar's own end-of-archive marker, so the
-image cache's padding leaves it valid.  harness.guest.linux unpacks it next to
+``config``, ``symbols.gz`` (the kernel image's symbols as offsets from
+``_text``; absent where no QEMU was at hand) and ``manifest.json`` (package
+versions, kernel release, modules in load order, the symbol capture).  Zero
+padding after it is tar's own end-of-archive marker, so the image cache's
+padding leaves it valid.  harness.guest.linux unpacks it next to
 the cached image.
 
 The cache key must change whenever the guest would: :func:`key_text` gives the
 package versions apt would fetch now, the host gcc and libc6-dev (the agent
-links libc statically) and dpkg, and is cached per process because asking apt
-takes a fraction of a second.
+links libc statically) and dpkg.  Asking apt takes seconds on a loaded
+machine, so the answer is remembered (in memory and in a small JSON file)
+per fingerprint of the files it follows from (:func:`state_fingerprint`).
 
 This module imports nothing from harness.guest.images (which imports it), so
 its errors are its own :class:`LinuxBuildError`.
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -45,8 +53,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.fileio import write_atomic
+from harness.guest import linux_kallsyms
 
-__all__ = ["LinuxBuildError", "DebPackage", "INPUTS", "AGENT_SOURCES", "key_text",
+__all__ = ["LinuxBuildError", "DebPackage", "INPUTS", "AGENT_SOURCES", "SYMBOLS_MEMBER",
+           "key_text", "state_fingerprint",
            "resolve_packages", "build_bundle", "NewcArchive", "module_order"]
 
 log = logging.getLogger(__name__)
@@ -64,6 +75,8 @@ APPLETS = ("sh", "mount", "insmod", "ip", "cat", "echo", "sleep", "ls", "dmesg",
            "poweroff", "sync", "ps", "free", "mkdir", "hexdump", "dd")
 
 _TIMEOUT = 600.0
+#: The bundle member with the kernel's symbol map (harness.guest.linux_symbols).
+SYMBOLS_MEMBER = "symbols.gz"
 
 
 class LinuxBuildError(HarnessError):
@@ -167,7 +180,8 @@ def _first_line(argv: list[str]) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _key_text(packages_txt: str) -> str:
+def _key_text(packages_txt: str, fingerprint: str) -> str:
+    del fingerprint  # only part of the cache key: what the answer depends on
     lines = [f"deb {p.role} {p.name}={p.version}" for p in resolve_packages(packages_txt)]
     lines.append(f"gcc {_first_line([_need('gcc', 'gcc'), '--version'])}")
     # libc6-dev: the agent links libc statically; dpkg unpacks the packages.
@@ -175,10 +189,72 @@ def _key_text(packages_txt: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def key_text(packages_txt: str) -> str:
+#: What apt's candidate versions and the toolchain's versions follow from:
+#: its package lists, its configuration (sources, pinning), dpkg's database
+#: (installed versions: libc6-dev, dpkg, and a pinned installed package).
+APT_STATE = (Path("/var/lib/apt/lists"), Path("/etc/apt"), Path("/var/lib/dpkg/status"))
+#: Key texts remembered across processes (newest last), per fingerprint.
+KEY_CACHE_ENTRIES = 8
+
+
+def _stamp(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        return f"{path} -"
+    return f"{path} {st.st_size} {st.st_mtime_ns}"
+
+
+def state_fingerprint(packages_txt: str, state: tuple[Path, ...] = APT_STATE) -> str:
+    """A hash of everything :func:`key_text`'s answer follows from, made of
+    file sizes and mtimes only (no apt run): the recipe's package list, the
+    files under ``state`` (apt update rewrites its lists, an install or
+    upgrade dpkg's status, a pin /etc/apt) and the binaries of apt-cache,
+    gcc and dpkg-query."""
+    h = hashlib.sha256(packages_txt.encode())
+    for root in state:
+        files = sorted(root.rglob("*")) if root.is_dir() else [root]
+        for f in files:
+            if f.name != "lock" and "partial" not in f.parts and not f.is_dir():
+                h.update(_stamp(f).encode() + b"\n")
+    for tool in ("apt-cache", "gcc", "dpkg-query"):
+        found = shutil.which(tool)
+        h.update(_stamp(Path(os.path.realpath(found)) if found else Path(tool)).encode())
+    h.update(os.environ.get("APT_CONFIG", "").encode())
+    return h.hexdigest()[:32]
+
+
+def key_text(packages_txt: str, cache: Path | None = None) -> str:
     """What the image key needs beyond the recipe files: package versions and
-    the toolchain (cached per process)."""
-    return _key_text(packages_txt)
+    the toolchain.
+
+    Asking apt-cache, gcc and dpkg costs 1.5-3 s on a loaded machine, once
+    per process before; now the answer is remembered per
+    :func:`state_fingerprint` in memory and, given ``cache`` (a JSON file),
+    across processes.  Any change apt or dpkg makes to the files the answer
+    follows from changes the fingerprint, so a remembered answer is never
+    stale: it is asked again."""
+    fingerprint = state_fingerprint(packages_txt)
+    if cache is None:
+        return _key_text(packages_txt, fingerprint)
+    try:
+        known = json.loads(cache.read_text())
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(fingerprint), str):
+        return known[fingerprint]
+    text = _key_text(packages_txt, fingerprint)
+    known.pop(fingerprint, None)
+    known[fingerprint] = text
+    keep = dict(list(known.items())[-KEY_CACHE_ENTRIES:])
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cache, json.dumps(keep, indent=1))
+    except OSError as e:
+        log.warning("cannot remember the Linux image key in %s: %s", cache, e)
+    return text
 
 
 # --- building -------------------------------------------------------------------
@@ -376,18 +452,27 @@ def build_bundle(inputs: list[Path], work: Path) -> bytes:
     if not busybox.is_file():
         raise LinuxBuildError(f"{by_role['busybox'].name} holds no bin/busybox")
     initrd = _initramfs(busybox.read_bytes(), files["linux/init"].read_bytes(), agent, modules)
+    initrd_file = work / "initrd.img"
+    initrd_file.write_bytes(initrd)
+    try:
+        symbols, symbols_info = linux_kallsyms.capture(vmlinuz, initrd_file, work)
+    except linux_kallsyms.KallsymsError as e:
+        raise LinuxBuildError(f"kernel symbol map: {e}") from e
     manifest = {
         "packages": {p.role: {"name": p.name, "version": p.version} for p in packages},
         "kernel_release": release,
         "modules": [name for name, _ in modules],
         "agent_bytes": len(agent),
         "key_text": key_text(packages_txt),
+        "symbols": symbols_info,
     }
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         _tar_member(tar, "vmlinuz", vmlinuz.read_bytes())
         _tar_member(tar, "initrd.img", initrd)
         _tar_member(tar, "config", config.read_bytes())
+        if symbols is not None:
+            _tar_member(tar, SYMBOLS_MEMBER, symbols)
         _tar_member(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
     # The unpacked kernel is 400 MB: do not leave it to the caller's cleanup.
     shutil.rmtree(kroot, ignore_errors=True)

@@ -8,6 +8,9 @@ image itself, the folder appears whole or not at all: it is filled under a
 temporary name and renamed into place (a concurrent unpacker's copy wins and
 ours is dropped).
 
+The members include ``symbols.gz``, the kernel's symbol map
+(:meth:`LinuxGuest.symbol_map`), when the build could capture it.
+
 Besides the bundle's members the folder holds ``vmlinux``: the ELF kernel
 inside Debian's bzImage, decompressed here.  QEMU boots an ELF kernel that
 carries a PVH entry note (Debian's has one: CONFIG_PVH=y) through its
@@ -18,6 +21,7 @@ same: only who decompresses it differs.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import lzma
@@ -32,6 +36,8 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.guest.images import build_image
+from harness.guest.linux_build import SYMBOLS_MEMBER
+from harness.guest.linux_symbols import SymbolMap, SymbolMapError, load
 
 __all__ = ["IMAGE_NAME", "LinuxGuest", "linux_guest", "vmlinux_from_bzimage"]
 
@@ -50,6 +56,13 @@ class LinuxGuest:
     initrd: Path
     config: Path
     manifest: dict[str, Any]
+    #: The kernel's symbol map (harness.guest.linux_symbols); None when the
+    #: image was built without one (no QEMU at build time).
+    symbols: Path | None = None
+
+    def symbol_map(self) -> SymbolMap | None:
+        """The symbol map, loaded (once per process and image)."""
+        return None if self.symbols is None else _load_symbols(self.symbols)
 
     @property
     def kernel_release(self) -> str:
@@ -115,6 +128,15 @@ def _unpack(bundle: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@functools.lru_cache(maxsize=2)
+def _load_symbols(path: Path) -> SymbolMap | None:
+    try:
+        return load(path.read_bytes())
+    except (OSError, SymbolMapError) as e:
+        log.warning("kernel symbol map %s unusable: %s", path, e)
+        return None
+
+
 def linux_guest() -> LinuxGuest:
     """Build the image if needed, unpack it if needed, return its files."""
     bundle = build_image(IMAGE_NAME)
@@ -123,5 +145,7 @@ def linux_guest() -> LinuxGuest:
         log.info("unpacking %s", bundle.name)
         _unpack(bundle, dest)
     manifest = json.loads((dest / "manifest.json").read_text())
+    symbols = dest / SYMBOLS_MEMBER
     return LinuxGuest(folder=dest, vmlinuz=dest / "vmlinuz", vmlinux=dest / "vmlinux",
-                      initrd=dest / "initrd.img", config=dest / "config", manifest=manifest)
+                      initrd=dest / "initrd.img", config=dest / "config", manifest=manifest,
+                      symbols=symbols if symbols.is_file() else None)

@@ -17,7 +17,12 @@ locked pages) and where the kernel's image is (``MH IOMEM``: ``Kernel code``,
   :func:`owner` names what each belongs to.
 
 Debian's kernel package has no real System.map (a placeholder; the real one
-is in the -dbg package), so kernel pages are named by section, not symbol.
+is in the -dbg package).  The image build copies the kernel's own
+/proc/kallsyms out instead (harness.guest.linux_kallsyms); with it
+(:func:`kernel_symbols`) a page of the kernel image's code, rodata, data or
+bss is also named by the symbols it holds, and the first byte that differs
+by the symbol it lies in.  Without it (or when it does not fit the running
+kernel), by section only.
 """
 from __future__ import annotations
 
@@ -33,10 +38,12 @@ import numpy as np
 from harness.checks.ram import RamRegion, compare_files, gpa_of
 from harness.guest.linux_proto import Boot
 from harness.guest.linux_records import MEM_MAGIC, checksum_rows, mix_rows
+from harness.guest.linux_symbols import ANCHOR, SymbolMap
 from harness.units import PAGE
 
 __all__ = ["RecordReport", "check_records", "read_agent_pages", "find_agent_page",
-           "differing_pages", "PageOwners", "owner_table"]
+           "differing_pages", "first_differences", "PageOwners", "owner_table",
+           "KernelSymbols", "kernel_symbols", "SHOW_PAGES"]
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +199,103 @@ def find_agent_page(ram: Path, layout: list[RamRegion], skip: int = 0) -> int | 
     return None
 
 
+def first_differences(a: Path, b: Path, layout: list[RamRegion],
+                      gpas: list[int]) -> dict[int, int]:
+    """For each page of ``gpas`` (guest-physical page addresses): the
+    guest-physical address of its first byte that differs between the two
+    RAM files.  Pages that turn out equal (or lie outside the files) are left
+    out."""
+    out: dict[int, int] = {}
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        for gpa in gpas:
+            off = _offset_of(gpa, layout)
+            if off is None:
+                continue
+            fa.seek(off)
+            fb.seek(off)
+            pa = np.frombuffer(fa.read(PAGE), dtype=np.uint8)
+            pb = np.frombuffer(fb.read(PAGE), dtype=np.uint8)
+            n = min(len(pa), len(pb))
+            diff = np.flatnonzero(pa[:n] != pb[:n])
+            if len(diff):
+                out[gpa] = gpa + int(diff[0])
+    return out
+
+
+@dataclass
+class KernelSymbols:
+    """The kernel image of one boot with its symbol map: ``base`` is the
+    guest-physical address of ``_text`` ("Kernel code" in /proc/iomem),
+    ``sections`` the guest-physical [start, end) of code, rodata, data and
+    bss.  Only those are named by symbol (the rest of the image, __init and
+    the gaps between sections, is freed after boot: see
+    harness.guest.linux_symbols)."""
+
+    base: int
+    sections: dict[str, tuple[int, int]]
+    symbols: SymbolMap
+
+    def section(self, gpa: int) -> str | None:
+        for name, (start, end) in self.sections.items():
+            if start <= gpa < end:
+                return name
+        return None
+
+    def page(self, gpa: int) -> str | None:
+        """The symbols of the page at ``gpa``: ``first+0x.. .. last (n symbols)``."""
+        if self.section(gpa) is None:
+            return None
+        return self.symbols.page(gpa - self.base, PAGE).text()
+
+    def at(self, gpa: int) -> str | None:
+        """``symbol+0xoff`` of one byte."""
+        if self.section(gpa) is None:
+            return None
+        return self.symbols.at(gpa - self.base)
+
+    def gpa_of(self, name: str) -> int | None:
+        off = self.symbols.offset_of(name)
+        return None if off is None else self.base + off
+
+
+def _iomem_sections(boot: Boot) -> dict[str, tuple[int, int]]:
+    return {name.removeprefix("Kernel "): (start, end + 1) for start, end, name in boot.iomem
+            if name.startswith("Kernel ")}
+
+
+def kernel_symbols(boot: Boot, symbols: SymbolMap | None, ram: Path | None = None,
+                   layout: list[RamRegion] | None = None
+                   ) -> tuple[KernelSymbols | None, dict[str, Any]]:
+    """The symbol map placed where ``boot``'s kernel image is, and figures
+    saying whether it is used and why not.
+
+    Used only when it fits: every section /proc/iomem reported lies at the
+    map's offset from "Kernel code" with the map's length; and, given a RAM
+    file of that boot, the anchor symbol (``linux_banner``) holds its known
+    text where the map puts it."""
+    if symbols is None:
+        return None, {"used": False, "why_not": "the image has no kernel symbol map"}
+    sections = _iomem_sections(boot)
+    problem = symbols.layout_problem(sections)
+    if problem:
+        return None, {"used": False, "why_not": problem}
+    ks = KernelSymbols(sections["code"][0], sections, symbols)
+    figures: dict[str, Any] = {"used": True, "symbols": len(symbols),
+                               "text_gpa": hex(ks.base)}
+    name, want = ANCHOR
+    gpa = ks.gpa_of(name)
+    off = None if gpa is None or layout is None else _offset_of(gpa, layout)
+    if ram is not None and off is not None:
+        with open(ram, "rb") as f:
+            f.seek(off)
+            got = f.read(len(want))
+        if got != want:
+            return None, {"used": False, "why_not": f"{name} at {gpa:#x} holds {got!r}, "
+                                                    f"not {want!r}"}
+        figures["anchor"] = f"{name} at {gpa:#x} holds {want.decode().strip()!r}"
+    return ks, figures
+
+
 @dataclass
 class PageOwners:
     """Who owns a guest-physical page, from what one boot of the agent said."""
@@ -199,6 +303,8 @@ class PageOwners:
     #: Sorted (start, end, name) ranges: the agent's buffer pages, then the
     #: kernel image sections.
     ranges: list[tuple[int, int, str]]
+    #: Names kernel image pages by symbol (None: by section only).
+    kernel: KernelSymbols | None = None
 
     def owner(self, gpa: int) -> str:
         i = bisect.bisect_right(self.ranges, (gpa, float("inf"), "")) - 1
@@ -210,17 +316,46 @@ class PageOwners:
             return "below 1 MiB (firmware, BIOS data, option ROMs)"
         return "other guest RAM (page cache, page tables, slab, free pages...)"
 
-    def describe(self, gpas: list[int]) -> dict[str, Any]:
+    def page(self, gpa: int, first_byte: int | None = None) -> dict[str, Any]:
+        """One page's entry: address, owner, and in the kernel image its
+        symbols and the symbol of its first differing byte."""
+        entry: dict[str, Any] = {"gpa": hex(gpa), "owner": self.owner(gpa)}
+        if self.kernel is not None:
+            names = self.kernel.page(gpa)
+            if names is not None:
+                entry["symbols"] = names
+        if first_byte is not None:
+            entry["first_byte"] = hex(first_byte)
+            sym = self.kernel.at(first_byte) if self.kernel is not None else None
+            if sym is not None:
+                entry["first_byte_symbol"] = sym
+        return entry
+
+    @staticmethod
+    def text(entry: dict[str, Any]) -> str:
+        """An entry of :meth:`page` in words, e.g. ``0x2161000: kernel image:
+        rodata, linux_banner .. x (3 symbols), first byte 0x2161920 in
+        linux_banner+0x20``."""
+        out = f"{entry['gpa']}: {entry['owner']}"
+        if "symbols" in entry:
+            out += f", {entry['symbols']}"
+        if "first_byte_symbol" in entry:
+            out += f", first byte {entry['first_byte']} in {entry['first_byte_symbol']}"
+        return out
+
+    def describe(self, gpas: list[int],
+                 first_bytes: dict[int, int] | None = None) -> dict[str, Any]:
         """Counts per owner, and the first pages with theirs."""
         counts: dict[str, int] = {}
         for g in gpas:
             kind = self.owner(g).split(" (")[0]
             counts[kind] = counts.get(kind, 0) + 1
+        first_bytes = first_bytes or {}
         return {"by_owner": counts,
-                "pages": [{"gpa": hex(g), "owner": self.owner(g)} for g in gpas[:SHOW_PAGES]]}
+                "pages": [self.page(g, first_bytes.get(g)) for g in gpas[:SHOW_PAGES]]}
 
 
-def owner_table(boot: Boot) -> PageOwners:
+def owner_table(boot: Boot, kernel: KernelSymbols | None = None) -> PageOwners:
     """Owners of guest-physical pages as ``boot`` reported them."""
     ranges: list[tuple[int, int, str]] = []
     base_v = min((v for v, _, _ in boot.map_runs), default=0)
@@ -234,4 +369,4 @@ def owner_table(boot: Boot) -> PageOwners:
         if name.startswith("Kernel "):
             ranges.append((start, end + 1, f"kernel image: {name.removeprefix('Kernel ')}"))
     ranges.sort()
-    return PageOwners(ranges)
+    return PageOwners(ranges, kernel)

@@ -148,9 +148,10 @@ class Workload(ABC):
         """After ``cont``: watch the destination run on (the verdict is
         harness.checks.liveness's)."""
 
-    async def after_liveness(self, dst: Machine) -> list[CheckResult]:
+    async def after_liveness(self, dst: Machine, limit_ms: float) -> list[CheckResult]:
         """Checks that need the resumed guest for longer (Linux: its own
-        verdict, its devices, a reboot); run after liveness and downtime."""
+        verdict, its devices, a reboot); run after liveness and downtime.
+        ``limit_ms``: the source's configured ``downtime-limit``."""
         return []
 
     async def close(self) -> None:

@@ -492,7 +492,7 @@ async def _liveness_and_downtime(ctx: CellContext, run: MigrationRun) -> None:
         ctx.record(check)
     if ctx.workload.post_checks:
         with ctx.phase("guest-checks"):
-            for check in await ctx.workload.after_liveness(ctx.dst):
+            for check in await ctx.workload.after_liveness(ctx.dst, ctx.limit_ms):
                 ctx.record(check)
 
 
