@@ -12,7 +12,8 @@ negative controls and the Linux error paths, against the real QEMU 7.2 and
   in the paused destination's RAM must fail exactly ``ram``, ``guest`` (the
   host's check of the agent's records) and ``guest-data`` (the agent's own);
   one acknowledged disk write undone on the destination must fail exactly
-  ``disk``;
+  ``disk``; one byte of the kernel's ``linux_banner`` flipped must fail
+  exactly ``ram``, with the guest check naming ``linux_banner+0x20``;
 - faults: a kernel that cannot start init, an agent that never reports and a
   guest panic each end the cell ``error`` within its timeout, with the reason
   and the console's last lines (no QEMU is left behind: conftest checks
@@ -28,7 +29,7 @@ import pytest
 from harness.cell import Cell
 from harness.checks.ram import ram_layout
 from harness.guest.linux import LinuxWorkload
-from harness.guest.linux_ram import find_agent_page
+from harness.guest.linux_ram import file_offset, find_agent_page, kernel_symbols
 from harness.known_issues import apply_known_issues
 from harness.matrix import tier_cells
 from harness.migration.context import CellContext, CellHooks
@@ -65,6 +66,10 @@ def test_linux_cell(build, short, run_state, record) -> None:
     cell = short[build]
     result = _run(cell, run_state, record)
     assert {c.name for c in result.checks} >= LINUX_CHECKS, _details(result)
+    guest = result.check("guest")
+    if "pages_differing_from_source" in guest.figures:
+        # Differing kernel pages (7.2's lost stores) are named by symbol.
+        assert guest.figures["kernel_symbols"]["used"], guest.figures["kernel_symbols"]
     if result.verdict == KNOWN_FAILURE:
         # Only the declared defect, never anything else.
         assert all(c.known_issue for c in result.checks if not c.as_expected), _details(result)
@@ -109,6 +114,53 @@ def test_control_corrupt_agent_page(short, run_state, record) -> None:
     assert hex(planted[0] + 1000) in found, (hex(planted[0] + 1000), found)
     assert "agent buffer" in str(guest.figures.get("pages_differing_from_source"))
     assert "paddr=" in result.check("guest-data").summary
+
+
+def test_control_corrupt_kernel_rodata(short, run_state, record) -> None:
+    """One byte of a known kernel symbol flipped in the paused destination's
+    RAM: the exact RAM check fails, and the guest check names the page by its
+    kernel symbols and the byte as that symbol + offset.  ``linux_banner``
+    (rodata, init/version.c) is printed once at boot and never read again, so
+    the destination runs on unharmed and every other check passes."""
+    cell = _control(short["debian-10.0"], "corrupt-kernel-rodata", ("ram",))
+    layout = ram_layout(cell.target.arch, cell.target.memory)
+    planted: list[int] = []
+    offset = 0x20                 # past "Linux version " (the anchor's bytes)
+
+    async def corrupt(ctx: CellContext, run: MigrationRun) -> None:
+        assert isinstance(ctx.workload, LinuxWorkload) and ctx.workload.guest is not None
+        smap = ctx.workload.guest.symbol_map()
+        boot = ctx.workload.stream.boot
+        assert smap is not None, "the image has no kernel symbol map"
+        assert boot is not None
+        kernel, figures = kernel_symbols(boot, smap, ctx.src_paths.ram, layout)
+        assert kernel is not None, figures
+        gpa = kernel.gpa_of("linux_banner")
+        assert gpa is not None
+        off = file_offset(gpa + offset, layout)
+        assert off is not None
+        with open(ctx.dst_paths.ram, "r+b") as f:
+            f.seek(off)
+            byte = f.read(1)
+            f.seek(off)
+            f.write(bytes([byte[0] ^ 0x5A]))
+        planted.append(gpa + offset)
+
+    result = _run(cell, run_state, record, CellHooks(after_migrate=corrupt))
+    assert result.verdict == PASSED, f"{result.reason}\n{_details(result)}"
+    assert planted
+    guest = result.check("guest")
+    differing = guest.figures["pages_differing_from_source"]
+    assert differing["count"] == 1, differing
+    page = differing["pages"][0]
+    assert page["gpa"] == hex(planted[0] & ~0xFFF), page
+    assert page["owner"] == "kernel image: rodata", page
+    assert "linux_banner" in page["symbols"], page
+    assert page["first_byte"] == hex(planted[0]), page
+    assert page["first_byte_symbol"] == f"linux_banner+{offset:#x}", page
+    assert f"linux_banner+{offset:#x}" in guest.summary, guest.summary
+    symbols = guest.figures["kernel_symbols"]
+    assert symbols["used"] and "linux_banner" in symbols["anchor"], symbols
 
 
 def test_control_lost_disk_write(short, run_state, record) -> None:

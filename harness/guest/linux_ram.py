@@ -41,7 +41,7 @@ from harness.guest.linux_records import MEM_MAGIC, checksum_rows, mix_rows
 from harness.guest.linux_symbols import ANCHOR, SymbolMap
 from harness.units import PAGE
 
-__all__ = ["RecordReport", "check_records", "read_agent_pages", "find_agent_page",
+__all__ = ["RecordReport", "check_records", "read_agent_pages", "find_agent_page", "file_offset",
            "differing_pages", "first_differences", "PageOwners", "owner_table",
            "KernelSymbols", "kernel_symbols", "SHOW_PAGES"]
 
@@ -53,7 +53,7 @@ PER_PAGE = PAGE // RECORD
 SHOW_PAGES = 32
 
 
-def _offset_of(gpa: int, layout: list[RamRegion]) -> int | None:
+def file_offset(gpa: int, layout: list[RamRegion]) -> int | None:
     for r in layout:
         if r.gpa <= gpa < r.gpa + r.size:
             return r.file_offset + gpa - r.gpa
@@ -114,7 +114,7 @@ def read_agent_pages(ram: Path, boot: Boot,
         try:
             for vaddr, paddr, n in runs:
                 first = (vaddr - base_v) // PAGE
-                off = _offset_of(paddr, layout)
+                off = file_offset(paddr, layout)
                 if off is None or first + n > total:
                     continue
                 pages[first:first + n] = view[off:off + n * PAGE].reshape(n, PAGE)
@@ -208,7 +208,7 @@ def first_differences(a: Path, b: Path, layout: list[RamRegion],
     out: dict[int, int] = {}
     with open(a, "rb") as fa, open(b, "rb") as fb:
         for gpa in gpas:
-            off = _offset_of(gpa, layout)
+            off = file_offset(gpa, layout)
             if off is None:
                 continue
             fa.seek(off)
@@ -284,7 +284,7 @@ def kernel_symbols(boot: Boot, symbols: SymbolMap | None, ram: Path | None = Non
                                "text_gpa": hex(ks.base)}
     name, want = ANCHOR
     gpa = ks.gpa_of(name)
-    off = None if gpa is None or layout is None else _offset_of(gpa, layout)
+    off = None if gpa is None or layout is None else file_offset(gpa, layout)
     if ram is not None and off is not None:
         with open(ram, "rb") as f:
             f.seek(off)
