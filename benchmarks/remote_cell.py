@@ -25,7 +25,8 @@ alternates so load drifts hit both), medians reported.  RAM files live in
 /dev/shm on both sides (as local cells' do) and are removed between cells.
 
 Breakdown: every call the cell makes on its hosts is timed through a proxy
-around each host (nothing in the hosts layer changes): ``image`` is
+around each host (nothing in the hosts layer changes; calls at the same time
+count once): ``image`` is
 ``cached_copy`` (the disk's sha256 here and a stat on the host: the cache
 hit), ``hashing`` the exact RAM check's per-chunk sha256s on each host and any
 chunk reads, ``start`` starting QEMU under the session watchdog, ``ssh
@@ -79,11 +80,22 @@ CATEGORIES = {
 }
 
 
-class TimedHost:
-    """A host whose calls are timed into ``tally`` by category; everything
-    else passes through (``is_local``, ``name``...)."""
+def covered(intervals: list[tuple[float, float]]) -> float:
+    """Wall time covered by ``intervals`` (calls made at the same time, e.g.
+    the two hosts hashing at once, count once)."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
 
-    def __init__(self, host: Any, tally: dict[str, float]) -> None:
+
+class TimedHost:
+    """A host whose calls are timed into ``tally`` (category -> call
+    intervals); everything else passes through (``is_local``, ``name``...)."""
+
+    def __init__(self, host: Any, tally: dict[str, list[tuple[float, float]]]) -> None:
         self._host = host
         self._tally = tally
 
@@ -98,7 +110,7 @@ class TimedHost:
             try:
                 return attr(*args, **kwargs)
             finally:
-                self._tally[category] += time.monotonic() - t0
+                self._tally[category].append((t0, time.monotonic()))
         return timed
 
 
@@ -122,7 +134,7 @@ class Rep:
 
 def run_one(where: str, build: QemuBuild, target: TargetSpec, src: Any, dst: Any, addr: str,
             logdir: Path, caps: dict[str, bool], params: dict[str, Any]) -> Rep:
-    tally: dict[str, float] = collections.defaultdict(float)
+    tally: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
     t0 = time.monotonic()
     res: RemoteCellResult = asyncio.run(run_remote_cell(
         build, target, TimedHost(src, tally), TimedHost(dst, tally), addr, logdir,
@@ -130,7 +142,7 @@ def run_one(where: str, build: QemuBuild, target: TargetSpec, src: Any, dst: Any
     wall = time.monotonic() - t0
     ram_ok = res.ram is not None and not res.ram.differing_chunks
     return Rep(where, wall, res.status, ram_ok, res.figures.get("total-time"),
-               res.figures.get("downtime"), dict(tally), res.error)
+               res.figures.get("downtime"), {c: covered(i) for c, i in tally.items()}, res.error)
 
 
 def remove_ram(host: Any) -> None:
