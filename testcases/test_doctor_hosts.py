@@ -145,3 +145,27 @@ def test_unknown_host_name_is_bad_input(inventory: Path) -> None:
     out, _ = _doctor(inventory, "--hosts", "a,nope")
     assert out.returncode == 2
     assert "unknown host(s) nope (inventory: local, a, b, down, stranger, changed)" in out.stderr
+
+
+def test_this_machine_through_the_same_checks(tmp_path: Path) -> None:
+    """``local`` goes through the same Host calls (no SSH): builds, KVM, memory,
+    its own clock; an optional build missing is a warning, a required one a problem."""
+    from harness.hosts.doctor import check_hosts, format_table
+    from harness.hosts.inventory import HostSpec
+
+    builds = [BuildSpec("system", "/usr/bin/qemu-system-x86_64", required=True),
+              BuildSpec("extra", str(tmp_path / "qemu-extra")),
+              BuildSpec("needed", str(tmp_path / "qemu-needed"), required=True)]
+    (report,) = check_hosts([HostSpec("local")], builds, min_memory=2**60)
+    assert not report.error and report.clock is not None and report.clock.offset == 0.0
+    system, extra, needed = report.builds
+    assert system.version and system.missing is None
+    assert extra.missing == needed.missing.replace("needed", "extra") == \
+        f"binary not found: {tmp_path / 'qemu-extra'}"
+    assert report.problems == [f"build 'needed' (required) binary not found: {needed.binary}"]
+    assert any("build 'extra' binary not found" in w for w in report.warnings)
+    assert any(w.startswith("MemAvailable ") for w in report.warnings)
+    assert not report.usable
+    text = format_table([report])
+    assert "system " + system.version in text and "needed MISSING" in text
+    assert text.endswith("0 of 1 host(s) usable")
