@@ -29,6 +29,7 @@ import pytest
 from harness.cell import Cell
 from harness.checks.ram import ram_layout
 from harness.guest.linux import LinuxWorkload
+from harness.guest.linux_pagetables import page_tables_of
 from harness.guest.linux_ram import file_offset, find_agent_page, kernel_symbols
 from harness.known_issues import apply_known_issues
 from harness.matrix import tier_cells
@@ -135,6 +136,11 @@ def test_control_corrupt_kernel_rodata(short, run_state, record) -> None:
         assert boot is not None
         kernel, figures = kernel_symbols(boot, smap, ctx.src_paths.ram, layout)
         assert kernel is not None, figures
+        # The page-table walk from init_top_pgt reaches the tables the kernel
+        # image holds under their own symbols (arch/x86/kernel/head_64.S).
+        tables, _ = page_tables_of(ctx.src_paths.ram, layout, kernel)
+        for name in ("level3_kernel_pgt", "level2_kernel_pgt", "level2_fixmap_pgt"):
+            assert kernel.gpa_of(name) in tables, (name, len(tables))
         gpa = kernel.gpa_of("linux_banner")
         assert gpa is not None
         off = file_offset(gpa + offset, layout)
@@ -161,6 +167,8 @@ def test_control_corrupt_kernel_rodata(short, run_state, record) -> None:
     assert f"linux_banner+{offset:#x}" in guest.summary, guest.summary
     symbols = guest.figures["kernel_symbols"]
     assert symbols["used"] and "linux_banner" in symbols["anchor"], symbols
+    walked = symbols["page_tables"]
+    assert walked["used"] and walked["tables"]["PTE"] > 0 and "problem" not in walked, walked
 
 
 def test_control_lost_disk_write(short, run_state, record) -> None:

@@ -1,17 +1,22 @@
 """The Linux guest's kernel symbol map (harness.guest.linux_symbols) and the
 capture disk's parser (harness.guest.linux_kallsyms): a small kallsyms text
-with KASLR-style addresses, offsets from _text, page ranges and boundaries."""
+with KASLR-style addresses, offsets from _text, page ranges and boundaries;
+differing pages named by it (harness.guest.linux_ram); the kernel's page
+tables walked in a RAM file (harness.guest.linux_pagetables); the image key's
+remembered apt answer (harness.guest.linux_build)."""
 from __future__ import annotations
 
 import functools
 import gzip
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.checks.ram import x86_layout
 from harness.guest import linux_build
 from harness.guest.linux_kallsyms import KallsymsError, parse_capture
+from harness.guest.linux_pagetables import kernel_page_tables
 from harness.guest.linux_proto import AgentStream
 from harness.guest.linux_ram import (PageOwners, differing_pages, first_differences,
                                      kernel_symbols, owner_table)
@@ -275,3 +280,50 @@ def test_key_text_remembered_until_apt_state_changes(tmp_path: Path, monkeypatch
     assert len(asked) == 4
     # Another process (a fresh memory) with the same state reads the file.
     assert linux_build.key_text("kernel linux-image-amd64\n", cache) and len(asked) == 4
+
+
+# --- the kernel's page tables (harness.guest.linux_pagetables) ------------------
+
+def _entry(table: int, present: bool = True, ps: bool = False) -> int:
+    return table | (1 if present else 0) | (0x80 if ps else 0) | 0x62 | (1 << 63)
+
+
+def test_page_tables_walked_from_the_top(tmp_path: Path) -> None:
+    """PGD (at 0x10000) -> one kernel-half PUD -> one PMD with a 2 MiB leaf,
+    a PTE table and a non-present entry; a user-half PUD with a 1 GiB leaf."""
+    ram = np.zeros(4 * MiB // 8, dtype="<u8")
+
+    def put(table: int, index: int, value: int) -> None:
+        ram[table // 8 + index] = value
+    pgd, pud_k, pmd, pte, pud_u = 0x10000, 0x20000, 0x30000, 0x40000, 0x50000
+    put(pgd, 273, _entry(pud_k))                      # 0xffff888000000000
+    put(pgd, 1, _entry(pud_u))                        # user half: 0x8000000000
+    put(pud_u, 0, _entry(0x40000000, ps=True))        # 1 GiB leaf, not a table
+    put(pud_k, 0, _entry(pmd))
+    put(pud_k, 1, _entry(0x60000, present=False))     # not present: not followed
+    put(pmd, 0, _entry(pte))
+    put(pmd, 1, _entry(0x200000, ps=True))            # 2 MiB leaf
+    put(pte, 0, _entry(0x300000))                     # a page, never a table
+    put(pte, 1, _entry(0x9990000))                    # a page outside RAM: fine
+    path = tmp_path / "ram"
+    ram.tofile(path)
+    tables, figures = kernel_page_tables(path, x86_layout(4 * MiB), pgd, five_level=False)
+    assert tables == {pud_k: "kernel page table (PUD for 0xffff888000000000)",
+                      pud_u: "kernel page table (PUD for 0x8000000000)",
+                      pmd: "kernel page table (PMD for 0xffff888000000000)",
+                      pte: "kernel page table (PTE for 0xffff888000000000)"}
+    assert figures == {"used": True, "top": hex(pgd), "levels": 4,
+                       "tables": {"PUD": 2, "PMD": 1, "PTE": 1}}
+    owners = PageOwners([], None, tables)
+    assert owners.owner(pte + 0x123) == "kernel page table (PTE for 0xffff888000000000)"
+    assert "user page tables" in owners.owner(0x300000)
+
+
+def test_page_table_walk_bounded(tmp_path: Path) -> None:
+    """A 'table' whose entries point outside RAM is reported, not followed."""
+    ram = np.zeros(1 * MiB // 8, dtype="<u8")
+    ram[0x1000 // 8] = _entry(0x7000_0000)
+    path = tmp_path / "ram"
+    ram.tofile(path)
+    tables, figures = kernel_page_tables(path, x86_layout(1 * MiB), 0x1000, five_level=False)
+    assert list(tables) == [0x7000_0000] and "outside the RAM file" in figures["problem"]

@@ -14,7 +14,9 @@ One instance per cell (harness.guest.workload.workload_for picks it for
   as ``error`` at once with the reason and the console's last lines;
 - the guest check (paused destination): every agent record in the
   destination's RAM, checked by the host (harness.guest.linux_ram), and the
-  pages that differ from the source named by owner;
+  pages that differ from the source named by owner (kernel image pages by
+  symbol, the kernel's page tables by level and address:
+  harness.guest.linux_symbols, linux_pagetables);
 - liveness: heartbeats resume on the destination in the same boot;
 - after liveness: the agent's own verdict (``verify``), a reboot on the
   destination, ``quiesce``, then the disk image and the network stream read
@@ -52,6 +54,7 @@ from harness.guest.linux_image import LinuxGuest, linux_guest
 from harness.guest.linux_kvm import kvm_boot_problem
 from harness.guest.linux_net import NetPeer
 from harness.guest.linux_options import KIND, LinuxOptions
+from harness.guest.linux_pagetables import page_tables_of
 from harness.guest.linux_proto import AgentStream, Boot, ConsoleWatch
 from harness.guest.linux_ram import (SHOW_PAGES, PageOwners, check_records, differing_pages,
                                      first_differences, kernel_symbols, owner_table,
@@ -367,10 +370,14 @@ class LinuxWorkload(Workload):
     def _owners(self, boot: Boot, ram: Path, layout: list[RamRegion]) -> PageOwners:
         """Who owns a page of this boot, kernel image pages by symbol where
         the image's symbol map fits this boot (checked on ``ram``, the
-        source's: harness.guest.linux_ram.kernel_symbols)."""
+        source's: harness.guest.linux_ram.kernel_symbols), and the kernel's
+        page tables as the source's RAM holds them."""
         smap = self.guest.symbol_map() if self.guest is not None else None
         kernel, self._symbols_figures = kernel_symbols(boot, smap, ram, layout)
-        return owner_table(boot, kernel)
+        if kernel is None:
+            return owner_table(boot)
+        tables, self._symbols_figures["page_tables"] = page_tables_of(ram, layout, kernel)
+        return owner_table(boot, kernel, tables)
 
     def before_cont(self, dst_ram: Path) -> None:
         boot = self.stream.boot

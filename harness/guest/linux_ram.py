@@ -305,6 +305,8 @@ class PageOwners:
     ranges: list[tuple[int, int, str]]
     #: Names kernel image pages by symbol (None: by section only).
     kernel: KernelSymbols | None = None
+    #: The kernel's page-table pages (harness.guest.linux_pagetables).
+    tables: dict[int, str] = field(default_factory=dict)
 
     def owner(self, gpa: int) -> str:
         i = bisect.bisect_right(self.ranges, (gpa, float("inf"), "")) - 1
@@ -312,9 +314,13 @@ class PageOwners:
             start, end, name = self.ranges[i]
             if start <= gpa < end:
                 return name
+        table = self.tables.get(gpa & ~(PAGE - 1))
+        if table is not None:
+            return table
         if gpa < 0x100000:
             return "below 1 MiB (firmware, BIOS data, option ROMs)"
-        return "other guest RAM (page cache, page tables, slab, free pages...)"
+        tables = "user page tables" if self.tables else "page tables"
+        return f"other guest RAM (page cache, {tables}, slab, free pages...)"
 
     def page(self, gpa: int, first_byte: int | None = None) -> dict[str, Any]:
         """One page's entry: address, owner, and in the kernel image its
@@ -355,7 +361,8 @@ class PageOwners:
                 "pages": [self.page(g, first_bytes.get(g)) for g in gpas[:SHOW_PAGES]]}
 
 
-def owner_table(boot: Boot, kernel: KernelSymbols | None = None) -> PageOwners:
+def owner_table(boot: Boot, kernel: KernelSymbols | None = None,
+                tables: dict[int, str] | None = None) -> PageOwners:
     """Owners of guest-physical pages as ``boot`` reported them."""
     ranges: list[tuple[int, int, str]] = []
     base_v = min((v for v, _, _ in boot.map_runs), default=0)
@@ -369,4 +376,4 @@ def owner_table(boot: Boot, kernel: KernelSymbols | None = None) -> PageOwners:
         if name.startswith("Kernel "):
             ranges.append((start, end + 1, f"kernel image: {name.removeprefix('Kernel ')}"))
     ranges.sort()
-    return PageOwners(ranges, kernel)
+    return PageOwners(ranges, kernel, tables or {})
