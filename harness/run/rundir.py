@@ -22,7 +22,15 @@ OWNER_FILE = "owner.pid"
 UNOWNED_MAX_AGE = 3600.0
 
 
+#: A folder to use instead of /dev/shm, e.g. a tmpfs mounted with huge=advise
+#: so guest RAM files get transparent huge pages (harness.qemu.hugeram).
+RUNTIME_DIR_ENV = "MHARNESS_RUNTIME_DIR"
+
+
 def base_dir() -> Path | None:
+    env = os.environ.get(RUNTIME_DIR_ENV)
+    if env and Path(env).is_dir():
+        return Path(env)
     return Path("/dev/shm") if Path("/dev/shm").is_dir() else None
 
 
