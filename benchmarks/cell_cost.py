@@ -13,10 +13,12 @@ Targets (each selectable; default 1-3):
    path) against the firmware the matrix gives them (qboot: the dirtier's PVH
    build from ``-bios qboot.rom -kernel``): wall time and CPU-seconds per cell
    (target: <= 1.5 s and <= 1.5 CPU-s).
-2. ``--tcg``: smoke's TCG cell ``x86_64-q35-tcg-unix-precopy`` (256 MiB guest):
-   the old path (the RAM comparison's chunk test ``numpy``) against the new
-   one (``memcmp``), and the same cell with qboot, for what SeaBIOS costs under
-   TCG; CPU-seconds per phase per process (cell_breakdown.CpuMeter; target:
+2. ``--tcg``: smoke's TCG cell ``x86_64-q35-tcg-unix-precopy`` (256 MiB guest)
+   with its RAM files in 4 KiB pages (/dev/shm as it is, the old path)
+   against RAM files on a tmpfs with transparent huge pages (``--huge-dir``;
+   /dev/shm when set up with ``scripts/setup.sh --huge-shm``; else, as root, a
+   private ``huge=advise`` mount for the run), and the same with prealloc off;
+   CPU-seconds per phase per process (cell_breakdown.CpuMeter; target:
    <= 0.8 CPU-s in all).
 3. ``--compare``: the RAM comparison alone, on two identical RAM-sized files in
    /dev/shm: ``compare_files`` with each chunk test, against the baselines on
@@ -35,11 +37,13 @@ Usage::
     python3 benchmarks/cell_cost.py                    # targets 1-3, 3 reps each
     python3 benchmarks/cell_cost.py --kvm --reps 5
     python3 benchmarks/cell_cost.py --release 1939d3b^ --every 4   # target 4 only
+    python3 benchmarks/cell_cost.py --release 1939d3b^ --every 4 --huge-after
     python3 benchmarks/cell_cost.py --json cost.json
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import mmap
 import os
@@ -51,7 +55,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -65,9 +69,11 @@ from harness.checks import ram  # noqa: E402
 from harness.guest.images import build_image  # noqa: E402
 from harness.guest.dirtier import IMAGE_NAME, PVH_IMAGE_NAME  # noqa: E402
 from harness.matrix import load_matrix, tier_cells  # noqa: E402
+from harness.qemu import cmdline, hugeram  # noqa: E402
 from harness.qemu.build import discover  # noqa: E402
 from harness.qemu.process import Interrupted, install_signal_handlers, kill_all  # noqa: E402
 from harness.results import PASSED  # noqa: E402
+from harness.run import rundir  # noqa: E402
 
 TCG_CELL = "x86_64-q35-tcg-unix-precopy"
 
@@ -81,11 +87,14 @@ def load() -> float:
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to run a cell: a firmware and a RAM-comparison chunk test."""
+    """One way to run a cell: a firmware, a RAM-comparison chunk test, the
+    folder its runtime dir (and so its RAM files) goes in, and QEMU's prealloc."""
 
     label: str
     firmware: str | None = None     # None: the cell's own
     engine: str = ram.DEFAULT_ENGINE
+    ram_dir: Path | None = None     # None: the harness's default (/dev/shm)
+    prealloc: bool | None = None    # None: the flow's choice; False: always off
 
     def cell(self, cell: Cell) -> Cell:
         if self.firmware is None or self.firmware == cell.target.firmware:
@@ -112,11 +121,21 @@ def run_variant(cell: Cell, v: Variant, logroot: Path) -> Sample:
     """One cell on one path, measured (CPU per phase per process)."""
     c = v.cell(cell)
     ram.DEFAULT_ENGINE, saved = v.engine, ram.DEFAULT_ENGINE
+    backend = cmdline.ram_backend
+    if v.prealloc is False:
+        cmdline.ram_backend = lambda size, path, prealloc: backend(size, path, False)
+    env_saved = os.environ.pop(rundir.RUNTIME_DIR_ENV, None)
+    if v.ram_dir is not None:
+        os.environ[rundir.RUNTIME_DIR_ENV] = str(v.ram_dir)
     try:
         before = load()
         result, cpu = cb.measured_run(c, logroot / v.label / c.id / str(time.monotonic_ns()))
     finally:
         ram.DEFAULT_ENGINE = saved
+        cmdline.ram_backend = backend
+        os.environ.pop(rundir.RUNTIME_DIR_ENV, None)
+        if env_saved is not None:
+            os.environ[rundir.RUNTIME_DIR_ENV] = env_saved
     check = result.check("ram")
     return Sample(v.label, c.id, str(result.verdict), result.reason, result.duration, cpu,
                   before, dict(result.phases),
@@ -325,14 +344,18 @@ class TreeRun:
     cpu_s: float = 0.0
     exit: int | None = None
     verdicts: dict[str, int] = field(default_factory=dict)
+    not_passed: list[str] = field(default_factory=list)
 
 
 def start_tree_run(tree: Path, ids: Sequence[str], tier: str, jobs: int, results: Path,
-                   log: Path) -> subprocess.Popen[bytes]:
+                   log: Path, ram_dir: Path | None = None) -> subprocess.Popen[bytes]:
     ids_file = results.with_suffix(".ids")
     ids_file.parent.mkdir(parents=True, exist_ok=True)
     ids_file.write_text("\n".join(ids) + "\n")
     env = {**os.environ, "PYTHONPATH": str(tree), "MHARNESS_BENCH_IDS": str(ids_file)}
+    env.pop(rundir.RUNTIME_DIR_ENV, None)
+    if ram_dir is not None:
+        env[rundir.RUNTIME_DIR_ENV] = str(ram_dir)
     argv = [sys.executable, "-c", _EXACT_IDS_MAIN, "run", "--tier", tier, "-j", str(jobs),
             "-k", "bench-ids", "--no-history", "--results", str(results)]
     with open(log, "wb") as out:
@@ -350,13 +373,16 @@ def wait_measured(proc: subprocess.Popen[bytes], t0: float, run: TreeRun) -> Non
 
 
 def bench_release(before: str, after: str, jobs: int, tier: str, every: int, slices: int,
-                  say: Callable[[str], None]) -> dict[str, Any]:
+                  say: Callable[[str], None], after_ram_dir: Path | None = None
+                  ) -> dict[str, Any]:
     """The tier at two revisions, side by side: the cells both revisions have
     (every ``every``-th of them, the same ids on both sides), split into
     ``slices``; each slice runs in both trees AT ONCE (``-j jobs`` each, the
     side started first alternating), so both see the same load from the rest
     of the machine and from each other, and the next slice starts when both
-    are done.  CPU-s are each side's own (wait4), summed over the slices."""
+    are done.  CPU-s are each side's own (wait4), summed over the slices.
+    ``after_ram_dir``: the after side's runtime folder (MHARNESS_RUNTIME_DIR),
+    e.g. a tmpfs with huge pages; the before side keeps the default."""
     import threading
 
     root = Path(tempfile.mkdtemp(prefix="mharness-release-"))
@@ -384,7 +410,9 @@ def bench_release(before: str, after: str, jobs: int, tier: str, every: int, sli
             l0, t0 = load(), time.monotonic()
             procs = {k: start_tree_run(trees[k], part, tier, jobs,
                                        root / "results" / k / f"slice{n}",
-                                       root / f"{k}-slice{n}.log") for k in order}
+                                       root / f"{k}-slice{n}.log",
+                                       after_ram_dir if k == "after" else None)
+                     for k in order}
             marks = {k: (runs[k].wall_s, runs[k].cpu_s) for k in trees}
             threads = [threading.Thread(target=wait_measured, args=(procs[k], t0, runs[k]))
                        for k in order]
@@ -398,7 +426,7 @@ def bench_release(before: str, after: str, jobs: int, tier: str, every: int, sli
             say("")
             line = []
             for k in trees:
-                counts = _verdicts(root / "results" / k / f"slice{n}")
+                counts = _verdicts(root / "results" / k / f"slice{n}", runs[k].not_passed)
                 for v, c in counts.items():
                     runs[k].verdicts[v] = runs[k].verdicts.get(v, 0) + c
                 w, c = runs[k].wall_s - marks[k][0], runs[k].cpu_s - marks[k][1]
@@ -411,6 +439,8 @@ def bench_release(before: str, after: str, jobs: int, tier: str, every: int, sli
     print(f"\n  {'side':<22} {'wall s':>7} {'CPU-s':>7}  verdicts")
     for r in (b, a):
         print(f"  {r.label:<22} {r.wall_s:7.0f} {r.cpu_s:7.1f}  {r.verdicts}")
+        for line in r.not_passed:
+            print(f"    {line}")
     print(f"  {tier} tier ({len(sample)} of {len(common)} common cells) before -> after: "
           f"CPU {b.cpu_s:.0f} -> {a.cpu_s:.0f} CPU-s ({b.cpu_s / max(a.cpu_s, 1e-9):.2f}x; "
           f"target: 2x), wall {b.wall_s:.0f} -> {a.wall_s:.0f} s (run at once, so wall "
@@ -420,7 +450,8 @@ def bench_release(before: str, after: str, jobs: int, tier: str, every: int, sli
             "tier_sizes": {k: len(v) for k, v in ids.items()}}
 
 
-def _verdicts(results: Path) -> dict[str, int]:
+def _verdicts(results: Path, not_passed: list[str] | None = None) -> dict[str, int]:
+    """Cells per verdict in a results folder; the ids not passed go to ``not_passed``."""
     counts: dict[str, int] = {}
     try:
         data = json.loads((results / "results.json").read_text())
@@ -428,10 +459,36 @@ def _verdicts(results: Path) -> dict[str, int]:
         return counts
     for c in data.get("cells", []):
         counts[c.get("verdict", "?")] = counts.get(c.get("verdict", "?"), 0) + 1
+        if not_passed is not None and c.get("verdict") != PASSED:
+            not_passed.append(f"{c.get('id')}: {c.get('verdict')}")
     return counts
 
 
 # --- main -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def huge_tmpfs(given: str | None, say: Callable[[str], None]) -> Iterator[Path | None]:
+    """A folder whose RAM files get transparent huge pages: ``--huge-dir``, or
+    /dev/shm when the host is set up so (scripts/setup.sh --huge-shm), or, as
+    root, a private tmpfs mounted ``huge=advise`` for this run and unmounted
+    after it (nothing else on the host changes); None when none can be had."""
+    for d in ([Path(given)] if given else []) + [Path("/dev/shm")]:
+        if d.is_dir() and hugeram.huge_page_size(d):
+            yield d
+            return
+    if given or os.geteuid() != 0:
+        yield None
+        return
+    mnt = Path(tempfile.mkdtemp(prefix="mharness-huge-"))
+    say(f"mounting a huge=advise tmpfs on {mnt}")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "huge=advise,mode=1777", "mharness-huge",
+                    str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+        mnt.rmdir()
 
 
 def smoke_cells(tier: str) -> list[Cell]:
@@ -457,6 +514,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--slices", type=int, default=6,
                    help="release tier: run in this many slices, both sides at once in each "
                         "(default 6)")
+    p.add_argument("--huge-dir", metavar="DIR",
+                   help="target 2: a tmpfs with huge pages for the 'after' path (default: "
+                        "/dev/shm if it has them, else, as root, a private huge=advise mount)")
+    p.add_argument("--huge-after", action="store_true",
+                   help="release tier: the after side's RAM files on a tmpfs with huge pages "
+                        "(--huge-dir, or as for target 2); the before side on /dev/shm")
     p.add_argument("--tier", default="smoke", help="tier whose cells are measured (default smoke)")
     p.add_argument("--reps", type=int, default=3, help="repetitions per path (default 3)")
     p.add_argument("--sizes", default="256,1024", help="RAM compare sizes in MiB (default 256,1024)")
@@ -488,10 +551,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.tcg:
             tcg = [c for c in cells if c.id == TCG_CELL]
             print(f"\n2. TCG cell {TCG_CELL} ({tcg[0].target.memory // MiB} MiB guest)")
-            variants = [Variant("numpy (before)", engine="numpy"),
-                        Variant("qboot (info)", firmware="qboot"),
-                        Variant("memcmp (after)")]
-            samples = alternate(tcg, variants, args.reps, logroot, say)
+            with huge_tmpfs(args.huge_dir, say) as huge:
+                print(f"  before: {hugeram.describe(rundir.base_dir() or Path('/tmp'))}")
+                variants = [Variant("4 KiB (before)", ram_dir=rundir.base_dir())]
+                if huge is None:
+                    print("  no tmpfs with huge pages (not root, no --huge-dir): only 'before'")
+                else:
+                    print(f"  after: {hugeram.describe(huge)}")
+                    variants += [Variant("huge, no prealloc", ram_dir=huge, prealloc=False),
+                                 Variant("huge (after)", ram_dir=huge)]
+                samples = alternate(tcg, variants, args.reps, logroot, say)
             report["tcg"] = summarize(samples, variants, None, 0.8)
             cpu_tables(samples, variants)
         if args.compare:
@@ -500,8 +569,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["compare"] = bench_compare(sizes, max(args.reps, 3), say)
         if args.release:
             print(f"\n4. {args.release_tier} tier, {args.release} against {args.after_rev}")
-            report["release"] = bench_release(args.release, args.after_rev, args.jobs,
-                                              args.release_tier, args.every, args.slices, say)
+            with contextlib.ExitStack() as stack:
+                huge = (stack.enter_context(huge_tmpfs(args.huge_dir, say))
+                        if args.huge_after else None)
+                if args.huge_after:
+                    print(f"  after side: {hugeram.describe(huge) if huge else 'no huge tmpfs'}")
+                report["release"] = bench_release(args.release, args.after_rev, args.jobs,
+                                                  args.release_tier, args.every, args.slices,
+                                                  say, huge)
     except (KeyboardInterrupt, Interrupted) as exc:
         say("")
         print(f"\ninterrupted ({str(exc) or 'Ctrl-C'})", file=sys.stderr)
