@@ -109,6 +109,10 @@ class Workload(ABC):
     #: already ran (dst-start autostart, postcopy) for its checks; see
     #: :meth:`harness_stopped`.
     harness_stop: tuple[float, float] | None = None
+    #: Reads the first byte of each of a region's pages from a side's RAM
+    #: file (path, file offset, pages); the cell flow gives one that reads on
+    #: the destination's host when that is another machine.
+    read_region: Callable[[Path, int, int], np.ndarray] = staticmethod(read_region_bytes)
 
     def __init__(self, cell: Cell, workdir: Path) -> None:
         self.cell = cell
@@ -289,7 +293,7 @@ class X86Dirtier(_Dirtier):
             pass  # the check says how far it got
         # The region must have moved on from what the paused check read.
         assert self._region_before is not None, "check_guest runs before liveness"
-        after = read_region_bytes(dst_ram, self.spec.region_base, self.region_pages)
+        after = self.read_region(dst_ram, self.spec.region_base, self.region_pages)
         return check_heartbeat_liveness(HeartbeatLiveness(
             alive=dst.alive, exit_reason="" if dst.alive else dst.exit_reason(),
             heartbeats=hb.heartbeats, beats_before=self._beats_before, restarts=hb.restarts,

@@ -114,7 +114,21 @@ class Host(Protocol):
 
     def read_range(self, path: str, offset: int, size: int) -> bytes: ...
 
-    def chunk_hashes(self, path: str, chunk: int = HASH_CHUNK) -> list[str]: ...
+    def chunk_hashes(self, path: str, chunk: int = HASH_CHUNK,
+                     mask: tuple[int, int] | None = None) -> list[str]:
+        """sha256 of each ``chunk`` of ``path``, computed on the host; ``mask``
+        ``(start, end)``: the first byte of each page there hashed as zero
+        (bytes a running guest legitimately rewrote)."""
+        ...
+
+    def read_strided(self, path: str, offset: int, count: int, stride: int) -> bytes:
+        """``count`` bytes of ``path``, one every ``stride`` from ``offset``
+        (the first byte of each page of a guest region), read on the host."""
+        ...
+
+    def remove_tree(self, path: str) -> None:
+        """Remove a folder this run made on the host (cell leftovers)."""
+        ...
 
     def free_memory(self) -> int: ...
 

@@ -7,6 +7,7 @@ exactly as before hosts existed.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from harness.hosts.base import HASH_CHUNK, ClockReading, HostError, RunResult
+from harness.hosts.remote_scripts import CHUNK_HASHES
 from harness.qemu.process import QemuProcess
 
 log = logging.getLogger(__name__)
@@ -81,8 +83,25 @@ class LocalHost:
             f.seek(offset)
             return f.read(size)
 
-    def chunk_hashes(self, path: str, chunk: int = HASH_CHUNK) -> list[str]:
-        return chunk_hashes_of(path, chunk)
+    def chunk_hashes(self, path: str, chunk: int = HASH_CHUNK,
+                     mask: tuple[int, int] | None = None) -> list[str]:
+        if mask is None:
+            return chunk_hashes_of(path, chunk)
+        # The remote hosts' program, so a mask means the same on every host.
+        out = self.run(["python3", "-c", CHUNK_HASHES, path, str(chunk), *map(str, mask)],
+                       timeout=300).check(self.name).stdout
+        return json.loads(out)
+
+    def read_strided(self, path: str, offset: int, count: int, stride: int) -> bytes:
+        with open(path, "rb") as f:
+            out = bytearray(count)
+            for i in range(count):
+                f.seek(offset + i * stride)
+                out[i:i + 1] = f.read(1) or b"\0"
+        return bytes(out)
+
+    def remove_tree(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
 
     def free_memory(self) -> int:
         with open("/proc/meminfo") as f:

@@ -118,14 +118,36 @@ print(json.dumps(killed))
 CHUNK_HASHES = r'''
 import hashlib, json, sys
 path, chunk = sys.argv[1], int(sys.argv[2])
+# Optional mask: the first byte of each 4 KiB page in [start, end) hashed as
+# zero (bytes a running guest rewrote: judged by the guest invariant instead).
+start, end = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else (0, 0)
 out = []
+offset = 0
 with open(path, "rb") as f:
     while True:
         data = f.read(chunk)
         if not data:
             break
+        if start < end and offset < end and offset + len(data) > start:
+            data = bytearray(data)
+            first = max(start, offset) - offset
+            first += (start - (offset + first)) % 4096
+            for i in range(first, min(end - offset, len(data)), 4096):
+                data[i] = 0
         out.append(hashlib.sha256(data).hexdigest())
+        offset += len(data)
 print(json.dumps(out))
+'''
+
+STRIDED = r'''
+import sys
+path, offset, count, stride = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+out = bytearray(count)
+with open(path, "rb") as f:
+    for i in range(count):
+        f.seek(offset + i * stride)
+        out[i:i + 1] = f.read(1) or b"\0"
+sys.stdout.buffer.write(bytes(out))
 '''
 
 FACTS = r'''

@@ -36,7 +36,7 @@ from harness.hosts.base import HASH_CHUNK, ClockReading, HostError, HostKeyError
 from harness.hosts.inventory import HostSpec
 from harness.hosts.local import file_sha256
 from harness.hosts.netns import connect_in_netns
-from harness.hosts.remote_scripts import CHUNK_HASHES, FACTS, SWEEP, WATCHDOG
+from harness.hosts.remote_scripts import CHUNK_HASHES, FACTS, STRIDED, SWEEP, WATCHDOG
 from harness.qemu.process import describe_exit_status
 
 log = logging.getLogger(__name__)
@@ -251,8 +251,21 @@ class SshHost:
             f.seek(offset)
             return f.read(size)
 
-    def chunk_hashes(self, path: str, chunk: int = HASH_CHUNK) -> list[str]:
-        return json.loads(self.python(CHUNK_HASHES, path, str(chunk)))
+    def chunk_hashes(self, path: str, chunk: int = HASH_CHUNK,
+                     mask: tuple[int, int] | None = None) -> list[str]:
+        return json.loads(self.python(CHUNK_HASHES, path, str(chunk),
+                                      *map(str, mask or ())))
+
+    def read_strided(self, path: str, offset: int, count: int, stride: int) -> bytes:
+        return self.python(STRIDED, path, str(offset), str(count), str(stride))
+
+    def remove_tree(self, path: str) -> None:
+        """Only inside this run's own folder on the host (never a path a
+        matrix value could point elsewhere)."""
+        mine = posixpath.join(self.spec.workdir, "runs", RUN_ID) + "/"
+        if not posixpath.normpath(path).startswith(mine):
+            raise HostError(self.name, f"refusing to remove {path}: not under {mine}")
+        self.run(["rm", "-rf", "--", path]).check(self.name)
 
     # -- facts -------------------------------------------------------------
     def facts(self) -> dict:

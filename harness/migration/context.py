@@ -25,6 +25,7 @@ from harness.errors import HarnessError
 from harness.guest.workload import Workload
 from harness.migration.driver import BASE_CAPABILITIES, MigrationRun
 from harness.migration.dst_start import AUTOSTART
+from harness.migration.placed import Sides
 from harness.progress import MigrationProgress, ProgressFn
 from harness.qemu.build import QemuBuild
 from harness.qemu.cmdline import MachinePaths
@@ -42,6 +43,11 @@ Progress = ProgressFn
 #: destination's RAM files while both VMs are stopped, before the checks.
 Inject = Callable[[Path, Path], None]
 
+#: Called with each migration sample while the migration runs (the driver's
+#: ``on_sample``): a test may act mid-migration (e.g. cut a host's SSH
+#: connection).
+Migrating = Callable[["CellContext", dict[str, Any]], None]
+
 #: Called once the migration completed with both sides stopped (the source in
 #: ``postmigrate``, the destination paused), before any check: it may act on
 #: the machines (``ctx.src``, ``ctx.dst``) to plant a fault the checks must see.
@@ -52,14 +58,16 @@ AfterMigrate = Callable[["CellContext", MigrationRun], Awaitable[None]]
 class CellHooks:
     """Fixed points where the harness's own tests may act on a real cell.
 
-    Production runs pass none; each hook that is set runs exactly once per
-    cell that gets that far (a cell whose migration did not complete runs
-    neither)."""
+    Production runs pass none; ``after_migrate`` and ``inject`` run exactly
+    once per cell that gets that far (a cell whose migration did not complete
+    runs neither); ``migrating`` runs for each sample of the migration."""
 
     #: See :data:`AfterMigrate`.
     after_migrate: AfterMigrate | None = None
     #: See :data:`Inject`.
     inject: Inject | None = None
+    #: See :data:`Migrating`.
+    migrating: Migrating | None = None
 
 
 class CellFailure(HarnessError):
@@ -108,6 +116,9 @@ class CellContext:
     src_paths: MachinePaths = field(init=False)
     dst: Machine = field(init=False)
     dst_paths: MachinePaths = field(init=False)
+    #: The cell's hosts when it is placed on any (harness.migration.placed;
+    #: None: both sides here, as every local cell).
+    sides: Sides | None = None
 
     def __post_init__(self) -> None:
         self.caps = {**BASE_CAPABILITIES, **dict(self.cell.capabilities)}
@@ -127,6 +138,10 @@ class CellContext:
     def shared_ram(self) -> bool:
         """x-ignore-shared: both sides map the source's RAM file."""
         return bool(self.caps.get("x-ignore-shared", False))
+
+    def remote(self, role: str) -> bool:
+        """The ``src`` or ``dst`` side runs on another host."""
+        return self.sides is not None and not self.sides.host(role).is_local
 
     def record(self, check: CheckResult) -> CheckResult:
         """Add a check to the evidence, marked when the cell declared it a

@@ -63,6 +63,9 @@ from harness.migration.driver import (POSTCOPY_AFTER_SYNCS, MigrationRun, cancel
                                       run_migration, settled_status, start)
 from harness.migration.launch import prepare_machine
 from harness.migration.modes import CANCEL_RETRY, postcopy_after, side_args, side_caps
+from harness.migration.placed import (open_sides, place_machine, placement_problem,
+                                      region_reader, remove_dirs, tcp_address,
+                                      timing_uncertainty_ms)
 from harness.migration.tls import creds_args
 from harness.migration.transports import SAVE_RESTORE, incoming_uri, save_restore_uris
 from harness.migration.verify import verify_paused
@@ -92,6 +95,9 @@ CANCEL_FIRST_BANDWIDTH = 32 * MiB
 def preflight(cell: Cell, src: QemuBuild, dst: QemuBuild) -> str | None:
     """A skip reason when this host or build cannot run the cell; raise on bad input."""
     wl = cell.target.workload
+    problem = placement_problem(cell)
+    if problem:
+        raise HarnessError(f"cell {cell.id} ({cell.origin}): {problem}")
     if wl.region_base + wl.region_size > cell.target.memory:
         raise HarnessError(f"cell {cell.id} ({cell.origin}): the guest's region ends at "
                            f"{wl.region_base + wl.region_size:#x}, beyond its "
@@ -198,6 +204,8 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
         ctx.figures["machine_type"] = ctx.machine_type
         async with ctx.stack:
             ctx.stack.push_async_callback(ctx.workload.close)
+            if cell.placed:
+                await _open_hosts(ctx)
             await _launch(ctx)
             if builds_differ(src_build, dst_build):
                 await _devices(ctx)
@@ -217,32 +225,52 @@ async def _flow(cell: Cell, src_build: QemuBuild, dst_build: QemuBuild, logdir: 
 
 # --- launch -----------------------------------------------------------------
 
-def _prepare(ctx: CellContext, name: str, build: QemuBuild) -> tuple[Machine, MachinePaths]:
+async def _open_hosts(ctx: CellContext) -> None:
+    """A placed cell's hosts (harness.migration.placed): connected, a folder
+    for the cell on each remote one (removed when the cell ends), clocks read."""
+    ctx.sides = sides = await open_sides(ctx.cell, ctx.workdir)
+    ctx.stack.push_async_callback(remove_dirs, sides)
+    ctx.figures["hosts"] = sides.figures()
+    if ctx.remote("dst"):
+        ctx.workload.read_region = region_reader(sides.dst)
+
+
+async def _prepare(ctx: CellContext, name: str, build: QemuBuild
+                   ) -> tuple[Machine, MachinePaths]:
     """One QEMU, not started yet.  ``name`` is src, dst, or dst2 (the
-    destination of a retried migration)."""
+    destination of a retried migration).  On a remote host its files are
+    copied there and its paths are that host's."""
     role = "src" if name == "src" else "dst"
     incoming = role == "dst"
     extra = ctx.workload.machine_args(role)
     extra += side_args(ctx.caps, role, ctx.cell.seed, ctx.cell.fault)
     creds = ctx.params.get("tls-creds")
     if creds:
-        extra += creds_args(str(creds), incoming, ctx.workdir)
+        # Across hosts the source checks the server certificate against the
+        # destination's address.
+        addresses = [tcp_address(ctx.sides)] if ctx.remote("dst") and ctx.sides else []
+        extra += creds_args(str(creds), incoming, ctx.workdir, addresses)
     # x-ignore-shared: both sides map the source's RAM file, so RAM is not
     # sent at all (migration/ram.c, ramblock_is_ignored); the destination
     # must not prealloc it (touching pages rewrites them).
     shared = ctx.shared_ram
-    return prepare_machine(name, build, ctx.cell.target, ctx.workdir, ctx.logdir, ctx.t0,
-                           incoming=incoming, machine_type=ctx.machine_type, extra=extra,
-                           with_disk=ctx.workload.needs_disk,
-                           ram=ctx.workdir / "src.ram" if shared else None,
-                           prealloc=not (shared and incoming),
-                           serial_sink=ctx.workload.serial_sink(role),
-                           start_paused=not ctx.autostart)
+    host = ctx.sides.host(role) if ctx.sides is not None else None
+    m, paths = prepare_machine(name, build, ctx.cell.target, ctx.workdir, ctx.logdir, ctx.t0,
+                               incoming=incoming, machine_type=ctx.machine_type, extra=extra,
+                               with_disk=ctx.workload.needs_disk,
+                               ram=ctx.workdir / "src.ram" if shared else None,
+                               prealloc=not (shared and incoming),
+                               serial_sink=ctx.workload.serial_sink(role),
+                               start_paused=not ctx.autostart, host=host)
+    if ctx.sides is not None and host is not None and not host.is_local:
+        paths = await place_machine(host, m, paths, ctx.workdir, ctx.sides.dirs[host.name])
+    return m, paths
 
 
 async def _launch(ctx: CellContext) -> None:
     with ctx.phase("launch"):
-        sides = [_prepare(ctx, "src", ctx.src_build), _prepare(ctx, "dst", ctx.dst_build)]
+        sides = await asyncio.gather(_prepare(ctx, "src", ctx.src_build),
+                                     _prepare(ctx, "dst", ctx.dst_build))
         # Register teardown before starting either, so a failure starting the
         # second still ends the first.
         for m, _ in sides:
@@ -312,7 +340,7 @@ async def _cancel_retry(ctx: CellContext) -> None:
     with ctx.phase("cancel-retry"):
         ctx.record(check_cancel_retry(await _cancel_first(ctx)))
         await ctx.dst.close()
-        ctx.dst, ctx.dst_paths = _prepare(ctx, "dst2", ctx.dst_build)
+        ctx.dst, ctx.dst_paths = await _prepare(ctx, "dst2", ctx.dst_build)
         ctx.stack.push_async_callback(ctx.dst.close)
         await ctx.dst.start()
         await _configure_destination(ctx)
@@ -331,7 +359,7 @@ async def _cancel_first(ctx: CellContext) -> CancelEvidence:
     if cell.transport in SAVE_RESTORE:
         raise CellFailure(f"mode cancel-retry needs a live transport, not {cell.transport}",
                           ERROR)
-    uri = await incoming_uri(cell.transport, ctx.dst, ctx.workdir, src)
+    uri = await incoming_uri(cell.transport, ctx.dst, ctx.workdir, src, tcp_addr=_tcp_addr(ctx))
     own = (await src.execute("query-migrate-parameters"))["max-bandwidth"]
     await src.execute("migrate-set-parameters", {"max-bandwidth": CANCEL_FIRST_BANDWIDTH})
     log.info("first attempt: migrate to %s at %d MiB/s, to be cancelled", uri,
@@ -373,7 +401,7 @@ async def _run_migration(ctx: CellContext) -> MigrationRun | None:
         if cell.transport in SAVE_RESTORE:
             uri, restore = save_restore_uris(cell.transport, workdir)
         else:
-            uri = await incoming_uri(cell.transport, dst, workdir, src)
+            uri = await incoming_uri(cell.transport, dst, workdir, src, tcp_addr=_tcp_addr(ctx))
     except (ValueError, RuntimeError) as exc:
         raise CellFailure(str(exc), ERROR) from exc
     ctx.figures["uri"] = uri
@@ -398,7 +426,7 @@ async def _run_migration(ctx: CellContext) -> MigrationRun | None:
     t_start = time.monotonic()
     run = await run_migration(src, dst, uri, caps, cell.timeout, ctx.t0, restore,
                               postcopy_after=postcopy_after(cell.mode) or POSTCOPY_AFTER_SYNCS,
-                              at_pre_switchover=hold, on_sample=ctx.report_sample,
+                              at_pre_switchover=hold, on_sample=lambda s: _on_sample(ctx, s),
                               dst_autostart=ctx.autostart)
     log.info("migration ended %s after %.1f s", run.status, time.monotonic() - t_start)
     if "allocated" in held_copy:
@@ -436,6 +464,17 @@ async def _run_migration(ctx: CellContext) -> MigrationRun | None:
             t_resume=run.t_dst_resumed, t_completed=event_time(dst, "completed"),
             destination_runstate=ctx.figures["runstates"]["destination"])))
     return run
+
+
+def _tcp_addr(ctx: CellContext) -> str:
+    """Where a tcp destination listens: its host's address across hosts."""
+    return tcp_address(ctx.sides) if ctx.sides is not None else "127.0.0.1"
+
+
+def _on_sample(ctx: CellContext, sample: dict[str, Any]) -> None:
+    ctx.report_sample(sample)
+    if ctx.hooks.migrating is not None:
+        ctx.hooks.migrating(ctx, sample)
 
 
 async def _settle_stopped(ctx: CellContext, run: MigrationRun) -> None:
@@ -501,6 +540,9 @@ async def _resume(ctx: CellContext, run: MigrationRun) -> float:
     time: the ``cont``, or postcopy's resume during the migration)."""
     dst, disk = ctx.dst, ctx.dst_paths.disk
     ctx.workload.before_cont(ctx.dst_paths.ram)
+    if ctx.remote("dst"):
+        # The image and its locks are on the destination's host.
+        disk = None
     locked_before = image_locked(disk) if disk else None
     t_cont = time.monotonic()
     await dst.execute("cont")
@@ -538,6 +580,13 @@ def _downtime(ctx: CellContext, run: MigrationRun, t_resumed: float) -> list[Che
     seen = ctx.workload.guest_gap(t_held + run.source_held_s, run.t_source_done, qemu_ms,
                                   t_dst_ready=run.t_dst_ready, t_resumed=t_resumed,
                                   postcopy="postcopy-active" in run.states)
+    resolution = seen.resolution_ms
+    if ctx.sides is not None and resolution is not None:
+        # Heartbeats reach this machine through SSH: the gap between them
+        # carries the hosts' timing uncertainty (harness.migration.placed).
+        extra = timing_uncertainty_ms(ctx.sides)
+        ctx.figures["cross_host_timing_ms"] = round(extra, 2)
+        resolution += extra
     # Save/restore: the guest is down while the stream is written and read
     # back, which is not a live-migration downtime.
     gap = None if ctx.cell.transport in SAVE_RESTORE else seen.gap_ms
@@ -547,7 +596,7 @@ def _downtime(ctx: CellContext, run: MigrationRun, t_resumed: float) -> list[Che
     ev = DowntimeEvidence(
         qemu_downtime_ms=qemu_ms, limit_ms=ctx.limit_ms,
         tolerance_ms=ctx.cell.downtime_tolerance_ms, guest_gap_ms=gap,
-        heartbeat_interval_ms=seen.resolution_ms, harness_hold_ms=run.source_held_s * 1000,
+        heartbeat_interval_ms=resolution, harness_hold_ms=run.source_held_s * 1000,
         harness_hold_host_ms=(run.source_held_host_s * 1000 if run.source_held_host_s
                               else None),
         total_time_ms=(float(run.info["total-time"]) if run.info.get("total-time")

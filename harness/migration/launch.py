@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 import shlex
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from harness.cell import TargetSpec
 from harness.qemu.build import QemuBuild
 from harness.qemu.cmdline import MachinePaths, machine_argv
 from harness.qemu.machine import Machine
 from harness.guest.dirtier import make_disk
+
+if TYPE_CHECKING:
+    from harness.hosts.base import Host
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +30,15 @@ def prepare_machine(name: str, build: QemuBuild, target: TargetSpec, workdir: Pa
                     extra: tuple[str, ...] | list[str] = (), with_disk: bool = True,
                     ram: Path | None = None, prealloc: bool = True,
                     serial_sink: Callable[[bytes, float], None] | None = None,
-                    start_paused: bool = True) -> tuple[Machine, MachinePaths]:
+                    start_paused: bool = True, host: "Host | None" = None
+                    ) -> tuple[Machine, MachinePaths]:
     """A Machine named ``name`` (not started) and the files it uses.
 
     ``with_disk``: a per-machine copy of the dirtier boot disk for the
     target's region; ``ram``: another RAM file than ``<name>.ram`` (one RAM
     file shared by both sides, for x-ignore-shared); ``start_paused``: an
-    incoming machine gets ``-S`` (False: ``dst-start: autostart``)."""
+    incoming machine gets ``-S`` (False: ``dst-start: autostart``); ``host``:
+    where it runs (None: here; its paths are then the caller's to place)."""
     wl = target.workload
     disk = make_disk(workdir / f"{name}.disk", wl.region_base, wl.region_size) \
         if with_disk else None
@@ -43,5 +48,5 @@ def prepare_machine(name: str, build: QemuBuild, target: TargetSpec, workdir: Pa
                         extra=tuple(extra), prealloc=prealloc, start_paused=start_paused)
     log.debug("%s: %s", name, shlex.join(argv))
     m = Machine(name, argv, build.env(), qmp_path=paths.qmp, serial_path=paths.serial,
-                logdir=logdir, t0=t0, serial_sink=serial_sink)
+                logdir=logdir, t0=t0, serial_sink=serial_sink, host=host)
     return m, paths

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import ipaddress
 from pathlib import Path
+from typing import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -67,15 +68,20 @@ def _pem(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def make_credentials(workdir: Path) -> tuple[Path, Path, Path]:
-    """Write server, client and certificate-less client directories; return them."""
+def make_credentials(workdir: Path, addresses: Sequence[str] = ()) -> tuple[Path, Path, Path]:
+    """Write server, client and certificate-less client directories; return them.
+    ``addresses``: further IP addresses the server certificate is valid for
+    (a destination on another host: the source checks the certificate
+    against the address it connects to, crypto/tlssession.c
+    qcrypto_tls_session_check_certificate)."""
     ca_key = _key()
     ca = _cert("mharness test CA", ca_key, _name("mharness test CA"), ca_key, ca=True)
     server_key, client_key = _key(), _key()
     server = _cert("localhost", server_key, ca.subject, ca_key, ca=False,
                    usage=[ExtendedKeyUsageOID.SERVER_AUTH],
                    san=[x509.DNSName("localhost"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+                        *(x509.IPAddress(ipaddress.ip_address(a))
+                          for a in ("127.0.0.1", *addresses))])
     client = _cert("mharness source", client_key, ca.subject, ca_key, ca=False,
                    usage=[ExtendedKeyUsageOID.CLIENT_AUTH])
     dirs = server_dir, client_dir, nocert_dir = (workdir / "tls-server", workdir / "tls-client",
@@ -90,14 +96,15 @@ def make_credentials(workdir: Path) -> tuple[Path, Path, Path]:
     return server_dir, client_dir, nocert_dir
 
 
-def creds_args(creds_id: str, incoming: bool, workdir: Path) -> list[str]:
+def creds_args(creds_id: str, incoming: bool, workdir: Path,
+               addresses: Sequence[str] = ()) -> list[str]:
     """The ``-object tls-creds-x509`` for one side of a cell using ``creds_id``."""
     if creds_id not in KNOWN_IDS:
         raise ValueError(f"tls-creds '{creds_id}' is not one the harness makes "
                          f"(known: {', '.join(KNOWN_IDS)})")
     server_dir = workdir / "tls-server"
     if not server_dir.exists():
-        make_credentials(workdir)
+        make_credentials(workdir, addresses)
     if incoming:
         return ["-object", f"tls-creds-x509,id={creds_id},endpoint=server,"
                            f"dir={server_dir},verify-peer=on"]

@@ -5,8 +5,9 @@ destination paused, so nothing moves.  This module decides which checks a
 cell gets and collects what they judge:
 
 - the exact RAM comparison of the two RAM files (or the copy release-ram
-  needed, or ``pmemsave`` dumps with ``MHARNESS_RAM_SOURCE=pmemsave``), with
-  the pages a running guest legitimately rewrote explained;
+  needed, or ``pmemsave`` dumps with ``MHARNESS_RAM_SOURCE=pmemsave``; across
+  hosts, per-chunk hashes computed on each host), with the pages a running
+  guest legitimately rewrote explained;
 - the workload's guest check on the destination's RAM;
 - the behaviour checks the cell's capabilities and parameters call for;
 - the CPU state of both sides and the machine's VMState coverage.
@@ -26,11 +27,14 @@ from harness.checks.converged import migration_figures
 from harness.checks.cpustate import collect_cpu_state
 from harness.checks.modes import check_mapped_ram, check_modes, check_shared_ram_not_sent
 from harness.checks.ram import Explained, RamRegion, check_ram, ram_layout
+from harness.checks.ram_hosts import check_ram_across_hosts
 from harness.checks.sides import (allocated_bytes, check_release_ram, check_switchover_ack,
                                   check_validate_uuid)
 from harness.checks.vmstate_static import cached_dump
 from harness.migration.context import CellContext
+from harness.hosts.ram import compare_ram
 from harness.migration.driver import MigrationRun
+from harness.migration.placed import region_mirror
 from harness.migration.transports import SAVE_RESTORE
 from harness.qemu.machine import Machine
 from harness.results import CheckResult
@@ -50,7 +54,8 @@ async def verify_paused(ctx: CellContext, run: MigrationRun) -> None:
     ctx.figures["query_migrate"] = info
     if ctx.hooks.inject is not None:
         ctx.hooks.inject(ctx.src_paths.ram, ctx.dst_paths.ram)
-    dst_ram = await _compare_ram(ctx, run)
+    dst_ram = await (_compare_ram_across_hosts(ctx, run) if ctx.sides is not None
+                     else _compare_ram(ctx, run))
     ctx.record(ctx.workload.check_guest(dst_ram))
     for check in _behaviour_checks(ctx, run):
         ctx.record(check)
@@ -136,6 +141,24 @@ async def _compare_ram(ctx: CellContext, run: MigrationRun) -> Path:
     else:
         ctx.record(check_ram(src_ram, dst_ram, layout, _explained(ctx, run)))
     return dst_ram
+
+
+async def _compare_ram_across_hosts(ctx: CellContext, run: MigrationRun) -> Path:
+    """The exact RAM check of a placed cell: per-chunk hashes on each host
+    (harness.hosts.ram); returns a local mirror of the destination region's
+    first bytes for the guest check."""
+    assert ctx.sides is not None
+    wl, target = ctx.cell.target.workload, ctx.cell.target
+    explained = _explained(ctx, run)
+    mask = (wl.region_base, wl.region_base + wl.region_size) if explained else None
+    diff = await asyncio.to_thread(compare_ram, ctx.sides.src, str(ctx.src_paths.ram),
+                                   ctx.sides.dst, str(ctx.dst_paths.ram), target.memory,
+                                   mask=mask)
+    ctx.record(check_ram_across_hosts(diff, ram_layout(target.arch, target.memory),
+                                      explained.reason if explained else None))
+    return await asyncio.to_thread(region_mirror, ctx.sides.dst, ctx.dst_paths.ram,
+                                   wl.region_base, wl.region_size // PAGE,
+                                   ctx.workdir / "dst-region.mirror")
 
 
 def _behaviour_checks(ctx: CellContext, run: MigrationRun) -> list[CheckResult]:
