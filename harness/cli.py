@@ -401,7 +401,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Describe every build the matrix names (or --qemu), and what is missing."""
     from harness.cell import BuildSpec
     from harness.matrix import load_matrix
+    import tempfile
+
+    from harness.qemu import hugeram
     from harness.qemu.build import discover, kvm_host_problem
+    from harness.run import rundir
 
     if args.hosts is not None:
         return _doctor_hosts(args)
@@ -431,10 +435,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"  machines ({len(machines)}): {', '.join(machines)}")
         print(f"  migration capabilities ({len(build.capabilities)}): {', '.join(build.capabilities)}")
         print(f"  migration parameters ({len(build.parameters)}): {', '.join(sorted(build.parameters))}")
+    ram_files = hugeram.describe(rundir.base_dir() or Path(tempfile.gettempdir()))
     if args.json:
-        print(json.dumps({"kvm_host": kvm or "usable", "builds": reports}, indent=2, default=str))
+        print(json.dumps({"kvm_host": kvm or "usable", "ram_files": ram_files,
+                          "builds": reports}, indent=2, default=str))
     else:
         print(f"host KVM: {kvm or '/dev/kvm accessible'}")
+        print(ram_files)
     return 1 if problems else 0
 
 
