@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,16 @@ def test_round_robin_over_ordered_pairs(tmp_path: Path) -> None:
     assert one[0].id == "t-tcp-default-on-b"
     already = [c for c in m.expanded["x"] if c.placed]  # type: ignore[attr-defined]
     assert round_robin(already, [m.hosts["a"]]) == already  # type: ignore[attr-defined]
+
+
+def test_placed_cells_the_flow_cannot_run_are_refused(tmp_path: Path) -> None:
+    from harness.migration.placed import placement_problem
+    m = _load(tmp_path, PLACED)
+    cells = {c.id: c for c in m.expanded["x"]}  # type: ignore[attr-defined]
+    assert placement_problem(cells["t-tcp-default"]) is None
+    assert placement_problem(cells["t-tcp-default-on-b-to-a"]) is None
+    assert "tcp" in (placement_problem(cells["t-unix-default-on-a-to-local"]) or "")
+    local_dst = replace(cells["t-tcp-default-on-b-to-a"], dst_host=None)
+    assert "destination on this machine" in (placement_problem(local_dst) or "")
+    shared = replace(cells["t-tcp-default-on-b-to-a"], capabilities=(("x-ignore-shared", True),))
+    assert "x-ignore-shared" in (placement_problem(shared) or "")

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 RUN_ID = f"mh-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 START_TIMEOUT = 30.0
+#: Where guest RAM files go on a remote host (tmpfs: see SshHost.ram_dir).
+RAM_ROOT = "/dev/shm/mharness-runs"
 
 
 class _TofuPolicy(paramiko.MissingHostKeyPolicy):
@@ -222,6 +224,16 @@ class SshHost:
         self.run(["mkdir", "-p", "-m", "700", path]).check(self.name)
         return path
 
+    def ram_dir(self, *parts: str) -> str:
+        """A private folder for guest RAM files on the host's tmpfs, as local
+        cells have theirs (harness.run.rundir): postcopy registers guest RAM
+        with userfaultfd, which a file on a disk filesystem refuses (EINVAL
+        from UFFDIO_REGISTER: missing-page faults are for anonymous memory,
+        shmem and hugetlbfs only)."""
+        path = posixpath.join(RAM_ROOT, RUN_ID, *parts)
+        self.run(["mkdir", "-p", "-m", "700", path]).check(self.name)
+        return path
+
     def put_file(self, local: Path, remote: str) -> None:
         tmp = f"{remote}.part-{uuid.uuid4().hex[:6]}"
         self.sftp().put(str(local), tmp)
@@ -262,9 +274,10 @@ class SshHost:
     def remove_tree(self, path: str) -> None:
         """Only inside this run's own folder on the host (never a path a
         matrix value could point elsewhere)."""
-        mine = posixpath.join(self.spec.workdir, "runs", RUN_ID) + "/"
+        mine = (posixpath.join(self.spec.workdir, "runs", RUN_ID) + "/",
+                posixpath.join(RAM_ROOT, RUN_ID) + "/")
         if not posixpath.normpath(path).startswith(mine):
-            raise HostError(self.name, f"refusing to remove {path}: not under {mine}")
+            raise HostError(self.name, f"refusing to remove {path}: not under {' or '.join(mine)}")
         self.run(["rm", "-rf", "--", path]).check(self.name)
 
     # -- facts -------------------------------------------------------------

@@ -263,7 +263,8 @@ async def _prepare(ctx: CellContext, name: str, build: QemuBuild
                                serial_sink=ctx.workload.serial_sink(role),
                                start_paused=not ctx.autostart, host=host)
     if ctx.sides is not None and host is not None and not host.is_local:
-        paths = await place_machine(host, m, paths, ctx.workdir, ctx.sides.dirs[host.name])
+        paths = await place_machine(host, m, paths, ctx.workdir, ctx.sides.dirs[host.name],
+                                    ctx.sides.ram_dirs[host.name])
     return m, paths
 
 

@@ -82,6 +82,8 @@ class Sides:
     dst: Host
     #: Host name -> this cell's folder there (remote hosts only).
     dirs: dict[str, str]
+    #: Host name -> this cell's folder for guest RAM there (on tmpfs).
+    ram_dirs: dict[str, str]
     #: Role ("source", "destination") -> the host's clock reading (remote only).
     clocks: dict[str, ClockReading]
 
@@ -102,41 +104,46 @@ async def open_sides(cell: Cell, workdir: Path) -> Sides:
     specs = (cell.src_host or HostSpec(LOCAL), cell.dst_host or HostSpec(LOCAL))
     src, dst = await asyncio.gather(*(asyncio.to_thread(host_for, s) for s in specs))
     dirs: dict[str, str] = {}
+    ram_dirs: dict[str, str] = {}
     clocks: dict[str, ClockReading] = {}
     for role, host in (("source", src), ("destination", dst)):
         if host.is_local:
             continue
         if host.name not in dirs:
             dirs[host.name] = await asyncio.to_thread(host.workdir, workdir.name)
+            ram_dirs[host.name] = await asyncio.to_thread(host.ram_dir,  # type: ignore[attr-defined]
+                                                          workdir.name)
         clocks[role] = await asyncio.to_thread(host.clock)
         log.info("%s on host %s: clock offset %+.1f ms +- %.1f ms", role, host.name,
                  clocks[role].offset * 1000, clocks[role].uncertainty * 1000)
-    return Sides(src, dst, dirs, clocks)
+    return Sides(src, dst, dirs, ram_dirs, clocks)
 
 
 async def remove_dirs(sides: Sides) -> None:
     """The cell's folders on its hosts (RAM files: hundreds of MiB) go with it."""
     for host in {h.name: h for h in (sides.src, sides.dst)}.values():
-        path = sides.dirs.get(host.name)
-        if path is None:
-            continue
-        try:
-            await asyncio.to_thread(host.remove_tree, path)
-        except HostError as exc:
-            log.warning("cell folder %s left on host %s: %s", path, host.name, exc)
+        for path in (sides.dirs.get(host.name), sides.ram_dirs.get(host.name)):
+            if path is None:
+                continue
+            try:
+                await asyncio.to_thread(host.remove_tree, path)
+            except HostError as exc:
+                log.warning("cell folder %s left on host %s: %s", path, host.name, exc)
 
 
 async def place_machine(host: Host, m: Machine, paths: MachinePaths, workdir: Path,
-                        remote_dir: str) -> MachinePaths:
-    """Move a prepared Machine's command line to ``host``; the paths it now
-    uses there (RAM, disk)."""
-    m.argv = await asyncio.to_thread(place_argv, host, m.argv, workdir, remote_dir,
+                        remote_dir: str, ram_dir: str) -> MachinePaths:
+    """Move a prepared Machine's command line to ``host`` (its RAM file in
+    ``ram_dir``, the rest in ``remote_dir``); the paths it now uses there."""
+    ram = Path(posixpath.join(ram_dir, paths.ram.name))
+    argv = [a.replace(f"mem-path={paths.ram},", f"mem-path={ram},") for a in m.argv]
+    m.argv = await asyncio.to_thread(place_argv, host, argv, workdir, remote_dir,
                                      (paths.qmp, paths.serial))
     (m.logdir / f"{m.role}.argv").write_text(" ".join(m.argv) + "\n")
 
     def there(p: Path | None) -> Path | None:
         return None if p is None else Path(posixpath.join(remote_dir, p.name))
-    return replace(paths, ram=there(paths.ram), disk=there(paths.disk))
+    return replace(paths, ram=ram, disk=there(paths.disk))
 
 
 def tcp_address(sides: Sides) -> str:
