@@ -85,6 +85,8 @@ def _plan(args: argparse.Namespace) -> tuple[Any, list[Cell]]:
         matrix = override_build(matrix, args.qemu)
     plan = plan_tier(matrix, args.tier or "smoke", args.seed or 0, resolve=discover)
     cells = list(plan.cells)
+    if getattr(args, "place_on", None):
+        cells = _place_on(matrix, cells, args.place_on)
     if args.select:
         cells = select(cells, args.select)
     if args.shard:
@@ -94,6 +96,19 @@ def _plan(args: argparse.Namespace) -> tuple[Any, list[Cell]]:
             raise HarnessError(str(exc)) from None
         cells = shard(cells, k, n)
     return plan, cells
+
+
+def _place_on(matrix: Any, cells: list[Cell], names: str) -> list[Cell]:
+    """``run --hosts a,b``: each cell's source and destination on the named
+    inventory hosts, round-robin over their ordered pairs (a cell that names
+    its hosts keeps them): harness.matrix.hosts.round_robin."""
+    from harness.matrix.hosts import round_robin
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in matrix.hosts]
+    if unknown or not wanted:
+        raise HarnessError(f"--hosts {names}: unknown host(s) {', '.join(unknown) or '(none)'} "
+                           f"(the inventory has: {', '.join(matrix.hosts)})")
+    return round_robin(cells, [matrix.hosts[n] for n in dict.fromkeys(wanted)])
 
 
 def _cells(args: argparse.Namespace) -> list[Cell]:
@@ -589,6 +604,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--strict", action="store_true",
                      help="known failures (a build's known issues, matrix.yaml known-issues:) "
                           "fail the run: exit 1 instead of 0")
+    run.add_argument("--hosts", dest="place_on", default=None, metavar="A,B",
+                     help="run each cell's source and destination on these inventory hosts "
+                          "(hosts: in the matrix), round-robin over their ordered pairs (a->b, "
+                          "b->a); cells that name src-host/dst-host keep theirs")
     _add_history_args(run)
     run.set_defaults(func=cmd_run)
 
