@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from harness.hosts.base import HASH_CHUNK, Host
@@ -49,8 +50,11 @@ def compare_ram(src: Host, src_path: str, dst: Host, dst_path: str, size: int,
                 chunk: int = HASH_CHUNK, mask: tuple[int, int] | None = None) -> ChunkDiff:
     """Hash both files on their hosts; fetch and compare only differing chunks."""
     t0 = time.monotonic()
-    a = src.chunk_hashes(src_path, chunk, mask)
-    b = dst.chunk_hashes(dst_path, chunk, mask)
+    # Both hosts hash at once: each is a python3 started over SSH, whose
+    # round trip costs as much as the hashing (benchmarks/remote_cell.py).
+    with ThreadPoolExecutor(1) as pool:
+        theirs = pool.submit(dst.chunk_hashes, dst_path, chunk, mask)
+        a, b = src.chunk_hashes(src_path, chunk, mask), theirs.result()
     differing = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
     differing += list(range(min(len(a), len(b)), max(len(a), len(b))))
     pages, first = 0, []

@@ -106,16 +106,22 @@ async def open_sides(cell: Cell, workdir: Path) -> Sides:
     dirs: dict[str, str] = {}
     ram_dirs: dict[str, str] = {}
     clocks: dict[str, ClockReading] = {}
-    for role, host in (("source", src), ("destination", dst)):
-        if host.is_local:
-            continue
-        if host.name not in dirs:
-            dirs[host.name] = await asyncio.to_thread(host.workdir, workdir.name)
-            ram_dirs[host.name] = await asyncio.to_thread(host.ram_dir,  # type: ignore[attr-defined]
-                                                          workdir.name)
+
+    async def folders(host: Host) -> None:
+        dirs[host.name], ram_dirs[host.name] = await asyncio.gather(
+            asyncio.to_thread(host.workdir, workdir.name),
+            asyncio.to_thread(host.ram_dir, workdir.name))  # type: ignore[attr-defined]
+
+    async def clock(role: str, host: Host) -> None:
         clocks[role] = await asyncio.to_thread(host.clock)
         log.info("%s on host %s: clock offset %+.1f ms +- %.1f ms", role, host.name,
                  clocks[role].offset * 1000, clocks[role].uncertainty * 1000)
+
+    # Each step is an SSH round trip (a command on the host): all at once.
+    remote = {h.name: h for h in (src, dst) if not h.is_local}
+    await asyncio.gather(*(folders(h) for h in remote.values()),
+                         *(clock(role, h) for role, h in (("source", src), ("destination", dst))
+                           if not h.is_local))
     return Sides(src, dst, dirs, ram_dirs, clocks)
 
 
