@@ -150,6 +150,14 @@ targets:
     workload: {{kind: dirtier, base: 2M, region: 4M, warmup-passes: 3}}
     src-host: a
     dst-host: b
+  # placed by `mharness run --hosts` only
+  here-x86-small:
+    arch: x86_64
+    machine: q35
+    accel: tcg
+    memory: 64M
+    build: system
+    workload: {{kind: dirtier, base: 2M, region: 4M, warmup-passes: 3}}
 transports: [tcp]
 capsets:
   precopy: {{}}
@@ -172,6 +180,9 @@ tiers:
       # slow enough (256 MiB at 4 MiB/s) to be mid-migration when the SSH
       # connection to the destination's host is cut
       - {{target: remote-x86, transport: tcp, capset: precopy, paramset: slow}}
+  cli:
+    cells:
+      - {{target: here-x86-small, transport: tcp, capset: precopy}}
 """
 
 
@@ -186,12 +197,17 @@ def _inventory(hosts: TwoHosts) -> str:
 
 
 @pytest.fixture(scope="module")
-def remote_cells(two_hosts: TwoHosts, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from harness.matrix import load_matrix, tier_cells
-    from harness.qemu.build import discover
+def remote_matrix(two_hosts: TwoHosts, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("remote-matrix") / "matrix.yaml"
     path.write_text(MATRIX.format(hosts=_inventory(two_hosts)))
-    return {c.id: c for c in tier_cells(load_matrix(path), "remote", resolve=discover)}
+    return path
+
+
+@pytest.fixture(scope="module")
+def remote_cells(remote_matrix: Path) -> dict:
+    from harness.matrix import load_matrix, tier_cells
+    from harness.qemu.build import discover
+    return {c.id: c for c in tier_cells(load_matrix(remote_matrix), "remote", resolve=discover)}
 
 
 def _qemus_in(hosts: TwoHosts) -> dict[str, list[int]]:
@@ -299,4 +315,24 @@ def test_ssh_to_destination_cut_mid_migration(two_hosts: TwoHosts, remote_cells:
     assert reason and ("failed" in reason or "lost" in reason or "died" in reason), reason
     figures = result.figures  # type: ignore[attr-defined]
     assert figures.get("source_status_after") == "running", (reason, figures.keys())
+    _assert_clean(two_hosts)
+
+
+def test_run_hosts_places_cells(two_hosts: TwoHosts, remote_matrix: Path,
+                                tmp_path: Path) -> None:
+    """``mharness run --hosts b,a``: a cell that names no host runs from b to
+    a (the first ordered pair), under its placed id, and passes."""
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parent.parent
+    results = tmp_path / "results"
+    p = subprocess.run([sys.executable, "-m", "harness", "run", "--matrix", str(remote_matrix),
+                        "--tier", "cli", "--hosts", "b,a", "--no-history", "--results",
+                        str(results)], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-2000:])
+    found = {c["id"]: c for c in json.loads((results / "results.json").read_text())["cells"]}
+    assert list(found) == ["here-x86-small-tcp-precopy-on-b-to-a"], list(found)
+    cell = found["here-x86-small-tcp-precopy-on-b-to-a"]
+    assert cell["verdict"] == "passed", cell.get("reason")
+    assert (cell["inputs"]["src_host"], cell["inputs"]["dst_host"]) == ("b", "a")
     _assert_clean(two_hosts)
