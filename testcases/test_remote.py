@@ -1,5 +1,6 @@
 """Hosts over real SSH: two network namespaces, each with Debian's sshd
-(testcases/netns_hosts.py), reached through harness.hosts.ssh."""
+(testcases/netns_hosts.py), reached through harness.hosts.ssh; cells placed
+on them run through the matrix and the one cell flow."""
 from __future__ import annotations
 
 import json
@@ -243,6 +244,10 @@ def _assert_clean(hosts: TwoHosts) -> None:
         assert not owners, owners
         runs = Path(hosts.spec(name).workdir) / "runs"
         assert not [p for p in runs.glob("*/*") if p.is_dir()], list(runs.glob("*/*"))
+    # the RAM folders on the hosts' tmpfs (one machine here: both hosts')
+    from harness.hosts.ssh import RAM_ROOT, RUN_ID
+    left = list((Path(RAM_ROOT) / RUN_ID).glob("*"))
+    assert not left, left
 
 
 @pytest.mark.parametrize("cell_id, figure", [
