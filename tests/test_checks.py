@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.qemu.runqueue import HostWait
 from harness.checks.downtime import DowntimeEvidence, check_downtime
 from harness.checks.ram import check_ram, compare_files, gpa_of, x86_layout
 from harness.results import FAILED, PASSED, CheckResult, judge
@@ -139,3 +140,37 @@ def test_explained_bytes_are_counted_apart_but_other_bytes_still_fail(tmp_path):
     assert not res.passed
     assert res.figures["first_differing_gpas"] == ["0x201000"]
     assert res.figures["explained_pages"] == 1
+
+
+def _waited(measured_s: float, tail_s: float) -> HostWait:
+    return HostWait(measured_s=measured_s, tail_s=tail_s, thread="live_migration (123)")
+
+
+def test_cpu_wait_inside_the_downtime_is_the_hosts_not_qemus():
+    """The flake hunt's precopy failure at load 11: 681 ms reported, the guest
+    saw 703; here the migration thread waited 450 ms for a CPU, 20 of them
+    after completed."""
+    res = check_downtime(DowntimeEvidence(qemu_downtime_ms=681, limit_ms=300, tolerance_ms=250,
+                                          guest_gap_ms=703, heartbeat_interval_ms=102,
+                                          host_wait=_waited(0.450, 0.020)))
+    assert res.passed, res.summary
+    assert res.figures["host_wait_ms"] == 430                 # the tail is not counted
+    assert res.figures["qemu_downtime_judged_ms"] == 251
+    assert res.figures["guest_gap_judged_ms"] == 273
+    assert "430 ms its migration thread waited for a CPU" in res.summary
+    assert "schedstat" in res.figures["host_wait_reason"]
+
+
+def test_cpu_wait_does_not_excuse_a_slow_copy_on_an_idle_host():
+    """A QEMU that overruns while it has the CPU still fails: only the wait
+    that fell inside the downtime is taken off, and a wait all in the tail
+    after completed takes nothing off."""
+    res = check_downtime(DowntimeEvidence(qemu_downtime_ms=900, limit_ms=300, tolerance_ms=250,
+                                          guest_gap_ms=920, heartbeat_interval_ms=20,
+                                          host_wait=_waited(0.100, 0.150)))
+    assert not res.passed
+    assert res.figures["host_wait_ms"] == 0
+    assert "QEMU downtime 900 ms > limit 300" in res.summary and "guest saw a 920" in res.summary
+    res = check_downtime(DowntimeEvidence(qemu_downtime_ms=900, limit_ms=300, tolerance_ms=250,
+                                          host_wait=_waited(0.200, 0.0)))
+    assert not res.passed and "QEMU downtime 700 ms (reported 900 less 200 ms" in res.summary

@@ -31,6 +31,8 @@ class FakeMachine:
         self.events: list[tuple[float, dict[str, Any]]] = []
         self.commands: list[str] = []
         self.alive = True
+        self.local_pid: int | None = None   # no process to read run-queue waits of
+        self.event_hooks: list[Callable[[float, dict[str, Any]], None]] = []
 
     def emit(self, status: str, event: str = "MIGRATION") -> None:
         data = {"status": status} if event == "MIGRATION" else {}
@@ -57,6 +59,9 @@ class FakeMachine:
 
     def exit_reason(self) -> str:
         return "killed"
+
+    def migration_states(self) -> list[str]:
+        return [ev["data"]["status"] for _, ev in self.events if ev.get("event") == "MIGRATION"]
 
 
 def _sequence(*answers: Any) -> Callable[[Any], Any]:
@@ -128,6 +133,43 @@ def test_resume_in_postcopy_conts_on_postcopy_active_only() -> None:
     failed.emit("failed")
     assert asyncio.run(driver.resume_in_postcopy(failed, 0, 1.0)) is None  # type: ignore[arg-type]
     assert failed.commands == []
+
+
+def test_a_cont_still_in_flight_when_the_source_completes_is_recorded() -> None:
+    """The flake hunt's race: the source reports ``completed`` while the
+    destination's ``cont`` reply is still on the way.  The run must still
+    record that the destination was resumed, so the flow stops it."""
+    src = FakeMachine({"migrate": None, "query-migrate": {"status": "completed",
+                                                           "total-time": 5, "downtime": 1}})
+    dst = FakeMachine({}, role="dst")
+
+    async def slow_cont(cmd: str, args: dict[str, Any] | None = None) -> Any:
+        dst.commands.append(cmd)
+        if cmd == "cont":
+            src.emit("completed")        # the source finishes meanwhile
+            await asyncio.sleep(0.2)     # the reply comes late (a loaded host)
+            return None
+        return {}
+
+    dst.execute = slow_cont  # type: ignore[method-assign]
+
+    async def scenario() -> driver.MigrationRun:
+        run = asyncio.ensure_future(driver.run_migration(
+            src, dst, "unix:/x", {"postcopy-ram": True}, 5.0, 0.0))  # type: ignore[arg-type]
+        await asyncio.sleep(0.02)
+        src.emit("setup")
+        src.emit("active")
+        src.emit("postcopy-active")
+        dst.emit("active")
+        dst.emit("postcopy-active")      # the resume task sends 'cont' on this
+        await asyncio.sleep(0.05)
+        dst.emit("completed")
+        return await run
+
+    run = asyncio.run(scenario())
+    assert run.status == "completed"
+    assert dst.commands.count("cont") == 1
+    assert run.t_dst_resumed is not None, "a destination sent 'cont' must be recorded as resumed"
 
 
 def test_settled_status_returns_the_state_it_was_left_in() -> None:

@@ -39,6 +39,8 @@ from harness.migration.waits import (DEST_SETTLE_TIMEOUT, STATE_TIMEOUT, TERMINA
                                      wait_state)
 from harness.qemu.build import QemuBuild
 from harness.qemu.machine import Event, Machine
+from harness.qemu.runqueue import (POLL_PERIOD, HostWait, WaitReading, find_migration_thread,
+                                   host_wait, monotonic_of, read_wait)
 from harness.waiting import WaitTimeout, poll_until
 
 __all__ = ["BASE_CAPABILITIES", "DEST_SETTLE_TIMEOUT", "POSTCOPY_AFTER_SYNCS", "SAMPLE_PERIOD",
@@ -121,6 +123,10 @@ class MigrationRun:
     #: state the source reported, earlier attempts included).
     since: int = 0
     states: list[str] = field(default_factory=list)
+    #: Precopy on a local source: how long its migration thread certainly
+    #: waited for a CPU during the downtime (None: not read; see
+    #: harness.qemu.runqueue).  The downtime check takes it off.
+    host_wait: HostWait | None = None
 
     @property
     def completed(self) -> bool:
@@ -231,9 +237,13 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
     run.since = src_since = await start(src, uri, refusals=refusals)
     tasks = [asyncio.ensure_future(_sampler(src, run, postcopy, t0, postcopy_after, timeout,
                                             on_sample))]
+    waits = _CpuWaitReadings(src)
+    if src.local_pid is not None:
+        src.event_hooks.append(waits.on_event)
+    resume: asyncio.Future[None] | None = None
     if postcopy:
-        tasks.append(asyncio.ensure_future(_resume_in_postcopy(dst, run, dst_since, timeout,
-                                                               dst_autostart)))
+        resume = asyncio.ensure_future(_resume_in_postcopy(dst, run, dst_since, timeout,
+                                                           dst_autostart))
     deadline = time.monotonic() + timeout
     try:
         since = src_since
@@ -256,11 +266,16 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
                 continue
             run.status = status
             run.t_source_done = got[0]
+            if status == "completed" and "postcopy-active" not in states_since(src, src_since):
+                run.host_wait = waits.result(got[1])
             break
     finally:
+        await waits.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if resume is not None:
+            await _finish_resume(resume, run)
     run.source_states = src.migration_states()
     run.states = states_since(src, src_since)
     if pause:
@@ -428,6 +443,90 @@ async def resume_in_postcopy(dst: Machine, since: int, timeout: float
     log.info("%s: postcopy-active; cont", dst.role)
     await dst.execute("cont")
     return PostcopyResume(got[0], t_cont, cont_since)
+
+
+class _CpuWaitReadings:
+    """The source migration thread's run-queue wait through the downtime.
+
+    The first reading is taken the moment the source's ``STOP`` arrives (an
+    event hook, so no waiter's wake-up delays it; the VM stop starts the
+    downtime: migration/migration.c, 7.2 migration_completion ->
+    vm_stop_force_state, 10.0 migration_stop_vm); then the thread is read
+    every ``POLL_PERIOD`` until the source completes or the thread ends
+    (harness.qemu.runqueue.HostWait says why that bounds the wait)."""
+
+    def __init__(self, src: Machine) -> None:
+        self.src = src
+        self.first: WaitReading | None = None
+        self.last: WaitReading | None = None
+        self.poller: asyncio.Task[None] | None = None
+
+    def on_event(self, _t: float, ev: Event) -> None:
+        pid = self.src.local_pid
+        if pid is None or self.first is not None or ev.get("event") != "STOP":
+            return
+        thread = find_migration_thread(pid)
+        if thread is None:
+            return
+        self.first = self.last = read_wait(pid, thread)
+        if self.first is not None:
+            self.poller = asyncio.ensure_future(self._poll(pid, thread))
+
+    async def _poll(self, pid: int, thread: tuple[str, int]) -> None:
+        while True:
+            await asyncio.sleep(POLL_PERIOD)
+            reading = read_wait(pid, thread)
+            if reading is None:
+                return  # the thread ended: its last reading stands
+            self.last = reading
+
+    async def stop(self) -> None:
+        if self.on_event in self.src.event_hooks:
+            self.src.event_hooks.remove(self.on_event)
+        if self.poller is not None:
+            self.poller.cancel()
+            await asyncio.gather(self.poller, return_exceptions=True)
+
+    def result(self, completed: Event) -> HostWait | None:
+        """The wait from ``STOP`` to the last reading, its tail measured
+        from the ``completed`` event's own timestamp.  Precopy only: in
+        postcopy the downtime ends long before ``completed``, at no event
+        (migration/migration.c, postcopy_start)."""
+        pid, stamp = self.src.local_pid, event_stamp(completed)
+        if pid is not None and self.first is not None:
+            thread = find_migration_thread(pid)
+            final = None if thread is None else read_wait(pid, thread)
+            if final is not None and final.thread == self.first.thread:
+                self.last = final
+        found = host_wait(self.first, self.last, None if stamp is None else monotonic_of(stamp))
+        if found is not None:
+            log.info("%s: migration thread %s waited %.0f ms for a CPU after STOP "
+                     "(%.0f ms of its last reading past completed)", self.src.role,
+                     found.thread, found.measured_s * 1000, found.tail_s * 1000)
+        return found
+
+
+async def _finish_resume(resume: asyncio.Future[None], run: MigrationRun) -> None:
+    """End the postcopy resume task once the source has finished.
+
+    After the source's ``completed`` it is awaited, not cancelled: the
+    destination may have been sent ``cont`` with its reply still on the way,
+    and a task cancelled there would leave the destination running with no
+    record of it, so the checks would not stop it (found by the flake hunt at
+    load 11: "source postmigrate, destination running").  It ends promptly:
+    a source that completed has taken the destination to ``postcopy-active``
+    or, if postcopy never started, to a terminal state.  After anything else
+    (failed, cancelled, timed out) it is cancelled as the cell ends anyway."""
+    try:
+        if run.status == "completed" and not resume.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(resume), DEST_SETTLE_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.warning("destination: no postcopy-active or terminal state %.0f s after "
+                            "the source completed", DEST_SETTLE_TIMEOUT)
+    finally:
+        resume.cancel()
+        await asyncio.gather(resume, return_exceptions=True)
 
 
 async def _resume_in_postcopy(dst: Machine, run: MigrationRun, since: int,

@@ -602,7 +602,7 @@ def _downtime(ctx: CellContext, run: MigrationRun, t_resumed: float) -> list[Che
                               else None),
         total_time_ms=(float(run.info["total-time"]) if run.info.get("total-time")
                        else None),
-        postcopy="postcopy-active" in run.states)
+        postcopy="postcopy-active" in run.states, host_wait=run.host_wait)
     return [check_downtime(ev), check_downtime_plausible(ev)]
 
 

@@ -87,6 +87,9 @@ def machine_argv(build: QemuBuild, target: TargetSpec, paths: MachinePaths, *,
     argv = build.base_argv()
     argv += [
         "-nodefaults", "-no-user-config", "-display", "none",
+        # Named threads: the downtime check reads the migration thread's
+        # run-queue wait by its name (harness.qemu.runqueue).
+        "-name", f"{'dst' if incoming else 'src'},debug-threads=on",
         "-machine", f"{machine},memory-backend={RAM_BACKEND_ID}",
         "-accel", ",".join([target.accel] + [f"{k}={v}" for k, v in target.accel_options]),
         "-m", f"{target.memory // (1024 * 1024)}M",

@@ -81,6 +81,10 @@ class Machine:
         self.proc: "QemuProcess | HostProcess | None" = None
         self.qmp = QMPClient(role)
         self.events: list[tuple[float, Event]] = []
+        #: Called with each event's arrival time and the event, as it
+        #: arrives (before any waiter wakes): for readings that must be taken
+        #: at that moment (harness.migration.driver, the CPU-wait readings).
+        self.event_hooks: list[Callable[[float, Event], None]] = []
         self._event_cond = asyncio.Condition()
         self._tasks: list[asyncio.Task[Any]] = []
         self._serial_server: asyncio.AbstractServer | None = None
@@ -208,6 +212,14 @@ class Machine:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.running
 
+    @property
+    def local_pid(self) -> int | None:
+        """The QEMU's PID when it runs on this machine (its /proc is readable
+        here); None on a remote host or before it started."""
+        if self.proc is None or (self.host is not None and not self.host.is_local):
+            return None
+        return self.proc.pid
+
     def exit_reason(self) -> str:
         """How the process ended plus its stderr tail: for failed-cell messages."""
         if self.proc is None:
@@ -252,6 +264,8 @@ class Machine:
         async for event in listener:
             t = time.monotonic()
             self._log({"dir": "event", "event": event})
+            for hook in list(self.event_hooks):
+                hook(t, dict(event))
             async with self._event_cond:
                 self.events.append((t, dict(event)))
                 self._event_cond.notify_all()
