@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,11 +96,28 @@ def cell_logging(cell_id: str, logdir: Path) -> Iterator[Path]:
         _writing.reset(writing)
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when a record comes, not as it was
+    when the handler was made: a CLI run in-process under pytest's capture
+    would otherwise leave a handler on a stream pytest has since closed
+    ("ValueError: I/O operation on closed file" at every later warning)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+
 def console_logging(level: int = logging.WARNING) -> None:
     """Send the harness's records at ``level`` and above to stderr, with the
-    cell id (the CLI calls this once; ``-v`` lowers the level)."""
+    cell id (the CLI calls this on each run; ``-v`` lowers the level).  A
+    second call replaces the first one's handler rather than adding one."""
     logger = _package_logger()
-    handler = logging.StreamHandler()
+    for old in [h for h in logger.handlers if isinstance(h, _Stderr)]:
+        logger.removeHandler(old)
+    handler = _Stderr()
     handler.setLevel(level)
     handler.addFilter(_CellStamp())
     handler.setFormatter(logging.Formatter(_FORMAT, _DATEFMT))

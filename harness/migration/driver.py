@@ -117,6 +117,10 @@ class MigrationRun:
     source_held_host_s: float = 0.0
     #: When the source reported its terminal state (host monotonic time).
     t_source_done: float | None = None
+    #: From the source's ``STOP`` to its terminal MIGRATION event, on QEMU's
+    #: own event timestamps (s; None: unstamped or no stop): how long the
+    #: source stood stopped until the migration ended (:func:`stop_to_done`).
+    stop_to_done_s: float | None = None
     error: str = ""
     #: Index in the source's event list where this migration began, and the
     #: MIGRATION states of this migration alone (``source_states`` holds every
@@ -278,6 +282,7 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
             await _finish_resume(resume, run)
     run.source_states = src.migration_states()
     run.states = states_since(src, src_since)
+    run.stop_to_done_s = stop_to_done(src, src_since)
     if pause:
         held = pre_switchover_hold(src, src_since)
         if held is None:
@@ -329,6 +334,29 @@ def event_stamp(ev: Event) -> float | None:
     if not isinstance(ts, dict) or ts.get("seconds", -1) < 0:
         return None
     return float(ts["seconds"]) + float(ts.get("microseconds", 0)) / 1e6
+
+
+def stop_to_done(src: Machine, since: int = 0) -> float | None:
+    """Seconds from the source's first ``STOP`` after event index ``since``
+    to its terminal MIGRATION event after that, on QEMU's event timestamps;
+    None when either is missing or unstamped.
+
+    The downtime check compares it with a postcopy ``downtime``: QEMU emits
+    ``STOP`` from vm_stop, after migration_downtime_start took the start
+    (10.0: migration_stop_vm), and ``completed`` in migration_completion,
+    before migration_calculate_complete reads its clock for the end, so a
+    ``downtime`` computed from that start to that end is at least this
+    span, give or take the clocks' rounding."""
+    stop = None
+    for _, ev in src.events[since:]:
+        if stop is None and ev.get("event") == "STOP":
+            stop = event_stamp(ev)
+            if stop is None:
+                return None
+        elif stop is not None and is_migration(ev, *TERMINAL):
+            done = event_stamp(ev)
+            return None if done is None else max(0.0, done - stop)
+    return None
 
 
 def pre_switchover_hold(src: Machine, since: int = 0) -> float | None:

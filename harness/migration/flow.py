@@ -48,7 +48,8 @@ from qemu.qmp import ExecuteError
 from harness.cell import Cell
 from harness.checks.converged import (CancelEvidence, check_cancel_retry, check_converged,
                                       migration_figures, ran_out_of_time)
-from harness.checks.downtime import DowntimeEvidence, check_downtime, check_downtime_plausible
+from harness.checks.downtime import (DowntimeEvidence, check_downtime, check_downtime_measures_stop,
+                                     check_downtime_plausible)
 from harness.checks.dststart import AutostartEvidence, check_autostart
 from harness.checks.modes import check_background_snapshot
 from harness.checks.sides import allocated_bytes, check_late_block_activate, image_locked
@@ -602,8 +603,22 @@ def _downtime(ctx: CellContext, run: MigrationRun, t_resumed: float) -> list[Che
                               else None),
         total_time_ms=(float(run.info["total-time"]) if run.info.get("total-time")
                        else None),
-        postcopy="postcopy-active" in run.states, host_wait=run.host_wait)
-    return [check_downtime(ev), check_downtime_plausible(ev)]
+        postcopy="postcopy-active" in run.states, host_wait=run.host_wait,
+        clock_window_ms=_clock_window_ms(ctx, run),
+        stop_to_done_ms=None if run.stop_to_done_s is None else run.stop_to_done_s * 1000)
+    checks = [check_downtime(ev), check_downtime_plausible(ev)]
+    if ev.postcopy:
+        checks.append(check_downtime_measures_stop(ev))
+    return checks
+
+
+def _clock_window_ms(ctx: CellContext, run: MigrationRun) -> tuple[float, float] | None:
+    """This host's CLOCK_MONOTONIC (ms) from the source's completed to now
+    (its ``query-migrate`` has been read): QEMU's QEMU_CLOCK_REALTIME is the
+    same clock (include/qemu/timer.h, get_clock) when the source runs here."""
+    if ctx.remote("src") or run.t_source_done is None:
+        return None
+    return run.t_source_done * 1000, time.monotonic() * 1000
 
 
 async def _teardown(ctx: CellContext) -> None:
