@@ -150,15 +150,20 @@ def med(values: Sequence[float]) -> float:
 
 
 def round_trips(host: SshHost, n: int = 5) -> dict[str, float]:
-    """Medians of what every SSH command costs on this host: an exec channel
-    running ``true``, and one running ``python3 -c pass`` (the hosts layer's
-    scripts, the watchdog and the hashing, each start a python3)."""
+    """Medians of what one command costs on this host, side by side: through
+    the host's long-lived helper (what the hosts layer does now), and on a
+    new exec channel each, running ``true`` and ``python3 -c pass`` (what
+    every command and script cost before the helper; the watchdog standby
+    still pays the latter, off the cell's path)."""
     out = {}
-    for what, argv in (("exec true", ["true"]), ("python3 -c pass", ["python3", "-c", "pass"])):
+    for what, call in (("helper true", lambda: host.run(["true"])),
+                       ("exec true", lambda: host.run_exec(["true"])),
+                       ("exec python3 -c pass",
+                        lambda: host.run_exec(["python3", "-c", "pass"]))):
         times = []
         for _ in range(n):
             t0 = time.monotonic()
-            host.run(argv).check(host.name)
+            call().check(host.name)
             times.append(time.monotonic() - t0)
         out[what] = statistics.median(times)
     return out

@@ -34,12 +34,18 @@ def test_run_and_reuse(two_hosts: TwoHosts) -> None:
 
 def test_hostile_values_stay_one_argument(two_hosts: TwoHosts, tmp_path: Path) -> None:
     """A build path or cell value with shell syntax reaches the program as one
-    argv item and runs nothing (shlex.join on the remote side)."""
+    argv item and runs nothing: commands and scripts go to the host's helper
+    as JSON argv lists (run without a shell), and the watchdog's exec channel
+    is quoted with shlex.join."""
     a = connect(two_hosts.spec("a"))
     marker = str(tmp_path / "pwned-")
     values = [v.format(m=marker) for v in HOSTILE]
     out = a.python("import json, sys; print(json.dumps(sys.argv[1:]))", *values)
     assert json.loads(out) == values
+    printed = a.run(["printf", "%s\\0", *values]).check("a").stdout
+    assert printed.split(b"\0")[:-1] == [v.encode() for v in values]
+    with pytest.raises(HostError):
+        a.run([values[0], "-version"]).check("a")
     # as a QEMU binary path and as an argument of the started process
     for bad in values[:4]:
         with pytest.raises(HostError):
@@ -66,6 +72,59 @@ def test_process_dies_with_its_session(two_hosts: TwoHosts, tmp_path: Path) -> N
                     timeout=10, what="remote sleep gone after the SSH session closed")
 
 
+def test_helpers_are_reused_and_end_with_the_session(two_hosts: TwoHosts) -> None:
+    """Commands reuse one helper per call in flight (no exec channel, no
+    Python start-up each); closing the connection ends the helpers, and the
+    next command reconnects with a fresh one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.waiting import poll_until_sync
+    b = SshHost(two_hosts.spec("b"))  # a private connection, to drop it
+    try:
+        def helper_pid() -> int:
+            # sh's parent is the helper that ran it
+            return int(b.run(["sh", "-c", "echo $PPID"]).check("b").stdout)
+
+        first = helper_pid()
+        assert helper_pid() == first, "the idle helper is reused"
+        with ThreadPoolExecutor(2) as pool:
+            both = list(pool.map(lambda _: int(b.run(["sh", "-c", "sleep 0.5; echo $PPID"])
+                                               .check("b").stdout), range(2)))
+        assert len(set(both)) == 2, "calls at once get a helper each"
+        b.close()
+        for pid in {first, *both}:
+            poll_until_sync(lambda pid=pid: Path(f"/proc/{pid}").exists(),
+                            lambda alive: not alive, timeout=10,
+                            what=f"helper {pid} gone after the SSH session closed")
+        assert helper_pid() not in {first, *both}
+    finally:
+        b.close()
+
+
+def test_qemu_starts_from_a_standby_watchdog(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    """A process starts through the watchdog already waiting on the host (its
+    spec as the first stdin line), and a new standby takes its place; a
+    standby whose channel closes starts nothing and leaves no owner file."""
+    b = SshHost(two_hosts.spec("b"))
+    try:
+        b.prime()
+        waiting = b._standby
+        assert waiting is not None and not waiting.closed
+        proc = b.start(["sh", "-c", "echo started $0 >&2; sleep 30", "x y"], tmp_path / "err")
+        assert b._standby is not None and b._standby is not waiting, "a new standby behind it"
+        owners = Path(b.owners_dir())
+        assert json.loads((owners / f"{proc.pid}.owner").read_text())["pid"] == proc.pid
+        assert proc.kill(grace=5.0) is not None
+        assert "started x y" in (tmp_path / "err").read_text()
+        before = set(owners.iterdir())
+        b._standby.close()
+        b._standby = None
+        time.sleep(0.5)
+        assert set(owners.iterdir()) <= before
+    finally:
+        b.close()
+
+
 def test_sweep_kills_leftovers_by_owner_file(two_hosts: TwoHosts, tmp_path: Path) -> None:
     """A process whose watchdog died (SIGKILL) is killed by the next sweep."""
     import os
@@ -78,6 +137,16 @@ def test_sweep_kills_leftovers_by_owner_file(two_hosts: TwoHosts, tmp_path: Path
     # watchdog itself, as root on the same machine (the PID it recorded)
     os.kill(rec["watchdog"], signal.SIGKILL)
     from harness.waiting import poll_until_sync
+
+    def watchdog_state() -> str:
+        try:
+            return Path(f"/proc/{rec['watchdog']}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except FileNotFoundError:
+            return "gone"
+    # kill() returns before the signal is delivered; the sweep reads a dead
+    # watchdog, reaped or still a zombie, as dead (and a live one as alive)
+    poll_until_sync(watchdog_state, lambda st: st in ("gone", "Z"), timeout=10,
+                    what="the watchdog dead")
     # the parent-death signal took the child with it, or the sweep must
     assert b.sweep() in ([], [proc.pid])
     poll_until_sync(lambda: Path(f"/proc/{proc.pid}/status").exists()

@@ -4,7 +4,9 @@ They are constants: the values they work on travel as further argv items
 (one JSON argument), quoted with :func:`shlex.join` by the caller, so no
 matrix value is ever part of program text.
 
-:data:`WATCHDOG` is what ties a remote QEMU to the SSH session: it starts the
+:data:`WATCHDOG` is what ties a remote QEMU to the SSH session (its spec as
+its one argument, or, for a standby started before it is needed, as the
+first line on stdin): it starts the
 command in a new session (its own process group) with a parent-death signal,
 writes an owner file (marker, its own PID, the child's PID) and then waits
 for either the child to exit or its stdin (the SSH channel) to reach EOF,
@@ -14,6 +16,8 @@ the harness dies.  On EOF it kills its process group by PID.  A line
 ``pid N`` once started and ``exit S`` (``S`` as subprocess gives it,
 negative for a signal) at the end.
 
+:data:`AGENT` serves the harness's other commands on one channel.
+
 :data:`SWEEP` kills leftovers of earlier runs by owner file: a child whose
 watchdog is gone, whose PID still runs and whose environment still carries
 the owner marker (so a recycled PID is never hit).  Never by name.
@@ -22,7 +26,19 @@ from __future__ import annotations
 
 WATCHDOG = r'''
 import ctypes, json, os, select, signal, sys
-spec = json.loads(sys.argv[1])
+if len(sys.argv) > 1:
+    spec = json.loads(sys.argv[1])
+else:
+    # A standby, started ahead of need: its spec comes as the first line on
+    # stdin (read a byte at a time, so nothing after it is taken from the
+    # control stream); EOF first: nothing to start.
+    line = b""
+    while not line.endswith(b"\n"):
+        ch = os.read(0, 1)
+        if not ch:
+            sys.exit(0)
+        line += ch
+    spec = json.loads(line)
 try:
     os.setsid()
 except OSError:
@@ -81,6 +97,67 @@ signal.signal(signal.SIGTERM, signal.SIG_IGN)
 os.killpg(0, signal.SIGTERM)
 '''
 
+#: One long-lived helper per SSH connection (a small pool when calls overlap:
+#: harness.hosts.ssh._Agent): it reads one JSON request a line on stdin and
+#: answers one JSON line on stdout, so a command costs a round trip on an open
+#: channel instead of a new exec channel, a shell and, for the programs here,
+#: a Python start-up each (issue #14's per-cell overhead).  Requests:
+#: ``{"op": "run", "argv": [...], "input": b64, "timeout": s}``: the argv run
+#: directly (no shell), stdin from ``input`` or /dev/null, never the protocol;
+#: ``{"op": "py", "program": text, "args": [...]}``: one of the programs of
+#: this module, run in a fresh namespace with ``sys.argv`` set and its stdout
+#: captured.  Replies carry ``code``, base64 ``out`` and ``err``, or
+#: ``timeout``.  It ends at EOF on stdin: the harness closed the channel, the
+#: connection dropped or the harness died.
+AGENT = r'''
+import base64, io, json, os, subprocess, sys, traceback
+proto_in = open(os.dup(0), "rb")
+proto_out = open(os.dup(1), "wb", buffering=0)
+devnull = os.open(os.devnull, os.O_RDWR)
+os.dup2(devnull, 0)
+os.dup2(2, 1)
+b64 = lambda b: base64.b64encode(b).decode()
+while True:
+    line = proto_in.readline()
+    if not line:
+        break
+    req = json.loads(line)
+    rep = {}
+    try:
+        if req["op"] == "run":
+            data = base64.b64decode(req.get("input") or "")
+            try:
+                p = subprocess.run(req["argv"], input=data if data else None,
+                                   stdin=None if data else subprocess.DEVNULL,
+                                   capture_output=True, timeout=req.get("timeout"))
+                rep = {"code": p.returncode, "out": b64(p.stdout), "err": b64(p.stderr)}
+            except subprocess.TimeoutExpired:
+                rep = {"timeout": True}
+            except OSError as exc:
+                rep = {"code": 127, "out": "", "err": b64(("%s: %s\n" % (req["argv"][0], exc)).encode())}
+        else:
+            saved_out, saved_argv = sys.stdout, sys.argv
+            buf = io.BytesIO()
+            wrapper = io.TextIOWrapper(buf, encoding="utf-8", write_through=True)
+            sys.stdout, sys.argv = wrapper, ["-c"] + list(req.get("args", []))
+            code = 0
+            err = b""
+            try:
+                exec(compile(req["program"], "<harness>", "exec"), {"__name__": "__main__"})
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except BaseException:
+                code, err = 1, traceback.format_exc().encode()
+            finally:
+                wrapper.flush()
+                sys.stdout, sys.argv = saved_out, saved_argv
+            rep = {"code": code, "out": b64(buf.getvalue()), "err": b64(err)}
+            wrapper.detach()
+    except Exception:
+        rep = {"code": 1, "out": "", "err": b64(traceback.format_exc().encode())}
+    proto_out.write((json.dumps(rep) + "\n").encode())
+'''
+
 SWEEP = r'''
 import json, os, signal, sys
 owners = sys.argv[1]
@@ -98,8 +175,11 @@ for name in names:
         continue
     try:
         os.kill(rec["watchdog"], 0)
-        continue
-    except ProcessLookupError:
+        # A killed watchdog its parent has not reaped yet is a zombie: gone.
+        with open("/proc/%d/stat" % rec["watchdog"]) as f:
+            if f.read().rsplit(")", 1)[-1].split()[0] != "Z":
+                continue
+    except (ProcessLookupError, FileNotFoundError):
         pass
     except PermissionError:
         continue

@@ -17,6 +17,7 @@ sees each item as one word, whatever it contains.
 from __future__ import annotations
 
 import atexit
+import base64
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from harness.hosts.base import HASH_CHUNK, ClockReading, HostError, HostKeyError
 from harness.hosts.inventory import HostSpec
 from harness.hosts.local import file_sha256
 from harness.hosts.netns import connect_in_netns
-from harness.hosts.remote_scripts import CHUNK_HASHES, FACTS, STRIDED, SWEEP, WATCHDOG
+from harness.hosts.remote_scripts import AGENT, CHUNK_HASHES, FACTS, STRIDED, SWEEP, WATCHDOG
 from harness.qemu.process import describe_exit_status
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,56 @@ class _TofuPolicy(paramiko.MissingHostKeyPolicy):
         client.save_host_keys(self.path)
 
 
+class _Agent:
+    """One helper process on the host (harness.hosts.remote_scripts.AGENT)
+    on its own exec channel: a request is a JSON line out and a JSON line
+    back, one at a time.  Broken (the channel closed, a timeout, a bad
+    reply): :attr:`broken` is set and the pool drops it."""
+
+    def __init__(self, host: "SshHost") -> None:
+        self.host = host
+        self.chan = host._exec(["python3", "-c", AGENT])
+        self.replies = self.chan.makefile("rb")
+        self.broken = False
+
+    def call(self, request: dict, timeout: float, what: str) -> dict:
+        try:
+            self.chan.settimeout(timeout)
+            self.chan.sendall(json.dumps(request).encode() + b"\n")
+            line = self.replies.readline()
+        except socket.timeout as exc:
+            self.close()
+            raise HostError(self.host.name, f"{what} did not finish in {timeout:.0f} s") from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            raise HostError(self.host.name, f"{what}: {exc}") from exc
+        if not line:
+            self.close()
+            err = b""
+            if self.chan.recv_stderr_ready():
+                err = self.chan.recv_stderr(4096)
+            raise HostError(self.host.name, f"{what}: the host's helper ended "
+                            f"({err.decode(errors='replace').strip() or 'no message'})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.broken = True
+        try:
+            self.chan.close()
+        except (paramiko.SSHException, OSError, EOFError):
+            pass
+
+
 class SshHost:
-    """A host reached over SSH.  Use :func:`connect` to share connections."""
+    """A host reached over SSH.  Use :func:`connect` to share connections.
+
+    Commands and the small programs of harness.hosts.remote_scripts go to a
+    long-lived helper on the host (:class:`_Agent`: one per call in flight,
+    kept for the next), not to a new exec channel each: at load on 2 cores an
+    exec channel cost 0.4 s and a ``python3`` start 0.6-1.0 s, paid 14-18
+    times a cell (benchmarks/README.md, ``remote_cell.py``).  QEMU itself
+    still starts on its own channel, under the session watchdog.
+    """
 
     def __init__(self, spec: HostSpec) -> None:
         self.spec = spec
@@ -74,6 +123,10 @@ class SshHost:
         self._sftp: paramiko.SFTPClient | None = None
         self._forwards: dict[int, str] = {}
         self._swept = False
+        self._agents: list[_Agent] = []
+        #: A watchdog already started on the host, waiting for its spec: a
+        #: QEMU start then costs no Python start-up (see :meth:`start`).
+        self._standby: paramiko.Channel | None = None
 
     @property
     def is_local(self) -> bool:
@@ -91,6 +144,10 @@ class SshHost:
                     return t
                 self._client.close()
                 self._client = self._sftp = None
+                for agent in self._agents:
+                    agent.broken = True
+                self._agents = []
+                self._standby = None
             self._client = self._connect()
             t = self._client.get_transport()
             assert t is not None
@@ -146,9 +203,13 @@ class SshHost:
 
     def close(self) -> None:
         with self._lock:
+            agents, self._agents = self._agents, []
+            self._standby = None
             if self._client is not None:
                 self._client.close()
             self._client = self._sftp = None
+        for agent in agents:
+            agent.close()
 
     def sftp(self) -> paramiko.SFTPClient:
         t = self.transport()
@@ -167,8 +228,35 @@ class SshHost:
             raise HostError(self.name, f"cannot run {argv[0]}: {exc}") from exc
         return chan
 
+    def _ask(self, request: dict, timeout: float, what: str) -> dict:
+        """One request to an idle helper (a new one when all are busy)."""
+        self.transport()  # reconnects, and drops the old connection's helpers, if it died
+        with self._lock:
+            agent = self._agents.pop() if self._agents else None
+        if agent is None:
+            agent = _Agent(self)
+        reply = agent.call(request, timeout, what)
+        if not agent.broken:
+            with self._lock:
+                self._agents.append(agent)
+        return reply
+
     def run(self, argv: Sequence[str], *, timeout: float = 60.0,
             input: bytes | None = None) -> RunResult:
+        """``argv`` on the host, run directly (no shell), by a helper."""
+        reply = self._ask({"op": "run", "argv": list(argv), "timeout": timeout,
+                           "input": base64.b64encode(input or b"").decode()},
+                          timeout + 10.0, argv[0])
+        if reply.get("timeout"):
+            raise HostError(self.name, f"{argv[0]} did not finish in {timeout:.0f} s")
+        return RunResult(tuple(argv), int(reply["code"]), base64.b64decode(reply["out"]),
+                         base64.b64decode(reply["err"]))
+
+    def run_exec(self, argv: Sequence[str], *, timeout: float = 60.0,
+                 input: bytes | None = None) -> RunResult:
+        """``argv`` on its own exec channel through the login shell (each
+        item one word: :func:`shlex.join`): what :meth:`run` cost before
+        the helper, kept for the benchmark's side-by-side figure."""
         chan = self._exec(argv)
         chan.settimeout(timeout)
         err: list[bytes] = []
@@ -197,15 +285,55 @@ class SshHost:
         return RunResult(tuple(argv), code, out, b"".join(err))
 
     def python(self, program: str, *args: str, timeout: float = 120.0) -> bytes:
-        """Run one of harness.hosts.remote_scripts with ``args`` as its argv."""
-        return self.run(["python3", "-c", program, *args], timeout=timeout).check(self.name).stdout
+        """Run one of harness.hosts.remote_scripts with ``args`` as its argv,
+        inside a helper (no Python start-up per call)."""
+        reply = self._ask({"op": "py", "program": program, "args": list(args)}, timeout,
+                          "a harness script")
+        result = RunResult(("python3", "-c", "<harness script>", *args), int(reply["code"]),
+                           base64.b64decode(reply["out"]), base64.b64decode(reply["err"]))
+        return result.check(self.name).stdout
 
     def start(self, argv: Sequence[str], stderr_path: Path, *,
               env: Mapping[str, str] | None = None, name: str = "qemu") -> "RemoteProcess":
         spec = {"argv": list(argv), "env": dict(env or {}), "marker": RUN_ID,
                 "owners": self.owners_dir()}
-        chan = self._exec(["python3", "-c", WATCHDOG, json.dumps(spec)])
+        chan = self._take_standby()
+        try:
+            chan.sendall(json.dumps(spec).encode() + b"\n")
+        except (paramiko.SSHException, OSError, EOFError):
+            chan.close()
+            chan = self._exec(["python3", "-c", WATCHDOG, json.dumps(spec)])
         return RemoteProcess(self, chan, list(argv), stderr_path, name)
+
+    def prime(self) -> None:
+        """Start a standby watchdog now, so the first QEMU starts at once too."""
+        self._take_standby_for_later()
+
+    def _take_standby_for_later(self) -> None:
+        with self._lock:
+            if self._standby is not None and not self._standby.closed:
+                return
+        try:
+            chan = self._exec(["python3", "-c", WATCHDOG])
+        except HostError:
+            return
+        with self._lock:
+            if self._standby is None or self._standby.closed:
+                self._standby, chan = chan, None
+        if chan is not None:
+            chan.close()
+
+    def _take_standby(self) -> paramiko.Channel:
+        """The waiting watchdog (or a new one), and a new standby started
+        behind it for the next QEMU: its Python starts on the host while this
+        one runs (an exec request is one round trip here)."""
+        self.transport()
+        with self._lock:
+            chan, self._standby = self._standby, None
+        if chan is None or chan.closed or chan.exit_status_ready():
+            chan = self._exec(["python3", "-c", WATCHDOG])
+        self._take_standby_for_later()
+        return chan
 
     def sweep(self) -> list[int]:
         """Kill what earlier harness runs left on this host (by owner file, never by name)."""
@@ -483,6 +611,7 @@ def connect(spec: HostSpec) -> SshHost:
         if host is None:
             host = _hosts[spec] = SshHost(spec)
     host.transport()
+    host.prime()
     return host
 
 
