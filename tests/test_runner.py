@@ -72,6 +72,27 @@ def test_budget_counts_cores_and_guest_ram_twice() -> None:
     assert here.cpus >= 1 and here.memory > 0
 
 
+def test_budget_reads_free_space_where_the_ram_files_go(tmp_path: Path, monkeypatch) -> None:
+    """MHARNESS_RUNTIME_DIR (a huge-page tmpfs) is where the RAM files go:
+    its free space bounds the budget, not /dev/shm's."""
+    import shutil
+    from collections import namedtuple
+
+    from harness.run import runner
+    usage = namedtuple("usage", "total used free")
+    asked: list[str] = []
+
+    def disk_usage(path: object) -> object:
+        asked.append(str(path))
+        return usage(1 << 40, 0, 300 * MiB if str(path) == str(tmp_path) else 1 << 40)
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    monkeypatch.setenv("MHARNESS_RUNTIME_DIR", str(tmp_path))
+    here = runner.Budget.of_this_machine()
+    assert asked == [str(tmp_path)]
+    assert here.memory == int(300 * MiB * 0.8)
+
+
 def _results(tmp_path: Path, name: str, verdicts: dict[str, str], meta: dict | None = None
              ) -> Path:
     d = tmp_path / name

@@ -16,8 +16,9 @@ Cells are started in order while they fit the budget: a cell needs one core
 per vCPU (a TCG vCPU keeps a core busy; the destination is paused until the
 switchover) and its guest RAM twice (source and destination, both backed by
 files on tmpfs).  The default budget is this machine: its cores, and 80% of
-the smaller of available memory and free space in /dev/shm.  A cell larger
-than the whole budget still runs, alone.
+the smaller of available memory and free space where the RAM files go
+(``MHARNESS_RUNTIME_DIR``, else /dev/shm).  A cell larger than the whole
+budget still runs, alone.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from harness.results import (ERROR, FAILED, FLAKY, KNOWN_FAILURE, PASSED, SKIPPE
                              RunState)
 from harness.run.cellrun import run_logged
 from harness.run.pool import WORKER_GRACE, WorkerPool
+from harness.run.rundir import base_dir
 from harness.scenarios.cells import scenario_needs
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,8 @@ class Budget:
             else (os.cpu_count() or 1)
         memory = _mem_available()
         try:
-            shm = shutil.disk_usage("/dev/shm").free
+            # Where the cells' RAM files go (MHARNESS_RUNTIME_DIR, else /dev/shm).
+            shm = shutil.disk_usage(base_dir() or "/dev/shm").free
             memory = min(memory, shm) if memory else shm
         except OSError:
             pass
