@@ -302,6 +302,18 @@ def _run(cell: object, tmp_path: Path, **kw: object) -> object:
     return run_cell(cell, tmp_path / "logs", **kw)  # type: ignore[arg-type]
 
 
+def _known_issues(cell: object, result: object) -> object:
+    """The project matrix's known issues (a build's own defects, e.g. QEMU
+    7.2 reporting its clock as a postcopy downtime) judged on this cell as
+    ``mharness run`` would: a known failure is a visible xfail, never a pass."""
+    from harness.known_issues import applicable, apply_known_issues
+    from harness.matrix import load_matrix
+    declared = load_matrix(Path(__file__).resolve().parent.parent / "matrix.yaml").known_issues
+    builds = {cell.src_build.name, cell.dst_build.name}  # type: ignore[attr-defined]
+    return apply_known_issues(result, applicable(declared, cell.id,  # type: ignore
+                                                 cell.target.name, builds))  # type: ignore
+
+
 def _assert_clean(hosts: TwoHosts) -> None:
     """Both QEMUs gone from both hosts, their owner files and cell folders too."""
     from harness.waiting import poll_until_sync
@@ -331,8 +343,11 @@ def test_cell_across_hosts(two_hosts: TwoHosts, remote_cells: dict, tmp_path: Pa
     destination listens on its host's address, RAM is compared by per-chunk
     hashes on each host, the guest invariant, liveness and downtime judged."""
     cell = remote_cells[cell_id]
-    result = _run(cell, tmp_path)
+    result = _known_issues(cell, _run(cell, tmp_path))
     checks = {c.name: c for c in result.checks}  # type: ignore[attr-defined]
+    if result.verdict == "known-failure":  # type: ignore[attr-defined]
+        _assert_clean(two_hosts)
+        pytest.xfail(result.reason)  # type: ignore[attr-defined]
     assert result.verdict == "passed", (result.reason,  # type: ignore[attr-defined]
                                         [(c.name, c.summary) for c in checks.values()])
     for name in ("converged", "ram", "guest", "liveness", "downtime"):

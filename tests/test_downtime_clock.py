@@ -68,9 +68,27 @@ def test_each_piece_of_evidence_is_needed() -> None:
     assert not _clock(ev)
     assert not check_downtime_plausible(ev).passed and not check_downtime(ev).passed
     assert check_downtime_measures_stop(ev).passed
-    # A source on another host: its clock is not ours, nothing to compare.
+    # A source on another host: its clock is not ours, nothing to compare,
+    # and no STOP-to-completed span either: implausible, not classed.
     ev = _ev(clock_window_ms=None)
     assert not _clock(ev) and not check_downtime_plausible(ev).passed
+
+
+def test_a_source_on_another_host_is_judged_on_its_own_events() -> None:
+    """The flake hunt's test_remote cell (7.2 source in a netns host): 54074400
+    ms against a 240 ms STOP-to-completed span; the host's clock is not
+    compared, the figure passes both the migration and the span."""
+    ev = _ev(qemu_downtime_ms=54074400, clock_window_ms=None, stop_to_done_ms=240,
+             total_time_ms=1200)
+    assert _clock(ev)
+    res = check_downtime_measures_stop(ev)
+    assert not res.passed and "more than the whole migration's total-time 1200 ms" in res.summary
+    assert check_downtime(ev).passed and check_downtime_plausible(ev).passed
+    # Over total-time but under the span cannot happen with QEMU's own
+    # timestamps; not classed, so it fails as implausible.
+    ev = _ev(qemu_downtime_ms=1300, clock_window_ms=None, stop_to_done_ms=1500,
+             total_time_ms=1200)
+    assert misreported(ev) is None and not check_downtime_plausible(ev).passed
     # No total-time reported yet: not judged as the clock.
     assert not _clock(_ev(total_time_ms=None))
 

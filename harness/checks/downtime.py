@@ -159,8 +159,8 @@ def misreported(ev: DowntimeEvidence) -> tuple[str, str] | None:
     evidence that leaves no other reading:
     - clock: more than the migration's own ``total-time`` (a stop cannot
       outlast the migration) *and* inside the window of this host's
-      monotonic clock in which QEMU computed it (a source on another host
-      has no window, so an implausible figure there fails as implausible);
+      monotonic clock in which QEMU computed it; for a source on another host
+      (no window), more than both ``total-time`` and the stop-to-end span;
     - stop-to-end: at least the span from the source's ``STOP`` to its
       ``completed`` on QEMU's own event timestamps, when that span is longer
       than any switchover."""
@@ -177,6 +177,18 @@ def misreported(ev: DowntimeEvidence) -> tuple[str, str] | None:
                 f"{hi:.0f} ms), while the whole migration took {ev.total_time_ms:.0f} ms: the "
                 "postcopy switchover measured 0 ms and QEMU took 0 for 'not set'")
     span = ev.stop_to_done_ms
+    if (ev.total_time_ms and ev.clock_window_ms is None and span is not None
+            and ev.qemu_downtime_ms > ev.total_time_ms and ev.qemu_downtime_ms >= span):
+        # A source on another host: its clock is not here to compare with,
+        # but a figure past both the whole migration and the stop-to-end span
+        # is no duration of this migration.
+        hours = ev.qemu_downtime_ms / 3_600_000
+        return "clock", (
+            f"QEMU reported a downtime of {ev.qemu_downtime_ms:.0f} ms ({hours:.1f} h), more "
+            f"than the whole migration's total-time {ev.total_time_ms:.0f} ms: a clock "
+            "reading, not a duration (the source's host clock is not this machine's, so "
+            "not compared); the postcopy switchover measured 0 ms and QEMU took 0 for "
+            "'not set'")
     if (span is not None and span >= SPAN_MIN_MS
             and ev.qemu_downtime_ms >= span - SPAN_ROUNDING_MS):
         return "stop-to-end", (
