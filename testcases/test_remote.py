@@ -87,10 +87,20 @@ def test_helpers_are_reused_and_end_with_the_session(two_hosts: TwoHosts) -> Non
 
         first = helper_pid()
         assert helper_pid() == first, "the idle helper is reused"
+        # Each call marks itself started and waits (up to 20 s) for the other's
+        # mark: both are in flight at once, in whatever order and load.
+        here = Path(b.workdir("helpers"))
+        flags = [here / "one", here / "two"]
+
+        def meet(i: int) -> int:
+            mine, other = flags[i], flags[1 - i]
+            script = (f"touch {mine}; i=0; while [ ! -e {other} ] && [ $i -lt 200 ]; "
+                      "do sleep 0.1; i=$((i+1)); done; echo $PPID")
+            return int(b.run(["sh", "-c", script]).check("b").stdout)
         with ThreadPoolExecutor(2) as pool:
-            both = list(pool.map(lambda _: int(b.run(["sh", "-c", "sleep 0.5; echo $PPID"])
-                                               .check("b").stdout), range(2)))
-        assert len(set(both)) == 2, "calls at once get a helper each"
+            both = list(pool.map(meet, range(2)))
+        flag = flags[1]
+        assert flag.exists() and len(set(both)) == 2, "calls at once get a helper each"
         b.close()
         for pid in {first, *both}:
             poll_until_sync(lambda pid=pid: Path(f"/proc/{pid}").exists(),
@@ -114,8 +124,12 @@ def test_qemu_starts_from_a_standby_watchdog(two_hosts: TwoHosts, tmp_path: Path
         assert b._standby is not None and b._standby is not waiting, "a new standby behind it"
         owners = Path(b.owners_dir())
         assert json.loads((owners / f"{proc.pid}.owner").read_text())["pid"] == proc.pid
+        # its stderr streams back (argv intact: "$0" is the one word "x y");
+        # waited for, as the kill below could otherwise beat the echo
+        from harness.waiting import poll_until_sync
+        poll_until_sync(lambda: (tmp_path / "err").read_text(), lambda t: "started x y" in t,
+                        timeout=15, what="the started process's stderr")
         assert proc.kill(grace=5.0) is not None
-        assert "started x y" in (tmp_path / "err").read_text()
         before = set(owners.iterdir())
         b._standby.close()
         b._standby = None
