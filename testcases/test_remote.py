@@ -80,6 +80,7 @@ def test_helpers_are_reused_and_end_with_the_session(two_hosts: TwoHosts) -> Non
 
     from harness.waiting import poll_until_sync
     b = SshHost(two_hosts.spec("b"))  # a private connection, to drop it
+    here = Path(b.workdir("helpers"))
     try:
         def helper_pid() -> int:
             # sh's parent is the helper that ran it
@@ -89,7 +90,6 @@ def test_helpers_are_reused_and_end_with_the_session(two_hosts: TwoHosts) -> Non
         assert helper_pid() == first, "the idle helper is reused"
         # Each call marks itself started and waits (up to 20 s) for the other's
         # mark: both are in flight at once, in whatever order and load.
-        here = Path(b.workdir("helpers"))
         flags = [here / "one", here / "two"]
 
         def meet(i: int) -> int:
@@ -108,6 +108,7 @@ def test_helpers_are_reused_and_end_with_the_session(two_hosts: TwoHosts) -> Non
                             what=f"helper {pid} gone after the SSH session closed")
         assert helper_pid() not in {first, *both}
     finally:
+        b.remove_tree(str(here))  # the cell folders must be left empty (_assert_clean)
         b.close()
 
 
