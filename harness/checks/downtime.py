@@ -166,29 +166,24 @@ def misreported(ev: DowntimeEvidence) -> tuple[str, str] | None:
       than any switchover."""
     if not ev.postcopy:
         return None
-    if ev.total_time_ms and ev.clock_window_ms is not None:
-        lo, hi = ev.clock_window_ms
-        if (ev.qemu_downtime_ms > ev.total_time_ms
-                and lo - CLOCK_SLACK_MS <= ev.qemu_downtime_ms <= hi + 1.0):
-            hours = ev.qemu_downtime_ms / 3_600_000
+    span = ev.stop_to_done_ms
+    if ev.total_time_ms and ev.qemu_downtime_ms > ev.total_time_ms:
+        # Past the whole migration; a clock reading when it sits in this
+        # host's clock window, or (a source on another host: no window) when
+        # it also passes the stop-to-end span on QEMU's own timestamps.
+        if ev.clock_window_ms is not None:
+            lo, hi = ev.clock_window_ms
+            is_clock = lo - CLOCK_SLACK_MS <= ev.qemu_downtime_ms <= hi + 1.0
+            where = f"this host's monotonic clock when the migration completed: {hi:.0f} ms"
+        else:
+            is_clock = span is not None and ev.qemu_downtime_ms >= span
+            where = "the source's host clock is not this machine's, so not compared"
+        if is_clock:
             return "clock", (
                 f"QEMU reported its own clock as the downtime: {ev.qemu_downtime_ms:.0f} ms "
-                f"({hours:.1f} h, this host's monotonic clock when the migration completed: "
-                f"{hi:.0f} ms), while the whole migration took {ev.total_time_ms:.0f} ms: the "
-                "postcopy switchover measured 0 ms and QEMU took 0 for 'not set'")
-    span = ev.stop_to_done_ms
-    if (ev.total_time_ms and ev.clock_window_ms is None and span is not None
-            and ev.qemu_downtime_ms > ev.total_time_ms and ev.qemu_downtime_ms >= span):
-        # A source on another host: its clock is not here to compare with,
-        # but a figure past both the whole migration and the stop-to-end span
-        # is no duration of this migration.
-        hours = ev.qemu_downtime_ms / 3_600_000
-        return "clock", (
-            f"QEMU reported a downtime of {ev.qemu_downtime_ms:.0f} ms ({hours:.1f} h), more "
-            f"than the whole migration's total-time {ev.total_time_ms:.0f} ms: a clock "
-            "reading, not a duration (the source's host clock is not this machine's, so "
-            "not compared); the postcopy switchover measured 0 ms and QEMU took 0 for "
-            "'not set'")
+                f"({ev.qemu_downtime_ms / 3_600_000:.1f} h; {where}), while the whole "
+                f"migration took {ev.total_time_ms:.0f} ms: the postcopy switchover measured "
+                "0 ms and QEMU took 0 for 'not set'")
     if (span is not None and span >= SPAN_MIN_MS
             and ev.qemu_downtime_ms >= span - SPAN_ROUNDING_MS):
         return "stop-to-end", (

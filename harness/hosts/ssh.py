@@ -306,10 +306,8 @@ class SshHost:
         return RemoteProcess(self, chan, list(argv), stderr_path, name)
 
     def prime(self) -> None:
-        """Start a standby watchdog now, so the first QEMU starts at once too."""
-        self._take_standby_for_later()
-
-    def _take_standby_for_later(self) -> None:
+        """Start a standby watchdog unless one is waiting (at connect, so the
+        first QEMU starts at once too, and behind each one taken)."""
         with self._lock:
             if self._standby is not None and not self._standby.closed:
                 return
@@ -332,7 +330,7 @@ class SshHost:
             chan, self._standby = self._standby, None
         if chan is None or chan.closed or chan.exit_status_ready():
             chan = self._exec(["python3", "-c", WATCHDOG])
-        self._take_standby_for_later()
+        self.prime()
         return chan
 
     def sweep(self) -> list[int]:
