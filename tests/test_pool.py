@@ -47,7 +47,10 @@ def fake_cells(monkeypatch: pytest.MonkeyPatch) -> dict[str, Behaviour]:
 
     def fake_run_cell(c: Cell, logdir: Path, progress=None, inject=None) -> CellResult:
         say.info("first record of %s", c.id)
-        (logdir / "pid").write_text(str(os.getpid()))
+        # Written whole under a temporary name and renamed: a reader polling for
+        # "pid" must never see the empty file write_text creates first (CI did).
+        (logdir / "pid.tmp").write_text(str(os.getpid()))
+        os.replace(logdir / "pid.tmp", logdir / "pid")
         if c.id in behaviour:
             behaviour[c.id](c, logdir)
         say.debug("last record of %s", c.id)
