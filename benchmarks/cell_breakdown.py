@@ -74,6 +74,7 @@ from harness.migration import context as flow_context  # noqa: E402
 from harness.migration.flow import run_cell  # noqa: E402
 from harness.qemu.build import QemuBuild, discover  # noqa: E402
 from harness.qemu.process import Interrupted, install_signal_handlers, kill_all  # noqa: E402
+from harness.qemu.procfs import stat_fields  # noqa: E402
 from harness.results import PASSED, SKIPPED, CellResult  # noqa: E402
 
 GiB = 1024 * MiB
@@ -108,11 +109,10 @@ EXIT = "QEMU exit"
 
 def proc_cpu(pid: int) -> float | None:
     """utime + stime of a process (all its threads), seconds; None once gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return None
+    # proc(5) fields 14 and 15 (utime, stime); stat_fields starts at field 3.
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
