@@ -74,15 +74,11 @@ def _add_matrix_args(p: argparse.ArgumentParser) -> None:
 
 def _plan(args: argparse.Namespace) -> tuple[Any, list[Cell]]:
     """The tier's plan and its cells after --qemu, -k and --shard."""
-    from harness.matrix import load_matrix, override_build, plan_tier, select
+    from harness.matrix import load_matrix_on, plan_tier, select
     from harness.qemu.build import discover
     from harness.run.runner import parse_shard, shard
 
-    if args.qemu and not shutil.which(args.qemu):
-        raise HarnessError(f"--qemu {args.qemu}: no such executable")
-    matrix = load_matrix(_matrix_file(args))
-    if args.qemu:
-        matrix = override_build(matrix, args.qemu)
+    matrix = load_matrix_on(_matrix_file(args), args.qemu)
     plan = plan_tier(matrix, args.tier or "smoke", args.seed or 0, resolve=discover)
     cells = list(plan.cells)
     if getattr(args, "place_on", None):

@@ -8,11 +8,12 @@ from typing import NoReturn
 import pytest
 
 from harness.cell import BuildSpec, Cell
-from harness.errors import MatrixError
+from harness.errors import HarnessError, MatrixError
 from harness.failpaths import SCENARIO_IDS, TARGET as FAILPATH_TARGET
 from harness.matrix import (
     Matrix,
     load_matrix,
+    load_matrix_on,
     override_build,
     select,
     tier_cells,
@@ -777,6 +778,18 @@ def test_override_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
             assert cell.src_build.required
     assert cells_of(matrix, "smoke") == cells   # the original is untouched
     assert override_build(matrix, "/q").build_specs()[0].binary == "/q"
+
+
+def test_load_matrix_on_refuses_a_missing_binary_naming_the_option(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    with pytest.raises(HarnessError, match="^--mharness-qemu /nowhere/qemu: no such executable$"):
+        load_matrix_on(path, "/nowhere/qemu", "--mharness-qemu")
+    exe = tmp_path / "qemu"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    (cell,) = cells_of(load_matrix_on(path, str(exe)), "smoke")
+    assert cell.src_build.binary == cell.dst_build.binary == str(exe)
+    assert cells_of(load_matrix_on(path, None), "smoke") == cells_of(load_matrix(path), "smoke")
 
 
 def test_override_build_looks_up_bare_names(tmp_path: Path,

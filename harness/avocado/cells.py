@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +35,7 @@ from avocado.core.nrunner.runnable import Runnable
 
 from harness.cell import Cell
 from harness.errors import HarnessError
-from harness.matrix import CellDecl, Matrix, TierPlan, load_matrix, override_build, plan_tier
+from harness.matrix import CellDecl, Matrix, TierPlan, load_matrix_on, override_build, plan_tier
 from harness.matrix.expand import make_cell
 from harness.migration.modes import PRECOPY, mode_needs, mode_problem
 from harness.qemu.build import discover
@@ -71,10 +70,7 @@ class MatrixRef:
     def load(self) -> Matrix:
         """The matrix (with ``--qemu``); HarnessError on bad input, with the
         file, line and key of the problem."""
-        if self.qemu and not shutil.which(self.qemu):
-            raise HarnessError(f"--mharness-qemu {self.qemu}: no such executable")
-        matrix = load_matrix(self.matrix)
-        return override_build(matrix, self.qemu) if self.qemu else matrix
+        return load_matrix_on(self.matrix, self.qemu, "--mharness-qemu")
 
     def plan(self) -> TierPlan:
         """The tier's plan (cells, coverage, exclusions)."""

@@ -25,7 +25,7 @@ from harness.matrix.expand import (
     unknown_capabilities,
     unknown_parameters,
 )
-from harness.matrix.load import Matrix, load_matrix, override_build
+from harness.matrix.load import Matrix, load_matrix, load_matrix_on, override_build
 from harness.matrix.plan import (
     CoveringReport,
     Planner,
@@ -49,6 +49,7 @@ __all__ = [
     "TierSpec",
     "cell_id",
     "load_matrix",
+    "load_matrix_on",
     "override_build",
     "plan_tier",
     "select",

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar, overload
 
 from harness.cell import FIRMWARES, BuildSpec, Cell, TargetSpec, WorkloadSpec
-from harness.errors import MatrixError
+from harness.errors import HarnessError, MatrixError
 from harness.failpaths import SCENARIO_IDS, build_label
 from harness.known_issues import KnownIssue
 from harness.hosts.inventory import LOCAL, HostSpec
@@ -211,6 +211,18 @@ def override_build(matrix_or_cells: Matrix | Iterable[Cell], binary: str
     if isinstance(matrix_or_cells, Matrix):
         return replace(matrix_or_cells, build_override=build)
     return with_build(matrix_or_cells, build)
+
+
+def load_matrix_on(path: str | Path, binary: str | None, option: str = "--qemu") -> Matrix:
+    """The matrix file, run on ``binary`` when one is given (``override_build``).
+
+    The one loader of every front end (``mharness``, the Avocado plugin), so
+    they refuse a missing binary the same way; ``option`` is the command-line
+    flag the user typed, named in that error."""
+    if binary and not shutil.which(binary):
+        raise HarnessError(f"{option} {binary}: no such executable")
+    matrix = load_matrix(path)
+    return override_build(matrix, binary) if binary else matrix
 
 
 # --- top level ---------------------------------------------------------------
