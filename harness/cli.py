@@ -412,8 +412,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Describe every build the matrix names (or --qemu), and what is missing."""
     from harness.cell import BuildSpec
     from harness.matrix import load_matrix
-    import tempfile
-
     from harness.qemu import hugeram
     from harness.qemu.build import discover, kvm_host_problem
     from harness.run import rundir
@@ -446,7 +444,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"  machines ({len(machines)}): {', '.join(machines)}")
         print(f"  migration capabilities ({len(build.capabilities)}): {', '.join(build.capabilities)}")
         print(f"  migration parameters ({len(build.parameters)}): {', '.join(sorted(build.parameters))}")
-    ram_files = hugeram.describe(rundir.base_dir() or Path(tempfile.gettempdir()))
+    ram_files = hugeram.describe(rundir.runtime_base())
     if args.json:
         print(json.dumps({"kvm_host": kvm or "usable", "ram_files": ram_files,
                           "builds": reports}, indent=2, default=str))

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from clihelp import ROOT, start_mharness
 from harness.matrix import tier_cells
 from harness.qemu.build import discover
 from harness.qemu.procfs import children, is_qemu, still_running
-from harness.run.rundir import base_dir, sweep_stale
+from harness.run.rundir import runtime_base, sweep_stale
 
 
 def _start_run(tmp_path: Path, cell_id: str) -> tuple[subprocess.Popen, set[int]]:
@@ -59,10 +58,9 @@ def test_sigkill_of_harness_leaves_no_qemu(tmp_path, cell_id):
     assert not left, f"QEMU survived SIGKILL of the harness: {sorted(left)}"
     # The dead harness could not remove its tmpfs folder (guest RAM files);
     # the next harness process sweeps it, by the owner PID recorded in it.
-    # Where the harness puts them: MHARNESS_RUNTIME_DIR when set (e.g. a
-    # huge-page tmpfs), else /dev/shm (harness.run.rundir.base_dir).
-    base = base_dir() or Path(tempfile.gettempdir())
-    owned = [d for d in base.glob("mharness-*")
+    # Where the harness makes them: MHARNESS_RUNTIME_DIR when set (e.g. a
+    # huge-page tmpfs), else /dev/shm.
+    owned = [d for d in runtime_base().glob("mharness-*")
              if (d / "owner.pid").exists() and (d / "owner.pid").read_text() == str(proc.pid)]
     assert owned, "the killed harness left no runtime folder to sweep (test setup changed?)"
     sweep_stale()

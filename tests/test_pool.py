@@ -19,6 +19,7 @@ from typing import Callable
 import pytest
 
 from harness.cell import BuildSpec, Cell, TargetSpec
+from harness.fileio import write_atomic
 from harness.logs import CELL_LOG
 from harness.qemu.procfs import running
 from harness.results import CellResult
@@ -47,10 +48,9 @@ def fake_cells(monkeypatch: pytest.MonkeyPatch) -> dict[str, Behaviour]:
 
     def fake_run_cell(c: Cell, logdir: Path, progress=None, inject=None) -> CellResult:
         say.info("first record of %s", c.id)
-        # Written whole under a temporary name and renamed: a reader polling for
-        # "pid" must never see the empty file write_text creates first (CI did).
-        (logdir / "pid.tmp").write_text(str(os.getpid()))
-        os.replace(logdir / "pid.tmp", logdir / "pid")
+        # Whole or not at all: the tests poll for "pid" and read it at once, and
+        # write_text's empty file was read once (CI).
+        write_atomic(logdir / "pid", str(os.getpid()))
         if c.id in behaviour:
             behaviour[c.id](c, logdir)
         say.debug("last record of %s", c.id)

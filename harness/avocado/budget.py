@@ -33,7 +33,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,7 +42,7 @@ from typing import Any
 
 from harness.cell import Cell
 from harness.qemu.procfs import stat_fields
-from harness.run.rundir import base_dir
+from harness.run.rundir import runtime_base
 from harness.run.runner import Budget, cell_needs
 from harness.waiting import poll_until_sync
 
@@ -61,7 +60,7 @@ def default_ledger() -> Path:
 
     A file, not a folder: ``harness.run.rundir.sweep_stale`` removes stale
     ``mharness-*`` folders, and this ledger must outlive every run."""
-    return (base_dir() or Path(tempfile.gettempdir())) / f"mharness-budget-{os.getuid()}.json"
+    return runtime_base() / f"mharness-budget-{os.getuid()}.json"
 
 
 def process_start(pid: int) -> int | None:

@@ -34,9 +34,15 @@ def base_dir() -> Path | None:
     return Path("/dev/shm") if Path("/dev/shm").is_dir() else None
 
 
+def runtime_base() -> Path:
+    """The folder runtime folders are made in: ``base_dir()``, else the
+    system's temporary folder (where ``tempfile.mkdtemp(dir=None)`` puts them)."""
+    return base_dir() or Path(tempfile.gettempdir())
+
+
 def sweep_stale(base: Path | None = None) -> list[Path]:
     """Remove runtime folders left by harness processes that died; return them."""
-    base = base or base_dir() or Path(tempfile.gettempdir())
+    base = base or runtime_base()
     removed = []
     for d in base.glob(PREFIX + "*"):
         if not d.is_dir() or d.is_symlink():
