@@ -37,10 +37,20 @@ def mharness(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.C
                           capture_output=True, text=True, timeout=timeout)
 
 
+#: ``python3 -m harness`` with Ctrl-C restored first.  A pytest started as a
+#: background job of a non-interactive shell (``cmd &``) inherits SIGINT
+#: ignored, and Python then leaves it ignored (it only installs its
+#: KeyboardInterrupt handler when SIGINT is at its default), so the tests that
+#: send SIGINT would test the shell that started pytest, not the harness.
+_MAIN_WITH_CTRL_C = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                     "from harness.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
 def start_mharness(*args: str) -> subprocess.Popen[bytes]:
     """``mharness ARGS`` started (stdout and stderr in one pipe), for tests
-    that watch or signal it while it runs."""
-    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=ROOT,
+    that watch or signal it while it runs; SIGINT raises KeyboardInterrupt in
+    it whatever this process inherited."""
+    return subprocess.Popen([sys.executable, "-c", _MAIN_WITH_CTRL_C, *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
