@@ -31,6 +31,14 @@ Targets (each selectable; default 1-3):
    both sides) run in ``--slices`` slices, and each slice runs in BOTH trees AT
    ONCE (``-j 1`` each by default), so both sides see the same load; CPU-s are
    each side's own ``mharness run`` and everything it reaped (os.wait4).
+   ``--whole``: each side runs its OWN tier (every N-th of its own ids), for
+   a tier whose cells changed between the revisions.
+   ``--profile [TIER]`` (default release): where a tier's CPU goes.  Each
+   migration cell once (``--every N``), in this process, CPU-s per process
+   (cell_breakdown.CpuMeter), counted ``repeat`` times as the tier runs it;
+   the scenario cells as one measured ``mharness run``.  Prints the costliest
+   cells and the total per kind of cell (Linux guest, KVM, negative control,
+   TCG), which is what says where a saving can come from.
 
 Usage::
 
@@ -38,6 +46,8 @@ Usage::
     python3 benchmarks/cell_cost.py --kvm --reps 5
     python3 benchmarks/cell_cost.py --release 1939d3b^ --every 4   # target 4 only
     python3 benchmarks/cell_cost.py --release 1939d3b^ --every 4 --huge-after
+    python3 benchmarks/cell_cost.py --release b2c9ceb --whole   # whole tiers
+    python3 benchmarks/cell_cost.py --profile release           # per cell, ranked
     python3 benchmarks/cell_cost.py --json cost.json
 """
 from __future__ import annotations
@@ -373,8 +383,8 @@ def wait_measured(proc: subprocess.Popen[bytes], t0: float, run: TreeRun) -> Non
 
 
 def bench_release(before: str, after: str, jobs: int, tier: str, every: int, slices: int,
-                  say: Callable[[str], None], after_ram_dir: Path | None = None
-                  ) -> dict[str, Any]:
+                  say: Callable[[str], None], after_ram_dir: Path | None = None,
+                  whole: bool = False) -> dict[str, Any]:
     """The tier at two revisions, side by side: the cells both revisions have
     (every ``every``-th of them, the same ids on both sides), split into
     ``slices``; each slice runs in both trees AT ONCE (``-j jobs`` each, the
@@ -382,7 +392,9 @@ def bench_release(before: str, after: str, jobs: int, tier: str, every: int, sli
     of the machine and from each other, and the next slice starts when both
     are done.  CPU-s are each side's own (wait4), summed over the slices.
     ``after_ram_dir``: the after side's runtime folder (MHARNESS_RUNTIME_DIR),
-    e.g. a tmpfs with huge pages; the before side keeps the default."""
+    e.g. a tmpfs with huge pages; the before side keeps the default.
+    ``whole``: each side runs every ``every``-th of its OWN tier's ids (a tier
+    whose cells changed: the totals compare, the slices still run at once)."""
     import threading
 
     root = Path(tempfile.mkdtemp(prefix="mharness-release-"))
@@ -396,19 +408,24 @@ def bench_release(before: str, after: str, jobs: int, tier: str, every: int, sli
         after_ids = set(ids["after"])
         common = [i for i in ids["before"] if i in after_ids]
         sample = common[::every]
+        own = {k: (v[::every] if whole else sample) for k, v in ids.items()}
+        what = (f"every {every}. of each side's own tier ({len(own['before'])} -> "
+                f"{len(own['after'])} cells)" if whole else
+                f"every {every}. of those, {len(sample)} cells, the same ids on both sides")
         print(f"  {tier} tier: {len(ids['before'])} cells at {before}, {len(ids['after'])} at "
-              f"{after}, {len(common)} in both; measured: every {every}. of those, "
-              f"{len(sample)} cells, the same ids on both sides, in {slices} slice(s), "
+              f"{after}, {len(common)} in both; measured: {what}, in {slices} slice(s), "
               f"both sides at once, -j {jobs} each", flush=True)
         for k, tree in trees.items():
             say(f"building {k}'s guest images (not measured)")
             subprocess.run([sys.executable, "-c", _WARM_MAIN], cwd=tree, check=True,
                            env={**os.environ, "PYTHONPATH": str(tree)})
-        parts = [sample[i::slices] for i in range(slices)]
-        for n, part in enumerate(p for p in parts if p):
+        parts = {k: [v[i::slices] for i in range(slices)] for k, v in own.items()}
+        for n in range(slices):
+            if not (parts["before"][n] or parts["after"][n]):
+                continue
             order = ["before", "after"] if n % 2 == 0 else ["after", "before"]
             l0, t0 = load(), time.monotonic()
-            procs = {k: start_tree_run(trees[k], part, tier, jobs,
+            procs = {k: start_tree_run(trees[k], parts[k][n], tier, jobs,
                                        root / "results" / k / f"slice{n}",
                                        root / f"{k}-slice{n}.log",
                                        after_ram_dir if k == "after" else None)
@@ -420,7 +437,8 @@ def bench_release(before: str, after: str, jobs: int, tier: str, every: int, sli
                 t.start()
             for t in threads:
                 while t.is_alive():
-                    say(f"slice {n + 1}/{slices}: {len(part)} cells on each side, "
+                    say(f"slice {n + 1}/{slices}: {len(parts['before'][n])} / "
+                        f"{len(parts['after'][n])} cells, "
                         f"{time.monotonic() - t0:.0f} s")
                     t.join(1.0)
             say("")
@@ -431,7 +449,8 @@ def bench_release(before: str, after: str, jobs: int, tier: str, every: int, sli
                     runs[k].verdicts[v] = runs[k].verdicts.get(v, 0) + c
                 w, c = runs[k].wall_s - marks[k][0], runs[k].cpu_s - marks[k][1]
                 line.append(f"{k} {w:5.0f} s {c:6.1f} CPU-s exit {procs[k].returncode} {counts}")
-            print(f"  slice {n + 1}/{slices} ({len(part)} cells), load {l0:.1f} -> {load():.1f}: "
+            print(f"  slice {n + 1}/{slices} ({len(parts['before'][n])} / "
+                  f"{len(parts['after'][n])} cells), load {l0:.1f} -> {load():.1f}: "
                   + "; ".join(line), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -441,12 +460,14 @@ def bench_release(before: str, after: str, jobs: int, tier: str, every: int, sli
         print(f"  {r.label:<22} {r.wall_s:7.0f} {r.cpu_s:7.1f}  {r.verdicts}")
         for line in r.not_passed:
             print(f"    {line}")
-    print(f"  {tier} tier ({len(sample)} of {len(common)} common cells) before -> after: "
+    scope = (f"whole, every {every}.: {len(own['before'])} -> {len(own['after'])} cells"
+             if whole else f"{len(sample)} of {len(common)} common cells")
+    print(f"  {tier} tier ({scope}) before -> after: "
           f"CPU {b.cpu_s:.0f} -> {a.cpu_s:.0f} CPU-s ({b.cpu_s / max(a.cpu_s, 1e-9):.2f}x; "
           f"target: 2x), wall {b.wall_s:.0f} -> {a.wall_s:.0f} s (run at once, so wall "
           f"measures sharing as much as the work)")
     return {"before": b.__dict__, "after": a.__dict__, "every": every, "slices": slices,
-            "cells": sample, "common": len(common),
+            "cells": own, "common": len(common), "whole": whole,
             "tier_sizes": {k: len(v) for k, v in ids.items()}}
 
 
@@ -462,6 +483,83 @@ def _verdicts(results: Path, not_passed: list[str] | None = None) -> dict[str, i
         if not_passed is not None and c.get("verdict") != PASSED:
             not_passed.append(f"{c.get('id')}: {c.get('verdict')}")
     return counts
+
+
+# --- target 4: where a tier's CPU goes ----------------------------------------
+
+
+def kind_of(cell: Cell) -> str:
+    """The group a cell's CPU is counted in: what would have to change to save it."""
+    if cell.kind != "migration":
+        return "scenario"
+    if cell.target.workload.kind == "linux":
+        return "Linux guest"
+    if cell.expect_fail:
+        return "negative control"
+    return "KVM" if cell.target.accel == "kvm" else "TCG"
+
+
+@dataclass
+class Profiled:
+    cell: str
+    group: str
+    runs: int            # how often the tier runs it (repeat)
+    verdict: str
+    wall_s: float
+    cpu_s: float         # one run
+    harness_s: float
+
+    @property
+    def tier_cpu_s(self) -> float:
+        return self.cpu_s * self.runs
+
+
+def bench_profile(tier: str, every: int, logroot: Path, say: Callable[[str], None],
+                  top: int = 25) -> dict[str, Any]:
+    """Every ``every``-th migration cell of ``tier`` once, measured; the
+    scenario cells as one ``mharness run`` (wait4).  A cell the tier repeats
+    is counted ``repeat`` times from its one run."""
+    cells = tier_cells(load_matrix(REPO / "matrix.yaml"), tier, resolve=discover)
+    migration = [c for c in cells if c.kind == "migration"][::every]
+    scenarios = [c.id for c in cells if c.kind != "migration"][::every]
+    print(f"  {tier} tier: {len(cells)} cells; measured: every {every}. migration cell "
+          f"({len(migration)}) once each, and {len(scenarios)} scenario cells as one run")
+    rows: list[Profiled] = []
+    for i, cell in enumerate(migration):
+        say(f"{i + 1}/{len(migration)}: {cell.id}")
+        result, cpu = cb.measured_run(cell, logroot / "profile" / cell.id)
+        rows.append(Profiled(cell.id, kind_of(cell), cell.repeat or 1, str(result.verdict),
+                             result.duration, cpu.total, cpu.harness))
+    if scenarios:
+        say(f"{len(scenarios)} scenario cells")
+        run = TreeRun("scenarios")
+        t0 = time.monotonic()
+        proc = start_tree_run(REPO, scenarios, tier, 1, logroot / "profile-scenarios",
+                              logroot / "profile-scenarios.log")
+        wait_measured(proc, t0, run)
+        counts = _verdicts(logroot / "profile-scenarios")
+        rows.append(Profiled(f"{len(scenarios)} scenario cells (one run)", "scenario", 1,
+                             ", ".join(f"{c} {v}" for v, c in counts.items()), run.wall_s,
+                             run.cpu_s, 0.0))
+    say("")
+    total = sum(r.tier_cpu_s for r in rows) or 1e-9
+    print(f"\n  costliest cells (CPU-s of one run x runs in the tier), of "
+          f"{total:.0f} CPU-s in all, load {load():.1f} now:")
+    print(f"  {'CPU-s':>7} {'runs':>4} {'one run':>7} {'wall s':>6} {'harness':>7}  "
+          f"{'verdict':<8} cell")
+    for r in sorted(rows, key=lambda r: -r.tier_cpu_s)[:top]:
+        print(f"  {r.tier_cpu_s:7.1f} {r.runs:>4} {r.cpu_s:7.2f} {r.wall_s:6.1f} "
+              f"{r.harness_s:7.2f}  {r.verdict:<8} {r.cell}")
+    groups: dict[str, list[Profiled]] = {}
+    for r in rows:
+        groups.setdefault(r.group, []).append(r)
+    print(f"\n  {'kind of cell':<18} {'runs':>5} {'CPU-s':>7} {'share':>6} {'median run':>10}")
+    for name, rs in sorted(groups.items(), key=lambda kv: -sum(r.tier_cpu_s for r in kv[1])):
+        cpu = sum(r.tier_cpu_s for r in rs)
+        print(f"  {name:<18} {sum(r.runs for r in rs):>5} {cpu:7.1f} {cpu / total:6.0%} "
+              f"{statistics.median(r.cpu_s for r in rs):10.2f}")
+    return {"tier": tier, "every": every, "total_cpu_s": total,
+            "cells": [r.__dict__ for r in rows]}
 
 
 # --- main -----------------------------------------------------------------------
@@ -505,6 +603,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--release", metavar="BEFORE_REV",
                    help="target 4: the release tier at BEFORE_REV and at --after-rev")
     p.add_argument("--after-rev", default="HEAD", help="the 'after' revision (default HEAD)")
+    p.add_argument("--whole", action="store_true",
+                   help="release tier: each side runs its own tier, not the cells both have")
+    p.add_argument("--profile", nargs="?", const="release", metavar="TIER",
+                   help="where TIER's CPU goes (default release): every migration cell "
+                        "once (--every N), ranked, and the total per kind of cell")
     p.add_argument("--release-tier", default="release", help=argparse.SUPPRESS)
     p.add_argument("-j", "--jobs", type=int, default=1,
                    help="release tier: -j of each side (default 1; both sides run at once)")
@@ -526,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
     p.add_argument("--keep", action="store_true", help="keep the cells' logs (printed path)")
     args = p.parse_args(argv)
-    if not (args.kvm or args.tcg or args.compare or args.release):
+    if not (args.kvm or args.tcg or args.compare or args.release or args.profile):
         args.kvm = args.tcg = args.compare = True
 
     say = cb.progress_line()
@@ -576,7 +679,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"  after side: {hugeram.describe(huge) if huge else 'no huge tmpfs'}")
                 report["release"] = bench_release(args.release, args.after_rev, args.jobs,
                                                   args.release_tier, args.every, args.slices,
-                                                  say, huge)
+                                                  say, huge, args.whole)
+        if args.profile:
+            print(f"\n4. where the {args.profile} tier's CPU goes")
+            for image in (IMAGE_NAME, PVH_IMAGE_NAME):
+                build_image(image)          # built once, outside every measurement
+            report["profile"] = bench_profile(args.profile, args.every, logroot, say)
     except (KeyboardInterrupt, Interrupted) as exc:
         say("")
         print(f"\ninterrupted ({str(exc) or 'Ctrl-C'})", file=sys.stderr)
