@@ -17,6 +17,7 @@ guest, slowed by a CPU hog, came within 1.5x of converging without it).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from harness.migration.dst_start import AUTOSTART
 from harness.migration.modes import CANCEL_RETRY, postcopy_after
 from harness.migration.driver import MigrationRun
 from harness.migration.flow import run_cell
+from harness.migration.transports import STREAM_CAP_RAM_SIZES
 from harness.qemu.build import discover
 from harness.results import KNOWN_FAILURE, PASSED, SKIPPED
 from harness.run.cellrun import run_logged
@@ -206,4 +208,31 @@ def test_destination_with_another_uuid_refuses_the_stream(matrix, run_state, rec
     assert result.verdict == PASSED, result.reason
     converged = result.check("converged")
     assert not converged.passed and "UUID received is" in converged.summary, converged.summary
+    assert result.figures["source_status_after"] == "running"
+
+
+def test_a_saved_stream_that_does_not_converge_stops_at_its_cap(matrix, run_state, record):
+    """exec saves every pass into the cell's workdir: at a downtime-limit the
+    dirtier cannot meet, the cell gives up once the stream is
+    ``STREAM_CAP_RAM_SIZES`` x RAM (harness.migration.transports.stream_cap),
+    long before its timeout and before it fills /dev/shm, and the source
+    runs on.  10.0's source: its estimate is what keeps it from switching
+    over (a 7.2 source once completed such a cell in its first pass)."""
+    cell = next(c for c in tier_cells(matrix, "modes", resolve=discover)
+                if c.transport == "exec" and c.capabilities == (("events", True),)
+                and c.src_build.name == "debian-10.0")
+    params = {**dict(cell.parameters), "downtime-limit": 1}
+    cell = replace(cell, id=cell.id + "-past-cap", parameters=tuple(sorted(params.items())),
+                   timeout=180.0)
+    result = record(run_cell(cell, cell_logdir(run_state.results_dir, cell.id)))
+    if result.verdict == SKIPPED:
+        pytest.skip(result.reason)
+    converged = result.check("converged")
+    assert converged is not None and not converged.passed, result.reason
+    assert converged.summary.startswith("gave up after"), converged.summary
+    cap = STREAM_CAP_RAM_SIZES * cell.target.memory
+    sent = result.figures["ram_transferred"]
+    # Sampled every 0.1 s: at most a tenth of a second of stream past the cap
+    # (~31 MB at the ~310 MB/s measured; 1 GiB is far more than that).
+    assert cap < sent < cap + (1 << 30), (cap, sent)
     assert result.figures["source_status_after"] == "running"

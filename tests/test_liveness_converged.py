@@ -10,6 +10,7 @@ from harness.checks.liveness import (HeartbeatLiveness, MarkerLiveness,
                                      check_heartbeat_liveness, check_marker_liveness,
                                      check_still_running)
 from harness.migration.driver import MigrationRun
+from harness.migration.transports import STREAM_CAP_RAM_SIZES, stream_cap
 
 
 #: A dirtier that went on after cont (5 new heartbeats, its region changing).
@@ -87,6 +88,28 @@ def test_not_converging_in_time_is_reported_with_figures():
                            "remaining, dirtying 5000 pages/s, expected downtime 900 ms")
     assert res.figures == migration_figures(info)
     assert res.figures["ram_transferred"] == 300 << 20
+
+
+def test_a_capped_stream_says_so_rather_than_a_timeout():
+    info = {"status": "active", "expected-downtime": 334,
+            "ram": {"transferred": 2100 << 20, "remaining": 95 << 20, "dirty-pages-rate": 87695}}
+    run = replace(_run("active", info=info), stream_capped=2100 << 20)
+    assert ran_out_of_time(run)
+    res = check_converged(run, 60)
+    assert not res.passed
+    assert res.summary.startswith("gave up after 2100 MiB of saved stream (more than 8x the "
+                                  "guest's RAM; a stream to a file keeps every pass): state "
+                                  "active, 2100 MiB sent, 95 MiB remaining")
+    assert res.summary.endswith("expected downtime 334 ms")
+
+
+def test_only_streams_that_grow_with_the_passes_are_capped():
+    ram = 256 << 20
+    assert stream_cap("exec", {}, ram) == STREAM_CAP_RAM_SIZES * ram
+    assert stream_cap("file", {"mapped-ram": False}, ram) == STREAM_CAP_RAM_SIZES * ram
+    assert stream_cap("file", {"mapped-ram": True}, ram) is None   # pages at fixed offsets
+    assert stream_cap("unix", {}, ram) is None
+    assert stream_cap("tcp", {}, ram) is None
 
 
 def test_refused_migration_names_the_destination_reason():

@@ -21,6 +21,7 @@ from harness.matrix import (
     unknown_parameters,
 )
 from harness.matrix.plan import dimensions
+from harness.migration.transports import KNOWN_TRANSPORTS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -661,6 +662,52 @@ builds:""", 1).replace("rp: {return-path: true}", "rp: {return-path: true, xbzrl
     assert b.capabilities == (("events", True), ("xbzrle", True))
     assert b.parameters == (("downtime-limit", 300), ("max-bandwidth", 1 << 30))
     assert (b.timeout, b.downtime_tolerance_ms) == (7.0, 0.0)
+
+
+def test_transport_parameters_lie_between_defaults_and_paramsets(tmp_path: Path) -> None:
+    """defaults.transport-parameters: a transport's own parameters, over
+    ``parameters`` and under a paramset, in explicit and covering cells alike."""
+    text = SCENARIO_BASE.replace("builds:", """\
+defaults:
+  parameters: {max-bandwidth: 1G, downtime-limit: 300}
+  transport-parameters:
+    exec: {downtime-limit: 1000}
+builds:""", 1).replace("transports: [unix, tcp]", "transports: [unix, exec]") \
+        .replace("fast: {max-bandwidth: 10G}", "fast: {downtime-limit: 50}")
+    text = text[: text.index("tiers:")] + "tiers:\n" + textwrap.indent(textwrap.dedent("""\
+        smoke:
+          cells:
+            - {target: t1, transport: exec}
+            - {target: t1, transport: unix}
+            - {target: t1, transport: exec, paramset: fast, name: exec-fast}
+          covering: {target: [t1], transport: [unix, exec], capabilities: [validate-uuid]}
+        """), "  ")
+    cells = cells_of(load_matrix(write(tmp_path, text)), "smoke")
+    limits = {c.id: dict(c.parameters)["downtime-limit"] for c in cells}
+    assert limits["t1-exec-default"] == 1000
+    assert limits["t1-unix-default"] == 300
+    assert limits["exec-fast"] == 50, "a paramset still says last"
+    cov = {c.transport: dict(c.parameters) for c in cells if "-cov-" in c.id}
+    assert cov == {"exec": {"downtime-limit": 1000, "max-bandwidth": 1 << 30},
+                   "unix": {"downtime-limit": 300, "max-bandwidth": 1 << 30}}
+
+
+def test_transport_parameters_name_known_transports(tmp_path: Path) -> None:
+    text = BASE.replace("builds:", """\
+defaults:
+  transport-parameters:
+    pipe: {downtime-limit: 1000}
+builds:""", 1)
+    assert_error(tmp_path, text, "pipe:", "defaults.transport-parameters.pipe",
+                 "unknown transport 'pipe' (QEMU's are: " + ", ".join(KNOWN_TRANSPORTS) + ")")
+    text = BASE.replace("builds:", """\
+defaults:
+  transport-parameters:
+    exec: {downtime_limit: 1000}
+builds:""", 1)
+    err, _ = load_error(tmp_path, text)
+    assert err.key == "defaults.transport-parameters.exec.downtime_limit"
+    assert err.line == line_of(text, "downtime_limit")
 
 
 def test_target_fields_and_workload(tmp_path: Path) -> None:

@@ -172,6 +172,49 @@ def test_a_cont_still_in_flight_when_the_source_completes_is_recorded() -> None:
     assert run.t_dst_resumed is not None, "a destination sent 'cont' must be recorded as resumed"
 
 
+def test_a_saved_stream_past_its_cap_ends_the_wait_with_the_migration_going() -> None:
+    """A stream to a file keeps every pass: past ``stream_cap`` bytes sent the
+    driver stops waiting long before the timeout and says how far it got."""
+    sent = iter(range(0, 10 << 30, 64 << 20))
+
+    def active(_args: Any) -> dict[str, Any]:
+        return {"status": "active", "ram": {"transferred": next(sent)}}
+
+    src = FakeMachine({"migrate": None, "query-migrate": active})
+    dst = FakeMachine({}, role="dst")
+
+    async def scenario() -> driver.MigrationRun:
+        run = asyncio.ensure_future(driver.run_migration(
+            src, dst, "exec:cat > /x", {}, 30.0, 0.0,  # type: ignore[arg-type]
+            restore_uri="exec:cat /x", stream_cap=256 << 20))
+        src.emit("setup")
+        src.emit("active")
+        return await asyncio.wait_for(run, 10.0)
+
+    run = asyncio.run(scenario())
+    assert run.stream_capped is not None and run.stream_capped > 256 << 20
+    assert run.status == "active", "the caller cancels, as after a timeout"
+    assert "migrate-incoming" not in dst.commands, "nothing was restored"
+
+
+def test_a_migration_that_completes_under_its_cap_is_not_capped() -> None:
+    src = FakeMachine({"migrate": None, "query-migrate": {"status": "completed",
+                                                           "ram": {"transferred": 1 << 30}}})
+    dst = FakeMachine({"migrate-incoming": None}, role="dst")
+
+    async def scenario() -> driver.MigrationRun:
+        run = asyncio.ensure_future(driver.run_migration(
+            src, dst, "exec:cat > /x", {}, 5.0, 0.0,  # type: ignore[arg-type]
+            restore_uri="exec:cat /x", stream_cap=256 << 20))
+        src.emit("setup")
+        src.emit("completed")
+        dst.emit("completed")
+        return await run
+
+    run = asyncio.run(scenario())
+    assert run.status == "completed" and run.stream_capped is None
+
+
 def test_settled_status_returns_the_state_it_was_left_in() -> None:
     m = FakeMachine({"query-status": _sequence({"status": "inmigrate"}, {"status": "paused"})})
     assert asyncio.run(waits.settled_status(m, 1.0)) == "paused"  # type: ignore[arg-type]

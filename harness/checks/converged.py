@@ -4,8 +4,9 @@
 (harness.migration.driver.run_migration's :class:`MigrationRun`):
 
 - still going when the cell's timeout ran out (not converging: QEMU's
-  estimate never fell under ``downtime-limit``): failed, with the
-  ``query-migrate`` figures that show why;
+  estimate never fell under ``downtime-limit``), or when a saved stream
+  outgrew its cap (harness.migration.transports.stream_cap): failed, with
+  the ``query-migrate`` figures that show why;
 - ended ``failed``/``cancelled``, or the destination never reached
   ``completed``: failed, with QEMU's error and, when the destination QEMU
   exited, its own reason (e.g. a refused UUID or TLS peer);
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.migration.driver import TERMINAL, MigrationRun
+from harness.migration.transports import STREAM_CAP_RAM_SIZES
 from harness.results import CheckResult
 
 
@@ -56,9 +58,13 @@ def check_converged(run: MigrationRun, timeout_s: float,
     how the destination QEMU ended when it is gone (None while it runs)."""
     if ran_out_of_time(run):
         ram = run.info.get("ram", {})
+        given_up = (f"did not complete within {timeout_s:.0f} s" if run.stream_capped is None
+                    else f"gave up after {run.stream_capped >> 20} MiB of saved stream (more "
+                         f"than {STREAM_CAP_RAM_SIZES}x the guest's RAM; a stream to a file "
+                         f"keeps every pass)")
         return CheckResult(
             "converged", False,
-            f"did not complete within {timeout_s:.0f} s: state {run.status}, "
+            f"{given_up}: state {run.status}, "
             f"{ram.get('transferred', 0) >> 20} MiB sent, {ram.get('remaining', 0) >> 20} MiB "
             f"remaining, dirtying {ram.get('dirty-pages-rate', 0)} pages/s, expected downtime "
             f"{run.info.get('expected-downtime', '?')} ms", migration_figures(run.info))

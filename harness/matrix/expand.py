@@ -89,13 +89,14 @@ def make_cell(decl: CellDecl, tier: str, defs: Definitions) -> Cell:
     """Resolve one declaration against the matrix's definitions.
 
     Capabilities are ``defaults.capabilities`` overlaid with the capset, and
-    parameters ``defaults.parameters`` overlaid with the paramset; both end as
+    parameters ``defaults.parameters`` overlaid with the transport's
+    (``defaults.transport-parameters``), then with the paramset; both end as
     sorted tuples so equal cells compare (and hash, and seed) equal.
     """
     target = defs.targets[decl.target]
     capabilities = dict(defs.defaults.capabilities)
     capabilities.update(defs.capsets[decl.capset])
-    parameters = dict(defs.defaults.parameters)
+    parameters = defs.defaults.for_transport(decl.transport)
     parameters.update(defs.paramsets[decl.paramset])
     cid = cell_id(decl, defs.target_builds[decl.target])
     cell = Cell(

@@ -276,6 +276,17 @@ def _defaults(entry: YEntry | None, where: Where) -> Defaults:
         result = replace(result, parameters=_qmp_map(
             e["parameters"].value, where.key("parameters"), "parameter",
             s.as_parameter_value))
+    if "transport-parameters" in e:
+        t_where = where.key("transport-parameters")
+        per_transport = []
+        for name, item in s.as_map(e["transport-parameters"].value, t_where).entries.items():
+            if name not in KNOWN_TRANSPORTS:
+                raise t_where.key(name).error(
+                    f"unknown transport '{name}' (QEMU's are: {', '.join(KNOWN_TRANSPORTS)})",
+                    item.key_line)
+            per_transport.append((name, _qmp_map(item.value, t_where.key(name), "parameter",
+                                                 s.as_parameter_value)))
+        result = replace(result, transport_parameters=tuple(sorted(per_transport)))
     return result
 
 

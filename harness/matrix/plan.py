@@ -326,7 +326,8 @@ def expand_covering(matrix: Matrix, tier: str, cov: CoveringSpec, seed: int, res
             *setting_factors,
         ]
         model = SettingsModel(factors, paramsets, base_caps=base_caps, base_params=base_params,
-                              capsets=capsets)
+                              capsets=capsets,
+                              transport_params=dict(matrix.defaults.transport_parameters))
         try:
             gen = generate(factors, cov.order, _judge(ctx), model, seed)
         except ValueError as exc:
@@ -378,7 +379,7 @@ def _cell(matrix: Matrix, tier: str, cov: CoveringSpec, row: Mapping[str, Any],
         capabilities.update(dict(matrix.capsets[capset]))
         on = [c for c, v in matrix.capsets[capset] if v] + on
     capabilities.update({c: True for c in on})
-    parameters = dict(matrix.defaults.parameters)
+    parameters = matrix.defaults.for_transport(row["transport"])
     paramset = row.get("paramset")
     if paramset:
         parameters.update(dict(matrix.paramsets[paramset]))

@@ -28,7 +28,8 @@ VERSION = 1
 TOP_KEYS = ("version", "defaults", "builds", "targets", "transports", "capsets",
             "paramsets", "tiers", "known-issues", "hosts")
 TOP_REQUIRED = ("version", "builds", "targets", "transports", "tiers")
-DEFAULTS_KEYS = ("timeout", "downtime-tolerance-ms", "capabilities", "parameters")
+DEFAULTS_KEYS = ("timeout", "downtime-tolerance-ms", "capabilities", "parameters",
+                 "transport-parameters")
 BUILD_KEYS = ("binary", "prefix", "data-dirs", "env", "extra-args", "required", "version")
 #: Where a cell's source and destination QEMU run: names from ``hosts:``
 #: (harness.matrix.hosts), ``local`` when not given.
@@ -121,6 +122,16 @@ class Defaults:
     downtime_tolerance_ms: float = 250.0
     capabilities: tuple[tuple[str, bool], ...] = ()
     parameters: tuple[tuple[str, Any], ...] = ()
+    #: ``transport-parameters:``: parameters a transport's cells get over
+    #: ``parameters`` (a paramset still overrides them), for what a transport
+    #: itself costs, e.g. exec's pipe through ``cat``.  Per transport name.
+    transport_parameters: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+
+    def for_transport(self, transport: str) -> dict[str, Any]:
+        """``parameters`` with the transport's own laid over them."""
+        merged = dict(self.parameters)
+        merged.update(dict(self.transport_parameters).get(transport, ()))
+        return merged
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,10 @@ class MigrationRun:
     #: waited for a CPU during the downtime (None: not read; see
     #: harness.qemu.runqueue).  The downtime check takes it off.
     host_wait: HostWait | None = None
+    #: A saved stream that outgrew its cap (harness.migration.transports.
+    #: stream_cap): the bytes sent when the driver stopped waiting, with the
+    #: migration still going, as a timeout leaves it (None: not capped).
+    stream_capped: int | None = None
 
     @property
     def completed(self) -> bool:
@@ -212,7 +216,8 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
                         at_pre_switchover: Callable[[], Awaitable[None]] | None = None,
                         refusals: list[dict[str, Any]] | None = None,
                         on_sample: Callable[[dict[str, Any]], None] | None = None,
-                        dst_autostart: bool = False) -> MigrationRun:
+                        dst_autostart: bool = False,
+                        stream_cap: int | None = None) -> MigrationRun:
     """Migrate ``src`` to ``dst`` (already listening on ``uri``, or, with
     ``restore_uri``, told to read the saved stream from there once the source
     has finished writing it).
@@ -233,14 +238,20 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
 
     ``on_sample`` is told each ``query-migrate`` sample as it is recorded
     (the cell's live progress, harness.progress).
+
+    ``stream_cap``: a saved stream's budget in bytes sent (see
+    harness.migration.transports.stream_cap); once a sample shows more sent
+    with the migration still going, the driver returns as if the timeout had
+    run out, with ``stream_capped`` set.
     """
     run = MigrationRun(uri=uri, caps=caps)
     dst_since = len(dst.events)
     postcopy = caps.get("postcopy-ram", False)
     pause = caps.get("pause-before-switchover", False)
     run.since = src_since = await start(src, uri, refusals=refusals)
+    capped = asyncio.Event()
     tasks = [asyncio.ensure_future(_sampler(src, run, postcopy, t0, postcopy_after, timeout,
-                                            on_sample))]
+                                            on_sample, stream_cap, capped))]
     waits = _CpuWaitReadings(src)
     if src.local_pid is not None:
         src.event_hooks.append(waits.on_event)
@@ -253,8 +264,9 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
         since = src_since
         while True:
             wanted = TERMINAL + (("pre-switchover",) if pause else ())
-            got = await src.wait_event(lambda e: is_migration(e, *wanted),
-                                       max(0.0, deadline - time.monotonic()), since)
+            got = await _unless(capped, src.wait_event(lambda e: is_migration(e, *wanted),
+                                                       max(0.0, deadline - time.monotonic()),
+                                                       since))
             if got is None:
                 break
             since = src.events.index(got) + 1
@@ -296,8 +308,13 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
     if not run.status:
         run.info = await src.execute("query-migrate") if src.alive else {}
         run.status = str(run.info.get("status", "unknown"))
-        log.warning("%s: migration still '%s' after %.0f s (states %s)", src.role, run.status,
-                    timeout, run.states)
+        if run.stream_capped is not None:
+            log.warning("%s: migration still '%s' with %d MiB of saved stream, over its cap of "
+                        "%d MiB (states %s)", src.role, run.status, run.stream_capped >> 20,
+                        (stream_cap or 0) >> 20, run.states)
+        else:
+            log.warning("%s: migration still '%s' after %.0f s (states %s)", src.role,
+                        run.status, timeout, run.states)
         return run
     if not run.completed:
         run.info = await src.execute("query-migrate")
@@ -395,11 +412,29 @@ def postcopy_due(info: dict[str, Any], after: int = POSTCOPY_AFTER_SYNCS) -> boo
         and info.get("ram", {}).get("dirty-sync-count", 0) >= after
 
 
+async def _unless(stop: asyncio.Event, wait: Awaitable[tuple[float, Event] | None]
+                  ) -> tuple[float, Event] | None:
+    """``wait``'s result, or None as soon as ``stop`` is set (a result that is
+    already there wins: a migration that ended as it was capped ended)."""
+    waiter = asyncio.ensure_future(wait)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiter, stopper):
+            task.cancel()
+        await asyncio.gather(waiter, stopper, return_exceptions=True)
+    return None if waiter.cancelled() else waiter.result()
+
+
 async def _sampler(src: Machine, run: MigrationRun, postcopy: bool, t0: float,
                    postcopy_after: int, timeout: float,
-                   on_sample: Callable[[dict[str, Any]], None] | None = None) -> None:
+                   on_sample: Callable[[dict[str, Any]], None] | None = None,
+                   stream_cap: int | None = None, capped: asyncio.Event | None = None) -> None:
     """Sample ``query-migrate`` every ``SAMPLE_PERIOD`` until a terminal
-    state, starting postcopy when it is due; each sample also to ``on_sample``."""
+    state, starting postcopy when it is due; each sample also to ``on_sample``.
+    Past ``stream_cap`` bytes sent and not done: ``run.stream_capped``, ``capped``
+    set, and sampling ends."""
 
     async def look() -> dict[str, Any] | None:
         try:
@@ -415,6 +450,12 @@ async def _sampler(src: Machine, run: MigrationRun, postcopy: bool, t0: float,
             log.info("%s: migrate-start-postcopy after %d dirty syncs", src.role,
                      run.postcopy_after_syncs)
             await src.execute("migrate-start-postcopy")
+        sent = info.get("ram", {}).get("transferred", 0)
+        if stream_cap is not None and sent > stream_cap and info.get("status") not in TERMINAL:
+            run.stream_capped = sent
+            if capped is not None:
+                capped.set()
+            return None
         return info
 
     try:

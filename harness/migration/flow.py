@@ -68,7 +68,8 @@ from harness.migration.placed import (open_sides, place_machine, placement_probl
                                       region_reader, remove_dirs, tcp_address,
                                       timing_uncertainty_ms)
 from harness.migration.tls import creds_args
-from harness.migration.transports import SAVE_RESTORE, incoming_uri, save_restore_uris
+from harness.migration.transports import (SAVE_RESTORE, incoming_uri, save_restore_uris,
+                                          stream_cap)
 from harness.migration.verify import verify_paused
 from harness.migration.waits import event_time, wait_info
 from harness.qemu.build import QemuBuild, discover
@@ -429,7 +430,8 @@ async def _run_migration(ctx: CellContext) -> MigrationRun | None:
     run = await run_migration(src, dst, uri, caps, cell.timeout, ctx.t0, restore,
                               postcopy_after=postcopy_after(cell.mode) or POSTCOPY_AFTER_SYNCS,
                               at_pre_switchover=hold, on_sample=lambda s: _on_sample(ctx, s),
-                              dst_autostart=ctx.autostart)
+                              dst_autostart=ctx.autostart,
+                              stream_cap=stream_cap(cell.transport, caps, cell.target.memory))
     log.info("migration ended %s after %.1f s", run.status, time.monotonic() - t_start)
     if "allocated" in held_copy:
         run.ram_at_switchover = snapshot

@@ -95,6 +95,32 @@ def save_restore_uris(transport: str, workdir: Path) -> tuple[str, str]:
     raise ValueError(f"transport '{transport}' is not a save/restore transport")
 
 
+#: How much a saved stream may grow, in guest RAM sizes, before the cell
+#: stops waiting for it to converge.  A stream to a file keeps every pass: a
+#: precopy whose expected downtime stays just over downtime-limit rewrites
+#: the dirty region into the cell's workdir (often /dev/shm) for as long as
+#: its timeout lets it.  Measured 2026-12-05: an exec cell wrote 17.9 GB in
+#: 58 s (1014 dirty syncs at ~310 MB/s); two of them at -j 2 would fill this
+#: 24 GiB host.  A migration that converges writes its RAM once plus a few
+#: passes of the dirty region (0.2 GB for the 256 MiB dirtier); 8x leaves a
+#: busy host about twenty passes of that region.
+STREAM_CAP_RAM_SIZES = 8
+
+
+def stream_cap(transport: str, caps: Mapping[str, bool], ram_bytes: int) -> int | None:
+    """Bytes the source may send into a saved stream before the cell gives up
+    on convergence (None: the stream does not grow with the passes).
+
+    mapped-ram gives each page its own offset in the file (10.0
+    migration/ram.c: mapped_ram_setup_ramblock lays out each block,
+    save_normal_page writes with qemu_put_buffer_at at ``pages_offset +
+    offset``), so that file stays the size of RAM whatever the number of
+    passes.  ``ram_bytes`` is the guest's RAM size."""
+    if transport not in SAVE_RESTORE or caps.get("mapped-ram"):
+        return None
+    return STREAM_CAP_RAM_SIZES * ram_bytes
+
+
 async def incoming_uri(transport: str, dst: Machine, workdir: Path,
                        src: Machine | None = None, tcp_addr: str = "127.0.0.1") -> str:
     """Start the destination listening and return the URI the source must use

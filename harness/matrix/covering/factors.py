@@ -77,20 +77,27 @@ class SettingsModel:
                  paramsets: Mapping[str, Mapping[str, Any]] | None = None, *,
                  base_caps: Mapping[str, bool] | None = None,
                  base_params: Mapping[str, Any] | None = None,
-                 capsets: Mapping[str, Mapping[str, bool]] | None = None) -> None:
+                 capsets: Mapping[str, Mapping[str, bool]] | None = None,
+                 transport_params: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.factors = {f.name: f for f in factors}
         self.paramsets = paramsets or {}
         self.capsets = capsets or {}
         #: What every cell gets before its factors (the matrix's defaults).
         self.base_caps = {k: True for k, v in (base_caps or {}).items() if v}
         self.base_params = dict(base_params or {})
+        #: A transport's own parameters over those (defaults.transport-parameters).
+        self.transport_params = {t: dict(p) for t, p in (transport_params or {}).items()}
 
     def split(self, settings: Iterable[Setting]
               ) -> tuple[dict[str, bool], dict[str, Any], str | None, str]:
         """Capabilities, parameters, and (if among the settings) the transport
         and the migration mode ("" = precopy)."""
+        settings = list(settings)
         caps: dict[str, bool] = dict(self.base_caps)
         params: dict[str, Any] = dict(self.base_params)
+        for name, value in settings:
+            if self.factors[name].kind == "transport":
+                params.update(self.transport_params.get(value, {}))
         transport: str | None = None
         mode = ""
         for name, value in settings:
