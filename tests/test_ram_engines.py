@@ -62,3 +62,23 @@ def test_unknown_engine_is_refused(tmp_path: Path) -> None:
     a, b = _pair(tmp_path, MiB)
     with pytest.raises(KeyError):
         compare_files(a, b, engine="nope")
+
+
+class _Stop(BaseException):
+    """Stands for harness.qemu.process.Interrupted: a signal that lands in the middle
+    of a comparison."""
+
+
+def test_an_interruption_mid_compare_is_what_propagates(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGTERM raised while a chunk is compared leaves views of the maps in the
+    traceback's frames; closing the maps must not turn it into a BufferError
+    (a fresh-clone CI run: the interrupted cell ended 'error', the run exit 1, not 130)."""
+    a, b = _pair(tmp_path, 2 * ram.CHUNK)
+
+    def stop(ca: np.ndarray, cb: np.ndarray) -> bool:
+        raise _Stop()
+
+    monkeypatch.setitem(ram.ENGINES, "stop", stop)
+    with pytest.raises(_Stop):
+        compare_files(a, b, engine="stop")

@@ -20,6 +20,7 @@ import ctypes.util
 import logging
 import mmap
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -159,6 +160,14 @@ def compare_files(src: Path, dst: Path, keep: int = 16,
             try:
                 count, first, explained_pages = _diff_arrays(
                     a, b, keep, None if explained is None else explained.offsets, equal)
+            except BaseException as exc:
+                # A signal (harness.qemu.process.Interrupted) or error raised
+                # inside _diff_arrays leaves its frames, which hold views of
+                # the maps, on the traceback: closing the maps would then fail
+                # with BufferError and replace ``exc``.  Clear those frames'
+                # locals (the line numbers stay).
+                traceback.clear_frames(exc.__traceback__)
+                raise
             finally:
                 del a, b  # release the buffer exports before the maps close
     return RamDiff(size_a, count, first, time.perf_counter() - t, explained_pages)

@@ -452,8 +452,10 @@ def read_region_bytes(path_or_buffer: Union[str, os.PathLike[str], BufferLike],
                 mmap.mmap(f.fileno(), need - start, access=mmap.ACCESS_READ,
                           offset=start) as mm:
             view = np.frombuffer(mm, dtype=np.uint8)
-            out = np.array(view[file_offset - start::PAGE])
-            del view  # drop the export so the mapping can close
+            try:
+                out = np.array(view[file_offset - start::PAGE])
+            finally:
+                del view  # drop the export so the mapping can close, on a signal too
         return out
     buf = np.frombuffer(path_or_buffer, dtype=np.uint8)
     if buf.size < need:
