@@ -355,6 +355,7 @@ class TreeRun:
     exit: int | None = None
     verdicts: dict[str, int] = field(default_factory=dict)
     not_passed: list[str] = field(default_factory=list)
+    durations: dict[str, float] = field(default_factory=dict)   # cell id -> wall s
 
 
 def start_tree_run(tree: Path, ids: Sequence[str], tier: str, jobs: int, results: Path,
@@ -444,7 +445,8 @@ def bench_release(before: str, after: str, jobs: int, tier: str, every: int, sli
             say("")
             line = []
             for k in trees:
-                counts = _verdicts(root / "results" / k / f"slice{n}", runs[k].not_passed)
+                counts = _verdicts(root / "results" / k / f"slice{n}", runs[k].not_passed,
+                                   runs[k].durations)
                 for v, c in counts.items():
                     runs[k].verdicts[v] = runs[k].verdicts.get(v, 0) + c
                 w, c = runs[k].wall_s - marks[k][0], runs[k].cpu_s - marks[k][1]
@@ -471,8 +473,11 @@ def bench_release(before: str, after: str, jobs: int, tier: str, every: int, sli
             "tier_sizes": {k: len(v) for k, v in ids.items()}}
 
 
-def _verdicts(results: Path, not_passed: list[str] | None = None) -> dict[str, int]:
-    """Cells per verdict in a results folder; the ids not passed go to ``not_passed``."""
+def _verdicts(results: Path, not_passed: list[str] | None = None,
+              durations: dict[str, float] | None = None) -> dict[str, int]:
+    """Cells per verdict in a results folder; the ids not passed go to
+    ``not_passed``, each cell's wall time to ``durations`` (for ``--json``: which
+    cells moved between the two sides)."""
     counts: dict[str, int] = {}
     try:
         data = json.loads((results / "results.json").read_text())
@@ -480,6 +485,8 @@ def _verdicts(results: Path, not_passed: list[str] | None = None) -> dict[str, i
         return counts
     for c in data.get("cells", []):
         counts[c.get("verdict", "?")] = counts.get(c.get("verdict", "?"), 0) + 1
+        if durations is not None and isinstance(c.get("duration"), (int, float)):
+            durations[str(c.get("id"))] = float(c["duration"])
         if not_passed is not None and c.get("verdict") != PASSED:
             not_passed.append(f"{c.get('id')}: {c.get('verdict')}")
     return counts
