@@ -51,15 +51,34 @@ def _precopy_cell(matrix, build_name: str):
                                src_build=spec, dst_build=spec)
 
 
+#: Attempts at a reading.  The hog starves the harness too: it can be handed
+#: the source's STOP only after the migration completed and its thread ended
+#: (seen once in 1036 test runs of a flake hunt: STOP handled 4 ms before
+#: completed, which QEMU had stamped 122 ms apart).  Then nothing is left to
+#: read, the figures say so, and the cell runs again.
+ATTEMPTS = 3
+
+
 @pytest.mark.parametrize("build_name", sorted(THREAD))
 def test_cpu_wait_is_read_and_taken_off_under_a_hog(build_name, matrix, run_state, record,
                                                    cpu_hog) -> None:
-    cell = _precopy_cell(matrix, build_name)
-    result = record(run_logged(cell, cell_logdir(run_state.results_dir, cell.id)))
-    check = result.check("downtime")
-    assert check is not None, result.reason
-    f = check.figures
-    assert f.get("host_wait_thread", "").startswith(THREAD[build_name] + " ("), f
+    base = _precopy_cell(matrix, build_name)
+    for attempt in range(1, ATTEMPTS + 1):
+        cell = dataclasses.replace(base, id=f"{base.id}-{attempt}")
+        result = record(run_logged(cell, cell_logdir(run_state.results_dir, cell.id)))
+        check = result.check("downtime")
+        assert check is not None, result.reason
+        f = check.figures
+        if "host_wait_thread" in f:
+            break
+        # Not read: the harness says why, and judges QEMU's figure as reported.
+        assert f.get("host_wait_unread", "").startswith(
+            "no migration thread to read when the harness handled STOP"), f
+        assert "qemu_downtime_judged_ms" not in f or "harness_hold_ms" in f, f
+        assert result.verdict == PASSED, result.reason
+    else:
+        pytest.fail(f"the migration thread was never read in {ATTEMPTS} attempts: {f}")
+    assert f["host_wait_thread"].startswith(THREAD[build_name] + " ("), f
     # Four busy processes on each core's run queue beside QEMU: its thread
     # waits for a CPU during a stop-and-copy of tens of milliseconds or more.
     assert f["host_wait_measured_ms"] > 0, f

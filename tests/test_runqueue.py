@@ -55,3 +55,25 @@ def test_the_wait_after_completed_is_not_counted() -> None:
 
 def test_event_stamps_map_onto_the_monotonic_clock() -> None:
     assert abs(monotonic_of(time.time()) - time.monotonic()) < 0.05
+
+
+def test_a_stop_handled_after_the_thread_ended_is_reported_with_its_lateness() -> None:
+    """The driver's reader, given STOP for a process with no migration thread
+    (this test process): no reading, and the reason names how late the
+    harness handled the event against QEMU's own stamp."""
+    from types import SimpleNamespace
+
+    from harness.migration.driver import _CpuWaitReadings
+
+    src = SimpleNamespace(local_pid=os.getpid(), event_hooks=[])
+    waits = _CpuWaitReadings(src)  # type: ignore[arg-type]
+    assert waits.unread == "no STOP event from the source"
+    stamp = time.time() - 0.120
+    waits.on_event(0.0, {"event": "STOP", "timestamp": {"seconds": int(stamp),
+                                                        "microseconds": int(stamp % 1 * 1e6)}})
+    assert waits.first is None and waits.poller is None
+    assert waits.unread.startswith("no migration thread to read when the harness handled STOP, ")
+    late_ms = int(waits.unread.split(", ")[1].split(" ms")[0])
+    assert 115 <= late_ms < 60_000, waits.unread
+    completed = {"event": "MIGRATION", "data": {"status": "completed"}}
+    assert waits.result(completed) is None and "STOP" in waits.unread

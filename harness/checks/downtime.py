@@ -95,6 +95,8 @@ class DowntimeEvidence:
     #: downtime (harness.qemu.runqueue; None: not read).  Taken off both
     #: figures before judging.
     host_wait: HostWait | None = None
+    #: Why ``host_wait`` could not be read ("" when read or not tried).
+    host_wait_unread: str = ""
     #: This host's CLOCK_MONOTONIC (ms) a little before the source completed
     #: and when its ``query-migrate`` was read: the span QEMU's own
     #: QEMU_CLOCK_REALTIME stood in when it computed ``downtime``.  None when
@@ -259,6 +261,8 @@ def _judge_downtime(ev: DowntimeEvidence, judge_qemu: bool) -> CheckResult:
         figures["host_wait_reason"] = HOST_WAIT_REASON
         if waited_ms >= 1:
             less.append(f"{waited_ms:.0f} ms its migration thread waited for a CPU")
+    elif ev.host_wait_unread:
+        figures["host_wait_unread"] = ev.host_wait_unread
     held = ""
     if less:
         figures["qemu_downtime_judged_ms"] = round(qemu_ms, 2)

@@ -131,6 +131,8 @@ class MigrationRun:
     #: waited for a CPU during the downtime (None: not read; see
     #: harness.qemu.runqueue).  The downtime check takes it off.
     host_wait: HostWait | None = None
+    #: Why ``host_wait`` is None on a precopy that completed ("" otherwise).
+    host_wait_unread: str = ""
     #: A saved stream that outgrew its cap (harness.migration.transports.
     #: stream_cap): the bytes sent when the driver stopped waiting, with the
     #: migration still going, as a timeout leaves it (None: not capped).
@@ -284,6 +286,8 @@ async def run_migration(src: Machine, dst: Machine, uri: str, caps: dict[str, bo
             run.t_source_done = got[0]
             if status == "completed" and "postcopy-active" not in states_since(src, src_since):
                 run.host_wait = waits.result(got[1])
+                if run.host_wait is None:
+                    run.host_wait_unread = waits.unread
             break
     finally:
         await waits.stop()
@@ -529,17 +533,29 @@ class _CpuWaitReadings:
         self.first: WaitReading | None = None
         self.last: WaitReading | None = None
         self.poller: asyncio.Task[None] | None = None
+        #: Why there is no first reading, said in the downtime check's figures
+        #: (the figure is then QEMU's own, nothing taken off).
+        self.unread = "no STOP event from the source"
 
     def on_event(self, _t: float, ev: Event) -> None:
         pid = self.src.local_pid
         if pid is None or self.first is not None or ev.get("event") != "STOP":
             return
         thread = find_migration_thread(pid)
-        if thread is None:
-            return
-        self.first = self.last = read_wait(pid, thread)
-        if self.first is not None:
-            self.poller = asyncio.ensure_future(self._poll(pid, thread))
+        if thread is not None:
+            self.first = self.last = read_wait(pid, thread)
+            if self.first is not None:
+                self.poller = asyncio.ensure_future(self._poll(pid, thread))
+                return
+        # Under a CPU hog the harness itself can be handed STOP after the
+        # migration has completed and its thread has ended: then there is
+        # nothing left to read.
+        stamp = event_stamp(ev)
+        late = ("" if stamp is None else
+                f", {(time.monotonic() - monotonic_of(stamp)) * 1000:.0f} ms after QEMU "
+                "stamped it")
+        self.unread = (f"no migration thread to read when the harness handled STOP{late} "
+                       "(it had ended, or QEMU names its threads otherwise)")
 
     async def _poll(self, pid: int, thread: tuple[str, int]) -> None:
         while True:
@@ -568,6 +584,8 @@ class _CpuWaitReadings:
             if final is not None and final.thread == self.first.thread:
                 self.last = final
         found = host_wait(self.first, self.last, None if stamp is None else monotonic_of(stamp))
+        if found is None and self.first is not None:
+            self.unread = "the completed event carried no timestamp"
         if found is not None:
             log.info("%s: migration thread %s waited %.0f ms for a CPU after STOP "
                      "(%.0f ms of its last reading past completed)", self.src.role,

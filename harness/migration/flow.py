@@ -606,6 +606,7 @@ def _downtime(ctx: CellContext, run: MigrationRun, t_resumed: float) -> list[Che
         total_time_ms=(float(run.info["total-time"]) if run.info.get("total-time")
                        else None),
         postcopy="postcopy-active" in run.states, host_wait=run.host_wait,
+        host_wait_unread=run.host_wait_unread,
         clock_window_ms=_clock_window_ms(ctx, run),
         stop_to_done_ms=None if run.stop_to_done_s is None else run.stop_to_done_s * 1000)
     checks = [check_downtime(ev), check_downtime_plausible(ev)]
