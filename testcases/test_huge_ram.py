@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from harness.qemu.cmdline import ram_backend
 from harness.qemu.hugeram import describe, huge_page_size
 from harness.run.rundir import runtime_base, runtime_dir
+from harness.waiting import poll_until_sync
 from qemu_builds import matrix_build
 
 MiB = 1024 * 1024
@@ -57,16 +57,11 @@ def test_ram_file_on_a_huge_tmpfs_is_mapped_with_huge_pages(build_name: str) -> 
          "-object", backend, "-S"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        got: dict[str, int] = {}
         # prealloc touches every page before QEMU's main loop starts.
-        while time.monotonic() < deadline and proc.poll() is None:
-            got = _mapping(proc.pid, ram)
-            if got.get("Rss", 0) * 1024 >= SIZE:
-                break
-            time.sleep(0.1)
+        got = poll_until_sync(lambda: _mapping(proc.pid, ram),
+                              lambda m: proc.poll() is not None or m.get("Rss", 0) * 1024 >= SIZE,
+                              timeout=60, interval=0.1, what=f"{build_name}: RAM file populated")
         assert proc.poll() is None, proc.communicate()[1].decode(errors="replace")
-        assert got.get("Rss", 0) * 1024 >= SIZE, f"RAM file not populated in 60 s: {got}"
         pmd = max(got.get("ShmemPmdMapped", 0), got.get("FilePmdMapped", 0)) * 1024
         # All of it in 2 MiB entries, give or take the odd page the kernel
         # could not find a huge page for: at least nine tenths.

@@ -77,3 +77,6 @@ def test_a_stop_handled_after_the_thread_ended_is_reported_with_its_lateness() -
     assert 115 <= late_ms < 60_000, waits.unread
     completed = {"event": "MIGRATION", "data": {"status": "completed"}}
     assert waits.result(completed) is None and "STOP" in waits.unread
+    # A remote source (no local PID): nothing is tried, so nothing to explain.
+    remote = _CpuWaitReadings(SimpleNamespace(local_pid=None, event_hooks=[]))  # type: ignore[arg-type]
+    assert remote.result(completed) is None and remote.unread == ""

@@ -534,8 +534,9 @@ class _CpuWaitReadings:
         self.last: WaitReading | None = None
         self.poller: asyncio.Task[None] | None = None
         #: Why there is no first reading, said in the downtime check's figures
-        #: (the figure is then QEMU's own, nothing taken off).
-        self.unread = "no STOP event from the source"
+        #: (the figure is then QEMU's own, nothing taken off); "" for a remote
+        #: source, whose threads are not this host's to read.
+        self.unread = "" if src.local_pid is None else "no STOP event from the source"
 
     def on_event(self, _t: float, ev: Event) -> None:
         pid = self.src.local_pid
@@ -551,9 +552,7 @@ class _CpuWaitReadings:
         # migration has completed and its thread has ended: then there is
         # nothing left to read.
         stamp = event_stamp(ev)
-        late = ("" if stamp is None else
-                f", {(time.monotonic() - monotonic_of(stamp)) * 1000:.0f} ms after QEMU "
-                "stamped it")
+        late = "" if stamp is None else f", {(time.time() - stamp) * 1000:.0f} ms after QEMU stamped it"
         self.unread = (f"no migration thread to read when the harness handled STOP{late} "
                        "(it had ended, or QEMU names its threads otherwise)")
 
